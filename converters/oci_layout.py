@@ -1,0 +1,124 @@
+"""`oci:PATH[:TAG]`: an OCI image layout directory.
+
+Reading selects a manifest by its `org.opencontainers.image.ref.name` tag (or the only one) and then
+a platform. Writing into an existing layout adds the tag under the layout's lock; a new layout is
+assembled under a temporary name and renamed into place when complete.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import BinaryIO, Protocol
+
+from repro.atomic import atomic_dir
+from repro.blobs import BlobImage, select_manifest
+from repro.errors import ReproError
+from repro.image import REF_NAME, Descriptor, Image
+from repro.refs import Options, Reference
+from repro.store import INDEX_FILE, OCI_LAYOUT_FILE, Layout, blob_name, layout_marker, parse_json
+from repro.transfer import image_blobs, manifest_descriptor
+
+# image-spec annotations.md: the ref.name grammar, simplified to the characters it allows.
+_TAG_RE = re.compile(r"^[A-Za-z0-9._:@/+-]+$")
+
+
+class LayoutFiles(Protocol):
+    """What reading a layout needs: a directory (store.Layout) or a tar (tarfiles.TarFiles)."""
+
+    def exists(self, name: str) -> bool: ...
+
+    def open(self, name: str) -> BinaryIO: ...
+
+    def read(self, name: str, limit: int = ...) -> bytes: ...
+
+
+class LayoutBlobs:
+    """BlobSource over the blobs/ folder of a layout."""
+
+    def __init__(self, files: LayoutFiles, name: str) -> None:
+        self.files = files
+        self.name = name
+
+    def open_blob(self, descriptor: Descriptor) -> BinaryIO:
+        path = blob_name(descriptor.digest)
+        try:
+            return self.files.open(path)
+        except FileNotFoundError:
+            raise ReproError(
+                f"{self.name}: blob {descriptor.digest} is missing ({path})",
+                "the layout is incomplete; copy it again from its source",
+            ) from None
+
+
+def check_tag(tag: str, ref: Reference) -> str:
+    if tag and not _TAG_RE.match(tag):
+        raise ReproError(f"{ref}: {tag!r} is not a valid tag", "use letters, digits and . _ - : / @ +")
+    return tag
+
+
+def read_from_files(files: LayoutFiles, tag: str, options: Options, name: str) -> Image:
+    """Read one image from a layout's index.json (shared by oci: and oci-archive:)."""
+    if not files.exists(OCI_LAYOUT_FILE):
+        raise ReproError(f"{name}: not an OCI image layout (no oci-layout file)", "check the path")
+    marker = parse_json(files.read(OCI_LAYOUT_FILE), f"{name}: oci-layout")
+    if not isinstance(marker, dict) or "imageLayoutVersion" not in marker:
+        raise ReproError(f"{name}: oci-layout has no imageLayoutVersion", "the layout is not valid")
+    if not files.exists(INDEX_FILE):
+        raise ReproError(f"{name}: index.json is missing", "the layout is incomplete")
+    from repro.image import Index
+
+    index = Index.parse(files.read(INDEX_FILE), f"{name}: index.json")
+    if tag:
+        chosen = [d for d in index.manifests if d.ref_name == tag]
+        if not chosen:
+            tags = sorted({d.ref_name for d in index.manifests if d.ref_name})
+            raise ReproError(
+                f"{name}: tag {tag!r} is not in index.json",
+                f"available tags: {', '.join(tags)}" if tags else "the layout has no tagged images",
+            )
+    else:
+        chosen = list(index.manifests)
+        if len(chosen) != 1:
+            tags = sorted({d.ref_name for d in index.manifests if d.ref_name})
+            raise ReproError(
+                f"{name}: index.json holds {len(chosen)} images; name one with :TAG",
+                f"available tags: {', '.join(tags)}" if tags else "the layout is empty",
+            )
+    source = LayoutBlobs(files, name)
+    descriptor, raw = select_manifest(source, chosen[0], options.platform)
+    return BlobImage(source, raw, descriptor.media_type)
+
+
+def read(ref: Reference, options: Options) -> Image:
+    path, tag = ref.split_path()
+    layout = Layout.open_existing(path)
+    return read_from_files(layout, check_tag(tag, ref), options, str(ref))
+
+
+def copy_into(layout: Layout, image: Image, progress=None) -> Descriptor:
+    """Store every blob of `image` and its manifest in `layout`; returns the manifest descriptor."""
+    for blob in image_blobs(image):
+        if not layout.has_blob(blob.descriptor.digest):
+            with blob.open() as src:
+                layout.put_blob(blob.descriptor, src, progress)
+    layout.put_bytes(image.raw_manifest, image.manifest.media_type)
+    return manifest_descriptor(image)
+
+
+def write(image: Image, ref: Reference, options: Options, progress=None) -> str:
+    path_text, tag = ref.split_path()
+    check_tag(tag, ref)
+    path = Path(path_text)
+    annotations = {REF_NAME: tag} if tag else {}
+    if path.exists():
+        layout = Layout.open_existing(path)
+        descriptor = copy_into(layout, image, progress)
+        layout.add_manifest(manifest_descriptor(image, annotations), tag)
+    else:
+        with atomic_dir(path) as tmp:
+            layout = Layout.initialize(tmp)
+            descriptor = copy_into(layout, image, progress)
+            layout.add_manifest(manifest_descriptor(image, annotations), tag)
+            (tmp / OCI_LAYOUT_FILE).write_bytes(layout_marker())
+    return descriptor.digest

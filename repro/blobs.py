@@ -1,0 +1,160 @@
+"""Images backed by a content-addressed blob source (an OCI layout, an archive, a registry).
+
+A transport only has to say how to open a blob by its descriptor; BlobImage turns that into the
+Image interface, and select_manifest() walks an index down to one platform's manifest.
+"""
+
+from __future__ import annotations
+
+from functools import cached_property
+from typing import BinaryIO, Protocol
+
+from repro import layers as _layers
+from repro.digest import VerifyingReader, sha256_bytes
+from repro.errors import ReproError
+from repro.image import (
+    INDEX_TYPES,
+    LAYER_COMPRESSION,
+    MANIFEST_TYPES,
+    Descriptor,
+    ImageConfig,
+    Index,
+    Manifest,
+    Platform,
+)
+
+MAX_DOCUMENT = 4 << 20  # manifests, indexes and configs are small; refuse to hold a huge one
+
+
+class BlobSource(Protocol):
+    name: str
+
+    def open_blob(self, descriptor: Descriptor) -> BinaryIO:
+        """The blob's bytes, unverified; BlobImage verifies them."""
+
+
+def open_verified(source: BlobSource, descriptor: Descriptor) -> VerifyingReader:
+    return VerifyingReader(
+        source.open_blob(descriptor),
+        descriptor.digest,
+        descriptor.size,
+        f"{source.name}: blob {descriptor.digest}",
+    )
+
+
+def read_document(source: BlobSource, descriptor: Descriptor) -> bytes:
+    """A small JSON blob (manifest, index, config), verified."""
+    if descriptor.size > MAX_DOCUMENT:
+        raise ReproError(
+            f"{source.name}: {descriptor.media_type} {descriptor.digest} is {descriptor.size} bytes",
+            f"documents over {MAX_DOCUMENT} bytes are refused",
+        )
+    with open_verified(source, descriptor) as reader:
+        data = reader.read()
+        reader.finish()
+    return data
+
+
+class BlobLayer:
+    """A layer whose compressed blob comes from a BlobSource."""
+
+    def __init__(self, source: BlobSource, descriptor: Descriptor, diff_id: str) -> None:
+        self.source = source
+        self.descriptor = descriptor
+        self.diff_id = diff_id
+
+    @property
+    def compression(self) -> str:
+        try:
+            return LAYER_COMPRESSION[self.descriptor.media_type]
+        except KeyError:
+            raise ReproError(
+                f"{self.source.name}: layer {self.descriptor.digest} has unsupported media type "
+                f"{self.descriptor.media_type!r}",
+                "repro reads tar, tar+gzip and tar+zstd layers",
+            ) from None
+
+    def open(self) -> BinaryIO:
+        return open_verified(self.source, self.descriptor)
+
+    def open_uncompressed(self) -> BinaryIO:
+        what = f"{self.source.name}: layer {self.descriptor.digest}"
+        if self.compression == "" and self.descriptor.digest == self.diff_id:
+            return self.open()
+        stream = _layers.decompressed(self.open(), self.compression, what)
+        return VerifyingReader(stream, self.diff_id, None, f"{what} (uncompressed, diff_id {self.diff_id})")
+
+
+class BlobImage:
+    """An Image read from a manifest in a BlobSource. Nothing but the manifest is read up front."""
+
+    def __init__(self, source: BlobSource, raw_manifest: bytes, media_type: str = "") -> None:
+        self.source = source
+        self.name = source.name
+        self._raw_manifest = raw_manifest
+        self._media_type = media_type
+
+    @property
+    def raw_manifest(self) -> bytes:
+        return self._raw_manifest
+
+    @cached_property
+    def manifest(self) -> Manifest:
+        return Manifest.parse(self.raw_manifest, f"{self.name}: manifest", self._media_type)
+
+    @cached_property
+    def digest(self) -> str:
+        return sha256_bytes(self.raw_manifest)
+
+    @cached_property
+    def raw_config(self) -> bytes:
+        return read_document(self.source, self.manifest.config)
+
+    @cached_property
+    def config(self) -> ImageConfig:
+        return ImageConfig.parse(self.raw_config, f"{self.name}: config {self.manifest.config.digest}")
+
+    @cached_property
+    def layers(self) -> list[BlobLayer]:
+        descriptors = self.manifest.layers
+        diff_ids = self.config.diff_ids
+        if len(diff_ids) != len(descriptors):
+            raise ReproError(
+                f"{self.name}: manifest has {len(descriptors)} layers, "
+                f"the config lists {len(diff_ids)} diff_ids",
+                "the image is inconsistent; rebuild it",
+            )
+        for d in descriptors:
+            if d.media_type not in LAYER_COMPRESSION:
+                raise ReproError(
+                    f"{self.name}: layer {d.digest} has unsupported media type {d.media_type!r}",
+                    "repro reads tar, tar+gzip and tar+zstd layers",
+                )
+        return [BlobLayer(self.source, d, diff_id) for d, diff_id in zip(descriptors, diff_ids, strict=True)]
+
+
+def select_manifest(
+    source: BlobSource, descriptor: Descriptor, platform: Platform | None, depth: int = 0
+) -> tuple[Descriptor, bytes]:
+    """Follow `descriptor` (a manifest or an index) to one manifest; returns it and its bytes."""
+    if depth > 4:
+        raise ReproError(f"{source.name}: indexes nested too deeply", "the image is not valid")
+    raw = read_document(source, descriptor)
+    if descriptor.media_type in MANIFEST_TYPES:
+        return descriptor, raw
+    if descriptor.media_type not in INDEX_TYPES:
+        raise ReproError(
+            f"{source.name}: {descriptor.digest} has unsupported media type {descriptor.media_type!r}",
+            "repro reads OCI and Docker v2 images and indexes",
+        )
+    index = Index.parse(raw, f"{source.name}: index {descriptor.digest}")
+    wanted = platform or Platform.host()
+    candidates = [d for d in index.manifests if d.platform is not None and d.platform.matches(wanted)]
+    if not candidates:
+        available = ", ".join(str(d.platform) for d in index.manifests if d.platform) or "none"
+        raise ReproError(
+            f"{source.name}: no manifest for platform {wanted} (available: {available})",
+            "choose one with --platform os/arch",
+        )
+    exact = [d for d in candidates if d.platform and d.platform.variant == wanted.variant]
+    return select_manifest(source, (exact or candidates)[0], platform, depth + 1)

@@ -1,0 +1,265 @@
+"""The `repro` command. The only module that prints.
+
+Exit status: 0 success, 1 a check failed, 2 bad input or usage. Every error is one line on stderr;
+`--debug` shows the traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable, Sequence
+
+from rich.console import Console
+from rich.table import Table
+
+from repro import __version__
+from repro.errors import EXIT_BAD_INPUT, ReproError
+from repro.image import Image, Platform
+from repro.refs import Options, open_image, write_image
+
+out = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 250)
+err = Console(stderr=True, highlight=False, soft_wrap=True, width=None if sys.stderr.isatty() else 250)
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, exit 2, as every other error
+        err.print(f"repro: {message} (see 'repro --help')", markup=False)
+        raise SystemExit(EXIT_BAD_INPUT)
+
+
+def _options(args: argparse.Namespace) -> Options:
+    return Options(Platform.parse(args.platform) if getattr(args, "platform", None) else None)
+
+
+def _emit_json(obj: object) -> None:
+    sys.stdout.write(json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False) + "\n")
+
+
+def _human(size: int) -> str:
+    value = float(size)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{size} B"
+
+
+def _progress(description: str):
+    """A byte counter on a terminal; nothing in pipelines and CI."""
+    if not err.is_terminal:
+        import contextlib
+
+        return contextlib.nullcontext(None)
+    from rich.progress import DownloadColumn, Progress, SpinnerColumn, TextColumn, TransferSpeedColumn
+
+    class _Bar:
+        def __enter__(self) -> Callable[[int], None]:
+            self.progress = Progress(
+                SpinnerColumn(),
+                TextColumn(description),
+                DownloadColumn(),
+                TransferSpeedColumn(),
+                console=err,
+                transient=True,
+            )
+            self.progress.__enter__()
+            task = self.progress.add_task(description, total=None)
+            return lambda n: self.progress.advance(task, n)
+
+        def __exit__(self, *exc) -> None:
+            self.progress.__exit__(*exc)
+
+    return _Bar()
+
+
+# --- commands -----------------------------------------------------------------------------
+
+
+def cmd_convert(args: argparse.Namespace) -> int:
+    image = open_image(args.src, _options(args))
+    with _progress(f"{args.src} -> {args.dst}") as progress:
+        written = write_image(image, args.dst, _options(args), progress)
+    if args.json:
+        _emit_json({"source": args.src, "destination": args.dst, "digest": written, "manifest": image.digest})
+    else:
+        out.print(f"{args.dst}  {written}", markup=False)
+    return 0
+
+
+def describe(image: Image) -> dict:
+    config = image.config
+    manifest = image.manifest
+    return {
+        "reference": image.name,
+        "digest": image.digest,
+        "mediaType": manifest.media_type,
+        "config": {
+            "digest": manifest.config.digest,
+            "size": manifest.config.size,
+            "mediaType": manifest.config.media_type,
+        },
+        "platform": str(config.platform),
+        "created": config.created,
+        "env": list(config.env),
+        "entrypoint": list(config.entrypoint),
+        "cmd": list(config.cmd),
+        "workdir": config.workdir,
+        "user": config.user,
+        "labels": dict(config.labels),
+        "annotations": dict(manifest.annotations),
+        "layers": [
+            {
+                "digest": layer.descriptor.digest,
+                "size": layer.descriptor.size,
+                "mediaType": layer.descriptor.media_type,
+                "diff_id": layer.diff_id,
+            }
+            for layer in image.layers
+        ],
+        "history": [
+            {
+                "created": h.get("created", ""),
+                "created_by": h.get("created_by", ""),
+                "empty_layer": bool(h.get("empty_layer", False)),
+            }
+            for h in config.history
+        ],
+    }
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    info = describe(open_image(args.ref, _options(args)))
+    if args.json:
+        _emit_json(info)
+        return 0
+    table = Table(show_header=False, box=None, pad_edge=False)
+    table.add_column(style="bold")
+    table.add_column()
+    for key in ("reference", "digest", "mediaType", "platform", "created", "workdir", "user"):
+        if info[key]:
+            table.add_row(key, str(info[key]))
+    table.add_row("config", info["config"]["digest"])
+    for key in ("entrypoint", "cmd", "env"):
+        if info[key]:
+            table.add_row(key, json.dumps(info[key]))
+    for key, value in sorted(info["labels"].items()):
+        table.add_row("label", f"{key}={value}")
+    out.print(table)
+    layers = Table(title="layers", title_justify="left")
+    for column in ("#", "digest", "size", "media type", "diff_id"):
+        layers.add_column(column, overflow="fold")
+    for i, layer in enumerate(info["layers"]):
+        layers.add_row(
+            str(i),
+            layer["digest"],
+            _human(layer["size"]),
+            layer["mediaType"].rsplit(".", 1)[-1],
+            layer["diff_id"],
+        )
+    out.print(layers)
+    if info["history"]:
+        history = Table(title="history", title_justify="left")
+        history.add_column("created")
+        history.add_column("created by", overflow="fold")
+        for h in info["history"]:
+            history.add_row(h["created"], h["created_by"] + ("  (no layer)" if h["empty_layer"] else ""))
+        out.print(history)
+    return 0
+
+
+def cmd_hash(args: argparse.Namespace) -> int:
+    image = open_image(args.ref, _options(args))
+    result: dict = {
+        "digest": image.digest,
+        "config": image.manifest.config.digest,
+        "layers": [{"digest": layer.descriptor.digest, "diff_id": layer.diff_id} for layer in image.layers],
+    }
+    if args.files:
+        from sbom.files import inventory
+
+        result["files"] = [record.to_json() for record in inventory(image)]
+    if args.json:
+        _emit_json(result)
+        return 0
+    out.print(f"manifest  {result['digest']}", markup=False)
+    out.print(f"config    {result['config']}", markup=False)
+    for i, layer in enumerate(result["layers"]):
+        out.print(f"layer {i}   {layer['digest']}  diff_id {layer['diff_id']}", markup=False)
+    for record in result.get("files", ()):
+        shown = record["sha256"] or (f"-> {record['target']}" if record["target"] else "-")
+        out.print(
+            f"{record['type']:<8} {record['mode']} {record['uid']}:{record['gid']} "
+            f"{record['size']:>10} {shown:<64} {record['path']}",
+            markup=False,
+        )
+    return 0
+
+
+# --- parser -----------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="repro", description="Reproducible container images: build, convert, flatten, hash, archive."
+    )
+    parser.add_argument("--version", action="version", version=f"repro {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show a traceback on errors")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+
+    def command(name: str, func: Callable, help_text: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        p.set_defaults(func=func)
+        p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+        return p
+
+    p = command("convert", cmd_convert, "copy an image from any reference to any reference")
+    p.add_argument("src", help="source, e.g. docker-archive:img.tar")
+    p.add_argument("dst", help="destination, e.g. oci:layout:1.0")
+    p.add_argument("--platform", help="os/arch[/variant] to pick from a multi-platform index (default: host)")
+    p.add_argument("--json", action="store_true", help="print a JSON summary")
+
+    p = command("inspect", cmd_inspect, "show an image's digest, config, layers and history")
+    p.add_argument("ref")
+    p.add_argument("--platform", help="os/arch[/variant] to pick from a multi-platform index")
+    p.add_argument("--json", action="store_true", help="print JSON")
+
+    p = command("hash", cmd_hash, "print manifest, config and layer digests and diff_ids")
+    p.add_argument("ref")
+    p.add_argument(
+        "--files", action="store_true", help="also every file of the flattened image with its sha256"
+    )
+    p.add_argument("--platform", help="os/arch[/variant] to pick from a multi-platform index")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return EXIT_BAD_INPUT
+    try:
+        return args.func(args)
+    except ReproError as exc:
+        if args.debug:
+            raise
+        err.print(f"repro: {exc}", markup=False)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        err.print("repro: interrupted", markup=False)
+        return 130
+    except BrokenPipeError:
+        return 0
+    except OSError as exc:
+        if args.debug:
+            raise
+        where = f" {exc.filename}" if exc.filename else ""
+        err.print(f"repro: {exc.strerror or exc}:{where}", markup=False)
+        return EXIT_BAD_INPUT
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,140 @@
+"""Content digests, and readers that verify digest and size while the bytes stream past.
+
+Nothing in repro trusts a blob because of where it came from: every read of content that is named
+by a digest goes through VerifyingReader, which fails at the end of the stream (or as soon as the
+stream is longer than declared) when the content does not match its name.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import re
+from typing import BinaryIO
+
+from repro.errors import DigestMismatch, ReproError
+
+CHUNK = 1 << 20
+_DIGEST_RE = re.compile(r"^sha256:[a-f0-9]{64}$|^sha512:[a-f0-9]{128}$")
+
+
+def validate(digest: str, where: str = "digest") -> str:
+    """Return `digest` if it is a well-formed sha256/sha512 digest, else raise."""
+    if not isinstance(digest, str) or not _DIGEST_RE.match(digest):
+        raise ReproError(f"{where}: {digest!r} is not a valid digest", "expected sha256:<64 hex digits>")
+    return digest
+
+
+def algorithm_and_hex(digest: str) -> tuple[str, str]:
+    algo, _, hexpart = validate(digest).partition(":")
+    return algo, hexpart
+
+
+def sha256_bytes(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def hasher_for(digest: str) -> hashlib._Hash:
+    return hashlib.new(algorithm_and_hex(digest)[0])
+
+
+class HashingReader(io.RawIOBase):
+    """Pass-through reader that hashes and counts what is read."""
+
+    def __init__(self, raw: BinaryIO, algorithm: str = "sha256") -> None:
+        self._raw = raw
+        self.hash = hashlib.new(algorithm)
+        self.size = 0
+        self._algorithm = algorithm
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:  # type: ignore[override]
+        data = self._raw.read(len(buffer))
+        n = len(data)
+        buffer[:n] = data
+        self._consume(data)
+        return n
+
+    def read(self, size: int = -1) -> bytes:
+        data = self._raw.read(size if size is not None and size >= 0 else -1)
+        self._consume(data)
+        return data
+
+    def _consume(self, data: bytes) -> None:
+        if data:
+            self.hash.update(data)
+            self.size += len(data)
+
+    @property
+    def digest(self) -> str:
+        return f"{self._algorithm}:{self.hash.hexdigest()}"
+
+    def close(self) -> None:
+        try:
+            self._raw.close()
+        finally:
+            super().close()
+
+
+class VerifyingReader(HashingReader):
+    """Reader that raises DigestMismatch if the stream is not exactly (digest, size).
+
+    `what` names the content in the error (a blob path, a member of an archive).
+    The check happens when EOF is reached; call finish() to drain and check explicitly.
+    """
+
+    def __init__(self, raw: BinaryIO, digest: str, size: int | None, what: str) -> None:
+        super().__init__(raw, algorithm_and_hex(digest)[0])
+        self.expected_digest = digest
+        self.expected_size = size
+        self.what = what
+        self.verified = False
+
+    def _consume(self, data: bytes) -> None:
+        super()._consume(data)
+        if self.expected_size is not None and self.size > self.expected_size:
+            raise DigestMismatch(
+                f"{self.what}: content is larger than the declared size {self.expected_size}",
+                "the image is corrupt or was modified; fetch or rebuild it",
+            )
+        if not data:
+            self._check()
+
+    def _check(self) -> None:
+        if self.verified:
+            return
+        if self.expected_size is not None and self.size != self.expected_size:
+            raise DigestMismatch(
+                f"{self.what}: size is {self.size} bytes, expected {self.expected_size}",
+                "the image is corrupt or truncated; fetch or rebuild it",
+            )
+        if self.digest != self.expected_digest:
+            raise DigestMismatch(
+                f"{self.what}: content has digest {self.digest}, expected {self.expected_digest}",
+                "the image is corrupt or was modified; fetch or rebuild it",
+            )
+        self.verified = True
+
+    def finish(self) -> None:
+        """Read whatever is left and verify."""
+        while self.read(CHUNK):
+            pass
+        self._check()
+
+
+def copy_stream(src: BinaryIO, dst: BinaryIO, progress=None) -> int:
+    """Copy src to dst in bounded chunks; returns the number of bytes copied."""
+    total = 0
+    while True:
+        chunk = src.read(CHUNK)
+        if not chunk:
+            break
+        dst.write(chunk)
+        total += len(chunk)
+        if progress is not None:
+            progress(len(chunk))
+    if isinstance(src, VerifyingReader):
+        src.finish()
+    return total

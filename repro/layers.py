@@ -1,0 +1,242 @@
+"""Layer bytes: compression detection, (de)compressing streams, and the deterministic tar writer.
+
+Reproducibility lives here: every tar repro writes goes through TarWriter (PAX format, integer
+mtimes, fixed PAX header names, empty user/group names, a trailer of exactly two zero blocks), and
+every gzip stream through gzip_writer (no file name, mtime 0, OS byte 255, fixed level).
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import os
+import tarfile
+import zlib
+from typing import BinaryIO
+
+import zstandard
+
+from repro.errors import ReproError
+
+BLOCK = 512
+GZIP_LEVEL = 6
+ZSTD_LEVEL = 3
+GZIP_MAGIC = b"\x1f\x8b"
+ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+
+
+def sniff_compression(head: bytes) -> str:
+    """'gzip', 'zstd' or '' from the first bytes of a stream."""
+    if head.startswith(GZIP_MAGIC):
+        return "gzip"
+    if head.startswith(ZSTD_MAGIC):
+        return "zstd"
+    return ""
+
+
+def compressed_writer_id(compression: str) -> str:
+    """Which compressor and settings made a layer; recorded in the layer's annotations because
+    another implementation (zlib-ng, pigz) can give other bytes. No versions: they go in the lock."""
+    if compression == "gzip":
+        return f"zlib gzip level={GZIP_LEVEL} mtime=0 os=255"
+    if compression == "zstd":
+        return f"zstd level={ZSTD_LEVEL} checksum"
+    return "none"
+
+
+def compressor_versions() -> dict[str, str]:
+    return {"zlib": zlib.ZLIB_RUNTIME_VERSION, "zstd": ".".join(map(str, zstandard.ZSTD_VERSION))}
+
+
+class _GuardedReader(io.RawIOBase):
+    """Turns the decompressors' own exceptions into one ReproError naming the content."""
+
+    def __init__(self, inner: BinaryIO, what: str, compression: str, closers: tuple = ()) -> None:
+        self._inner = inner
+        self._what = what
+        self._compression = compression
+        self._closers = closers
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, size: int = -1) -> bytes:
+        try:
+            return self._inner.read(size)
+        except (EOFError, zlib.error, gzip.BadGzipFile, zstandard.ZstdError) as exc:
+            raise ReproError(
+                f"{self._what}: corrupt or truncated {self._compression} stream ({exc})",
+                "the layer is damaged; fetch or rebuild the image",
+            ) from None
+
+    def readinto(self, buffer) -> int:  # type: ignore[override]
+        data = self.read(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
+
+    def close(self) -> None:
+        try:
+            self._inner.close()
+            for closer in self._closers:
+                closer.close()
+        finally:
+            super().close()
+
+
+def decompressed(raw: BinaryIO, compression: str, what: str) -> BinaryIO:
+    """A reader of the uncompressed bytes of `raw`."""
+    if compression == "":
+        return raw
+    if compression == "gzip":
+        return _GuardedReader(gzip.GzipFile(fileobj=raw, mode="rb"), what, "gzip", (raw,))
+    if compression == "zstd":
+        reader = zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True, closefd=True)
+        return _GuardedReader(reader, what, "zstd")
+    raise ReproError(f"{what}: unsupported compression {compression!r}", "use gzip, zstd or none")
+
+
+class _NoClose(io.RawIOBase):
+    def __init__(self, inner: BinaryIO) -> None:
+        self._inner = inner
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data) -> int:  # type: ignore[override]
+        return self._inner.write(data)
+
+
+def compressing_writer(out: BinaryIO, compression: str) -> BinaryIO:
+    """A writer that compresses deterministically into `out`; closing it does not close `out`."""
+    if compression == "gzip":
+        return gzip.GzipFile(fileobj=_NoClose(out), mode="wb", compresslevel=GZIP_LEVEL, mtime=0, filename="")
+    if compression == "zstd":
+        params = zstandard.ZstdCompressionParameters.from_level(ZSTD_LEVEL, threads=0, write_checksum=True)
+        return zstandard.ZstdCompressor(compression_params=params).stream_writer(
+            out, closefd=False, write_return_read=True
+        )
+    raise ReproError(f"unsupported compression {compression!r}", "use gzip, zstd or none")
+
+
+def source_date_epoch(default: int = 0) -> int:
+    """SOURCE_DATE_EPOCH from the environment, else `default`."""
+    value = os.environ.get("SOURCE_DATE_EPOCH", "")
+    if not value:
+        return default
+    if not value.isdigit():
+        raise ReproError(
+            f"SOURCE_DATE_EPOCH={value!r} is not a number of seconds", "unset it or give an integer"
+        )
+    return int(value)
+
+
+def _octal_or_base256(value: int, width: int) -> bytes:
+    if value < 8 ** (width - 1):
+        return b"%0*o\0" % (width - 1, value)
+    out = bytearray(width)
+    out[0] = 0x80
+    for i in range(width - 1, 0, -1):
+        out[i] = value & 0xFF
+        value >>= 8
+    return bytes(out)
+
+
+def _set_size(header_block: bytearray, size: int) -> None:
+    """Write `size` into a ustar header block (base-256 when it does not fit) and fix the checksum."""
+    header_block[124:136] = _octal_or_base256(size, 12)
+    header_block[148:156] = b" " * 8
+    checksum = sum(header_block)
+    header_block[148:156] = b"%06o\0 " % checksum
+
+
+class TarWriter:
+    """A streaming, deterministic tar writer.
+
+    Entries are written as given: callers decide the order (sorted by path for layers). Streams of
+    unknown length are supported when the output is seekable: the header is patched afterwards.
+    """
+
+    def __init__(self, out: BinaryIO) -> None:
+        self._out = out
+        self.offset = 0
+
+    def _write(self, data: bytes) -> None:
+        self._out.write(data)
+        self.offset += len(data)
+
+    def _pad(self, size: int) -> None:
+        remainder = size % BLOCK
+        if remainder:
+            self._write(b"\0" * (BLOCK - remainder))
+
+    @staticmethod
+    def normalize(info: tarfile.TarInfo) -> tarfile.TarInfo:
+        """Apply the reproducibility rules to a header: integer mtime, no names, no device numbers."""
+        info.mtime = int(info.mtime)
+        info.uname = ""
+        info.gname = ""
+        if info.type not in (tarfile.CHRTYPE, tarfile.BLKTYPE):
+            info.devmajor = info.devminor = 0
+        info.pax_headers = {k: v for k, v in info.pax_headers.items() if not k.endswith("time")}
+        return info
+
+    def add(self, info: tarfile.TarInfo, src: BinaryIO | None = None) -> None:
+        """Write one entry; for a regular file, `src` must give exactly info.size bytes."""
+        self.normalize(info)
+        self._write(info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape"))
+        if info.isreg() and info.size:
+            if src is None:
+                raise ValueError(f"{info.name}: regular file without content")
+            remaining = info.size
+            while remaining:
+                chunk = src.read(min(remaining, 1 << 20))
+                if not chunk:
+                    raise ReproError(
+                        f"{info.name}: content ended {remaining} bytes early", "the input is truncated"
+                    )
+                self._write(chunk)
+                remaining -= len(chunk)
+            self._pad(info.size)
+
+    def add_stream(self, info: tarfile.TarInfo, src: BinaryIO) -> int:
+        """Write a regular file whose size is not known in advance; the output must be seekable."""
+        info.size = 0
+        self.normalize(info)
+        header = info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")
+        header_pos = self._out.tell() + len(header) - BLOCK
+        self._write(header)
+        size = 0
+        while True:
+            chunk = src.read(1 << 20)
+            if not chunk:
+                break
+            self._write(chunk)
+            size += len(chunk)
+        end = self._out.tell()
+        block = bytearray(header[-BLOCK:])
+        _set_size(block, size)
+        self._out.seek(header_pos)
+        self._out.write(block)
+        self._out.seek(end)
+        self._pad(size)
+        return size
+
+    def add_bytes(self, name: str, data: bytes, mode: int = 0o644, mtime: int = 0) -> None:
+        info = tarfile.TarInfo(name)
+        info.size, info.mode, info.mtime = len(data), mode, mtime
+        self.add(info, io.BytesIO(data))
+
+    def add_dir(self, name: str, mode: int = 0o755, mtime: int = 0) -> None:
+        info = tarfile.TarInfo(name.rstrip("/"))
+        info.type, info.mode, info.mtime = tarfile.DIRTYPE, mode, mtime
+        self.add(info)
+
+    def close(self) -> None:
+        """The trailer: exactly two zero blocks, no padding to a 10 KiB record."""
+        self._write(b"\0" * (2 * BLOCK))
+
+
+def member_name(name: str) -> str:
+    """A tar member name as a clean relative path ('./a//b/' -> 'a/b'); '' for the root."""
+    parts = [p for p in name.split("/") if p not in ("", ".")]
+    return "/".join(parts)

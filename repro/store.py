@@ -1,0 +1,213 @@
+"""An OCI image layout on disk used as a content-addressed blob store.
+
+Invariants: a file under blobs/ALG/ always holds exactly the content its name says (blobs are
+written under a temporary name, checked, then renamed); index.json changes only under an exclusive
+lock on the layout directory and by an atomic rename, so concurrent writers add their tags instead
+of overwriting each other's.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import hashlib
+import os
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import BinaryIO
+
+from repro.atomic import atomic_file, fsync_dir
+from repro.digest import CHUNK, VerifyingReader, algorithm_and_hex
+from repro.errors import ReproError
+from repro.image import OCI_INDEX, Descriptor, Index, canonical_json, parse_json
+
+LAYOUT_VERSION = "1.0.0"
+OCI_LAYOUT_FILE = "oci-layout"
+INDEX_FILE = "index.json"
+TEMP_PREFIX = ".tmp-"
+
+
+def blob_name(digest: str) -> str:
+    algorithm, hexpart = algorithm_and_hex(digest)
+    return f"blobs/{algorithm}/{hexpart}"
+
+
+def layout_marker() -> bytes:
+    return canonical_json({"imageLayoutVersion": LAYOUT_VERSION})
+
+
+def empty_index() -> Index:
+    return Index((), {}, OCI_INDEX)
+
+
+class Layout:
+    """A directory holding an OCI image layout."""
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = Path(path)
+        self.name = f"oci:{self.path}"
+
+    # --- opening and creating -------------------------------------------------------------
+    @classmethod
+    def open_existing(cls, path: str | os.PathLike) -> Layout:
+        layout = cls(path)
+        if not layout.path.exists():
+            raise ReproError(f"{layout.name}: {layout.path} does not exist", "check the path")
+        marker = layout.path / OCI_LAYOUT_FILE
+        if not layout.path.is_dir() or not marker.is_file():
+            raise ReproError(
+                f"{layout.name}: {layout.path} is not an OCI image layout (no oci-layout file)", ""
+            )
+        obj = parse_json(marker.read_bytes(), f"{layout.name}: oci-layout")
+        if not isinstance(obj, dict) or obj.get("imageLayoutVersion") != LAYOUT_VERSION:
+            raise ReproError(f"{layout.name}: unsupported imageLayoutVersion in oci-layout", "expected 1.0.0")
+        return layout
+
+    @classmethod
+    def initialize(cls, path: str | os.PathLike) -> Layout:
+        """Create the skeleton of an empty layout in an existing empty directory."""
+        layout = cls(path)
+        (layout.path / "blobs" / "sha256").mkdir(parents=True, exist_ok=True)
+        (layout.path / OCI_LAYOUT_FILE).write_bytes(layout_marker())
+        (layout.path / INDEX_FILE).write_bytes(canonical_json(empty_index().to_json()))
+        return layout
+
+    # --- reading (the same calls as repro.tarfiles.TarFiles) -----------------------------------
+    def exists(self, name: str) -> bool:
+        return (self.path / name).is_file()
+
+    def open(self, name: str) -> BinaryIO:
+        return open(self.path / name, "rb")
+
+    def read(self, name: str, limit: int = 4 << 20) -> bytes:
+        with self.open(name) as f:
+            data = f.read(limit + 1)
+        if len(data) > limit:
+            raise ReproError(f"{self.name}: {name} is larger than {limit} bytes", "the layout is not valid")
+        return data
+
+    def has_blob(self, digest: str) -> bool:
+        return self.exists(blob_name(digest))
+
+    def read_index(self) -> Index:
+        return Index.parse(self.read(INDEX_FILE), f"{self.name}: index.json")
+
+    # --- writing --------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def _temp_blob(self, algorithm: str) -> Iterator[tuple[BinaryIO, Callable[[str], None]]]:
+        directory = self.path / "blobs" / algorithm
+        directory.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=TEMP_PREFIX, dir=directory)
+        committed = False
+
+        def commit(digest: str) -> None:
+            nonlocal committed
+            os.chmod(tmp, 0o644)
+            os.replace(tmp, self.path / blob_name(digest))
+            committed = True
+
+        try:
+            with os.fdopen(fd, "wb") as out:
+                yield out, commit
+        finally:
+            if not committed:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(tmp)
+
+    def put_blob(self, descriptor: Descriptor, src: BinaryIO, progress=None) -> None:
+        """Store a blob whose digest is known; the content is verified before it gets its name."""
+        if self.has_blob(descriptor.digest):
+            return
+        if not (isinstance(src, VerifyingReader) and src.expected_digest == descriptor.digest):
+            src = VerifyingReader(src, descriptor.digest, descriptor.size, f"blob {descriptor.digest}")
+        algorithm, _ = algorithm_and_hex(descriptor.digest)
+        with self._temp_blob(algorithm) as (out, commit):
+            while chunk := src.read(CHUNK):
+                out.write(chunk)
+                if progress is not None:
+                    progress(len(chunk))
+            src.finish()
+            out.flush()
+            os.fsync(out.fileno())
+            commit(descriptor.digest)
+
+    def put_bytes(self, data: bytes, media_type: str) -> Descriptor:
+        digest = "sha256:" + hashlib.sha256(data).hexdigest()
+        descriptor = Descriptor(media_type, digest, len(data))
+        if not self.has_blob(digest):
+            with self._temp_blob("sha256") as (out, commit):
+                out.write(data)
+                out.flush()
+                os.fsync(out.fileno())
+                commit(digest)
+        return descriptor
+
+    def put_stream(self, write: Callable[[BinaryIO], None]) -> tuple[str, int]:
+        """Store a blob produced by `write(out)` whose digest is not known in advance."""
+        with self._temp_blob("sha256") as (out, commit):
+            hashing = _HashingWriter(out)
+            write(hashing)
+            out.flush()
+            os.fsync(out.fileno())
+            digest = "sha256:" + hashing.hash.hexdigest()
+            if self.has_blob(digest):
+                return digest, hashing.size
+            commit(digest)
+        return digest, hashing.size
+
+    @contextlib.contextmanager
+    def locked(self) -> Iterator[None]:
+        """An exclusive lock on the layout directory (flock on the directory itself)."""
+        fd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
+
+    def update_index(self, change: Callable[[Index], Index]) -> Index:
+        """Apply `change` to index.json under the lock and replace it atomically."""
+        with self.locked():
+            index = self.read_index() if self.exists(INDEX_FILE) else empty_index()
+            new = change(index)
+            with atomic_file(self.path / INDEX_FILE) as out:
+                out.write(canonical_json(new.to_json()))
+        fsync_dir(self.path)
+        return new
+
+    def add_manifest(self, descriptor: Descriptor, tag: str) -> Index:
+        """Point `tag` (or, without a tag, an untagged entry) at `descriptor`, keeping other entries."""
+
+        def change(index: Index) -> Index:
+            kept = [
+                d
+                for d in index.manifests
+                if not (d.ref_name == tag if tag else (not d.ref_name and d.digest == descriptor.digest))
+            ]
+            return Index((*kept, descriptor), index.annotations, index.media_type)
+
+        return self.update_index(change)
+
+
+class _HashingWriter:
+    def __init__(self, out: BinaryIO) -> None:
+        self._out = out
+        self.hash = hashlib.sha256()
+        self.size = 0
+
+    def write(self, data) -> int:
+        self.hash.update(data)
+        self.size += len(data)
+        return self._out.write(data)
+
+    def flush(self) -> None:
+        self._out.flush()
+
+    def writable(self) -> bool:
+        return True
+
+
+def is_missing(exc: OSError) -> bool:
+    return exc.errno in (errno.ENOENT, errno.ENOTDIR)

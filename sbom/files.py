@@ -1,0 +1,94 @@
+"""Per-file inventory of the flattened image: type, mode, owner, size, sha256, link target, layer.
+
+Every byte of every regular file is hashed once while the layers stream past; nothing is extracted.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import tarfile
+from dataclasses import asdict, dataclass
+
+from repro.digest import CHUNK
+from repro.flatten import clean_path, merged
+from repro.image import Image
+
+_TYPES = {
+    tarfile.REGTYPE: "file",
+    tarfile.AREGTYPE: "file",
+    tarfile.CONTTYPE: "file",
+    tarfile.DIRTYPE: "dir",
+    tarfile.SYMTYPE: "symlink",
+    tarfile.LNKTYPE: "hardlink",
+    tarfile.CHRTYPE: "char",
+    tarfile.BLKTYPE: "block",
+    tarfile.FIFOTYPE: "fifo",
+}
+
+
+def printable(path: str) -> str:
+    """A path for JSON and terminals: bytes that are not UTF-8 become \\xNN escapes."""
+    return path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+@dataclass(slots=True)
+class FileRecord:
+    path: str
+    type: str
+    mode: str
+    uid: int
+    gid: int
+    size: int
+    sha256: str
+    target: str
+    layer: int
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+def inventory(image: Image) -> list[FileRecord]:
+    """The flattened image's files, sorted by path (byte order)."""
+    records: dict[str, FileRecord] = {}
+    layer_hashes: dict[str, tuple[str, int]] = {}  # regular files of the layer being read
+    current_layer = -1
+    pending: list[tuple[FileRecord, str]] = []  # hardlinks whose target is in a lower layer
+    for entry in merged(image):
+        if entry.layer != current_layer:
+            _resolve(pending, layer_hashes)
+            current_layer, layer_hashes = entry.layer, {}
+        info = entry.info
+        record = FileRecord(
+            path=printable(entry.path),
+            type=_TYPES.get(info.type, "other"),
+            mode=f"{info.mode:04o}",
+            uid=info.uid,
+            gid=info.gid,
+            size=info.size if info.isreg() else 0,
+            sha256="",
+            target=printable(info.linkname) if (info.issym() or info.islnk()) else "",
+            layer=entry.layer,
+        )
+        if entry.content is not None:
+            h = hashlib.sha256()
+            while chunk := entry.content.read(CHUNK):
+                h.update(chunk)
+            record.sha256 = h.hexdigest()
+            layer_hashes[entry.path] = (record.sha256, record.size)
+        elif info.islnk():
+            target = clean_path(info.linkname)
+            if target in layer_hashes:
+                record.sha256, record.size = layer_hashes[target]
+            else:
+                pending.append((record, target))
+        records[entry.path] = record
+    _resolve(pending, layer_hashes)
+    return [records[p] for p in sorted(records, key=lambda p: p.encode("utf-8", "surrogateescape"))]
+
+
+def _resolve(pending: list[tuple[FileRecord, str]], layer_hashes: dict[str, tuple[str, int]]) -> None:
+    for item in list(pending):
+        record, target = item
+        if target in layer_hashes:
+            record.sha256, record.size = layer_hashes[target]
+            pending.remove(item)
