@@ -1,0 +1,35 @@
+# The two commands a newcomer needs: `make demo` and `make test`. Both set everything up first,
+# idempotently: Debian packages (scripts/setup-debian.sh) and a virtualenv in .venv.
+PYTHON ?= python3
+VENV := .venv
+STAMP := $(VENV)/.installed
+PYTEST_ARGS ?=
+
+.PHONY: setup debian python demo test lint bench clean
+
+setup: debian python
+
+debian:
+	@bash scripts/setup-debian.sh
+
+python: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
+	@$(VENV)/bin/pip install -q --disable-pip-version-check -e '.[dev]'
+	@touch $(STAMP)
+
+demo: setup
+	@bash scripts/demo.sh
+
+lint: python
+	@$(VENV)/bin/ruff check .
+
+test: setup lint
+	@$(VENV)/bin/pytest -q $(PYTEST_ARGS)
+
+bench: setup
+	@$(VENV)/bin/python -m benchmarks
+
+clean:
+	rm -rf $(VENV) demo-out .pytest_cache

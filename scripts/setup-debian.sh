@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Install the Debian packages repro's tests and demo use; quick when they are all there already.
+set -euo pipefail
+packages=(
+  skopeo umoci buildah squashfs-tools squashfs-tools-ng siftool docker.io docker-registry
+  mmdebstrap proot bubblewrap busybox-static uidmap iptables apache2-utils
+)
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+[ ${#missing[@]} -eq 0 ] && exit 0
+echo "setup: installing Debian packages: ${missing[*]}"
+sudo=""
+[ "$(id -u)" -ne 0 ] && sudo="sudo"
+export DEBIAN_FRONTEND=noninteractive
+$sudo apt-get update -qq
+$sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null

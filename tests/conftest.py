@@ -1,0 +1,127 @@
+"""Shared fixtures: the repro command, a busybox image made locally, and a real Docker engine."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.imagekit import E, make_image
+
+BIN = Path(sys.executable).parent
+REPRO = str(BIN / "repro")
+BUSYBOX = Path("/bin/busybox")
+APPLETS = ("sh", "cat", "echo", "env", "ls")
+
+
+def repro(*args: str, check: bool = True, env: dict | None = None, cwd: Path | None = None):
+    """Run the repro CLI; returns the CompletedProcess (text)."""
+    proc = subprocess.run([REPRO, *args], capture_output=True, text=True, env=env, cwd=cwd, timeout=600)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"repro {' '.join(args)} exited {proc.returncode}:\n{proc.stderr}")
+    return proc
+
+
+def run(*cmd: str, check: bool = True, **kwargs) -> subprocess.CompletedProcess:
+    proc = subprocess.run(list(cmd), capture_output=True, text=True, timeout=600, **kwargs)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def busybox_layers() -> list[list[E]]:
+    """Two layers: busybox with a few applets, then config files, an overwrite and a whiteout."""
+    base = [
+        E("bin", kind="dir"),
+        E("bin/busybox", BUSYBOX.read_bytes(), mode=0o755),
+        *[E(f"bin/{a}", kind="symlink", target="busybox") for a in APPLETS],
+        E("etc", kind="dir"),
+        E("etc/motd", b"old motd\n"),
+        E("etc/gone", b"deleted in layer 2\n"),
+        E("tmp", kind="dir", mode=0o1777),
+    ]
+    top = [
+        E("etc", kind="dir"),
+        E("etc/.wh.gone", b""),
+        E("etc/motd", b"hello from repro\n"),
+        E("etc/motd.link", kind="hardlink", target="etc/motd"),
+        E("srv", kind="dir"),
+        E("srv/data.txt", b"1 2 3\n", uid=1000, gid=1000),
+    ]
+    return [base, top]
+
+
+BUSYBOX_CONFIG = {
+    "Env": ["PATH=/bin", "GREETING=hi there"],
+    "Entrypoint": ["/bin/sh", "-c"],
+    "Cmd": ["cat /etc/motd"],
+    "WorkingDir": "/srv",
+    "Labels": {"org.opencontainers.image.title": "busybox-test"},
+}
+
+
+@pytest.fixture(scope="session")
+def busybox_layout(tmp_path_factory) -> Path:
+    """An OCI layout holding the two-layer busybox image as `oci:PATH:1`."""
+    path = tmp_path_factory.mktemp("busybox") / "layout"
+    make_image(path, "1", busybox_layers(), config=BUSYBOX_CONFIG)
+    return path
+
+
+@pytest.fixture
+def layout_copy(busybox_layout, tmp_path) -> Path:
+    """A private copy of the busybox layout that a test may damage."""
+    dst = tmp_path / "copy"
+    shutil.copytree(busybox_layout, dst)
+    return dst
+
+
+def _wait_for(predicate, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.2)
+    raise RuntimeError(f"timed out waiting for {what}")
+
+
+@pytest.fixture(scope="session")
+def dockerd():
+    """A private Docker engine (its own data-root, exec-root and socket), stopped afterwards.
+
+    Yields the environment to give the docker CLI."""
+    if os.geteuid() != 0 or not shutil.which("dockerd"):
+        pytest.fail("the Docker engine tests need root and dockerd (make setup installs docker.io)")
+    base = Path(tempfile.mkdtemp(prefix="rd-", dir="/tmp"))
+    sock = base / "docker.sock"
+    log = open(base / "dockerd.log", "wb")  # noqa: SIM115 - kept open for the daemon's lifetime
+    proc = subprocess.Popen(
+        ["dockerd", "--data-root", str(base / "data"), "--exec-root", str(base / "exec"),
+         "-H", f"unix://{sock}", "--pidfile", str(base / "docker.pid"), "--bridge=none",
+         "--iptables=false", "--ip6tables=false", "--containerd-namespace", f"repro{os.getpid()}"],
+        stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    env = {**os.environ, "DOCKER_HOST": f"unix://{sock}"}
+    try:
+        _wait_for(lambda: subprocess.run(["docker", "version"], env=env, capture_output=True).returncode == 0
+                  or proc.poll() is not None, 60, "dockerd")
+        if proc.poll() is not None:
+            raise RuntimeError((base / "dockerd.log").read_text()[-2000:])
+        yield env
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        log.close()
+        subprocess.run(["umount", "-R", str(base / "exec")], capture_output=True)
+        shutil.rmtree(base, ignore_errors=True)
