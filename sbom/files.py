@@ -61,7 +61,7 @@ def inventory(image: Image) -> list[FileRecord]:
         record = FileRecord(
             path=printable(entry.path),
             type=_TYPES.get(info.type, "other"),
-            mode=f"{info.mode:04o}",
+            mode=f"{info.mode & 0o7777:04o}",
             uid=info.uid,
             gid=info.gid,
             size=info.size if info.isreg() else 0,
