@@ -113,7 +113,8 @@ def write(image: Image, ref: Reference, options: Options, progress=None) -> str:
     annotations = {REF_NAME: tag} if tag else {}
     if path.exists():
         layout = Layout.open_existing(path)
-        descriptor = copy_into(layout, image, progress)
+        with layout.transaction():
+            descriptor = copy_into(layout, image, progress)
         layout.add_manifest(manifest_descriptor(image, annotations), tag)
     else:
         with atomic_dir(path) as tmp:

@@ -75,13 +75,18 @@ class BlobLayer:
             ) from None
 
     def open(self) -> BinaryIO:
-        return open_verified(self.source, self.descriptor)
+        """The blob as stored, checked against its digest and, as it streams, its diff_id."""
+        if self.compression == "" and self.descriptor.digest == self.diff_id:
+            return open_verified(self.source, self.descriptor)
+        what = f"{self.source.name}: layer {self.descriptor.digest}"
+        return VerifyingReader(self.source.open_blob(self.descriptor), self.descriptor.digest, self.descriptor.size,
+                               what, _layers.LayerChecker(self.compression, self.diff_id, what))
 
     def open_uncompressed(self) -> BinaryIO:
         what = f"{self.source.name}: layer {self.descriptor.digest}"
         if self.compression == "" and self.descriptor.digest == self.diff_id:
             return self.open()
-        stream = _layers.decompressed(self.open(), self.compression, what)
+        stream = _layers.decompressed(open_verified(self.source, self.descriptor), self.compression, what)
         return VerifyingReader(stream, self.diff_id, None, f"{what} (uncompressed, diff_id {self.diff_id})")
 
 

@@ -85,15 +85,18 @@ class VerifyingReader(HashingReader):
     The check happens when EOF is reached; call finish() to drain and check explicitly.
     """
 
-    def __init__(self, raw: BinaryIO, digest: str, size: int | None, what: str) -> None:
+    def __init__(self, raw: BinaryIO, digest: str, size: int | None, what: str, also=None) -> None:
         super().__init__(raw, algorithm_and_hex(digest)[0])
         self.expected_digest = digest
         self.expected_size = size
         self.what = what
         self.verified = False
+        self.also = also  # a further check fed the same bytes (repro.layers.LayerChecker)
 
     def _consume(self, data: bytes) -> None:
         super()._consume(data)
+        if self.also is not None and data:
+            self.also.update(data)
         if self.expected_size is not None and self.size > self.expected_size:
             raise DigestMismatch(
                 f"{self.what}: content is larger than the declared size {self.expected_size}",
@@ -115,6 +118,8 @@ class VerifyingReader(HashingReader):
                 f"{self.what}: content has digest {self.digest}, expected {self.expected_digest}",
                 "the image is corrupt or was modified; fetch or rebuild it",
             )
+        if self.also is not None:
+            self.also.finish()
         self.verified = True
 
     def finish(self) -> None:

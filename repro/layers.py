@@ -8,6 +8,7 @@ every gzip stream through gzip_writer (no file name, mtime 0, OS byte 255, fixed
 from __future__ import annotations
 
 import gzip
+import hashlib
 import io
 import os
 import tarfile
@@ -64,6 +65,11 @@ class _GuardedReader(io.RawIOBase):
         try:
             return self._inner.read(size)
         except (EOFError, zlib.error, gzip.BadGzipFile, zstandard.ZstdError) as exc:
+            # A blob that fails its digest explains the damage better than the decompressor can.
+            for closer in self._closers:
+                finish = getattr(closer, "finish", None)
+                if finish is not None:
+                    finish()
             raise ReproError(
                 f"{self._what}: corrupt or truncated {self._compression} stream ({exc})",
                 "the layer is damaged; fetch or rebuild the image",
@@ -91,8 +97,65 @@ def decompressed(raw: BinaryIO, compression: str, what: str) -> BinaryIO:
         return _GuardedReader(gzip.GzipFile(fileobj=raw, mode="rb"), what, "gzip", (raw,))
     if compression == "zstd":
         reader = zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True, closefd=True)
-        return _GuardedReader(reader, what, "zstd")
+        return _GuardedReader(reader, what, "zstd", (raw,))
     raise ReproError(f"{what}: unsupported compression {compression!r}", "use gzip, zstd or none")
+
+
+class LayerChecker:
+    """Follows a compressed layer as it streams past and checks its uncompressed digest (diff_id).
+
+    Lets a copy that keeps the compressed bytes still prove what they decompress to, in one pass.
+    """
+
+    def __init__(self, compression: str, diff_id: str, what: str) -> None:
+        self.compression = compression
+        self.diff_id = diff_id
+        self.what = what
+        self.hash = hashlib.new(diff_id.split(":", 1)[0])
+        self._decompressor = self._new()
+        self._error: ReproError | None = None
+
+    def _new(self):
+        if self.compression == "gzip":
+            return zlib.decompressobj(16 + zlib.MAX_WBITS)
+        if self.compression == "zstd":
+            return zstandard.ZstdDecompressor().decompressobj()
+        return None
+
+    def _corrupt(self, detail: str) -> ReproError:
+        return ReproError(f"{self.what}: corrupt or truncated {self.compression} stream ({detail})",
+                          "the layer is damaged; fetch or rebuild the image")
+
+    def update(self, data: bytes) -> None:
+        if self._error is not None:
+            return
+        if self._decompressor is None:
+            self.hash.update(data)
+            return
+        try:
+            while data:
+                self.hash.update(self._decompressor.decompress(data))
+                data = b""
+                if self._decompressor.eof:
+                    data = self._decompressor.unused_data
+                    if data:
+                        self._decompressor = self._new()
+        except (zlib.error, zstandard.ZstdError) as exc:
+            # Reported by finish(), after the compressed digest: a blob that fails its digest is the
+            # better explanation of the damage.
+            self._error = self._corrupt(str(exc))
+
+    def finish(self) -> None:
+        if self._error is not None:
+            raise self._error
+        if self._decompressor is not None and not self._decompressor.eof:
+            raise self._corrupt("the stream ends before its end marker")
+        digest = f"{self.diff_id.split(':', 1)[0]}:{self.hash.hexdigest()}"
+        if digest != self.diff_id:
+            from repro.errors import DigestMismatch
+
+            raise DigestMismatch(f"{self.what}: uncompressed content has digest {digest}, diff_id is {self.diff_id}",
+                                 "the image is corrupt or was modified; fetch or rebuild it")
 
 
 class _NoClose(io.RawIOBase):

@@ -48,6 +48,24 @@ class Layout:
     def __init__(self, path: str | os.PathLike) -> None:
         self.path = Path(path)
         self.name = f"oci:{self.path}"
+        self._pending: dict[str, Path] | None = None  # digest -> verified temporary, in a transaction
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[None]:
+        """Blobs written inside the block get their names only if the block completes, so a failed
+        copy leaves the layout as it was (a killed one leaves at most hidden `.tmp-*` files)."""
+        self._pending = {}
+        try:
+            yield
+            with self.locked():
+                for digest, tmp in self._pending.items():
+                    os.replace(tmp, self.path / blob_name(digest))
+            self._pending = None
+        finally:
+            for tmp in (self._pending or {}).values():
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(tmp)
+            self._pending = None
 
     # --- opening and creating -------------------------------------------------------------
     @classmethod
@@ -89,7 +107,7 @@ class Layout:
         return data
 
     def has_blob(self, digest: str) -> bool:
-        return self.exists(blob_name(digest))
+        return (self._pending is not None and digest in self._pending) or self.exists(blob_name(digest))
 
     def read_index(self) -> Index:
         return Index.parse(self.read(INDEX_FILE), f"{self.name}: index.json")
@@ -105,7 +123,12 @@ class Layout:
         def commit(digest: str) -> None:
             nonlocal committed
             os.chmod(tmp, 0o644)
-            os.replace(tmp, self.path / blob_name(digest))
+            if self._pending is not None:
+                self._pending.setdefault(digest, Path(tmp))
+                if self._pending[digest] != Path(tmp):
+                    os.unlink(tmp)
+            else:
+                os.replace(tmp, self.path / blob_name(digest))
             committed = True
 
         try:
