@@ -147,25 +147,16 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     for key, value in sorted(info["labels"].items()):
         table.add_row("label", f"{key}={value}")
     out.print(table)
-    layers = Table(title="layers", title_justify="left")
-    for column in ("#", "digest", "size", "media type", "diff_id"):
-        layers.add_column(column, overflow="fold")
+    out.print("layers", style="bold")
     for i, layer in enumerate(info["layers"]):
-        layers.add_row(
-            str(i),
-            layer["digest"],
-            _human(layer["size"]),
-            layer["mediaType"].rsplit(".", 1)[-1],
-            layer["diff_id"],
-        )
-    out.print(layers)
+        kind = layer["mediaType"].rsplit(".", 1)[-1]
+        out.print(f"  {i:<3}{layer['digest']}  {_human(layer['size']):>10}  {kind:<8}  diff_id {layer['diff_id']}",
+                  markup=False)
     if info["history"]:
-        history = Table(title="history", title_justify="left")
-        history.add_column("created")
-        history.add_column("created by", overflow="fold")
+        out.print("history", style="bold")
         for h in info["history"]:
-            history.add_row(h["created"], h["created_by"] + ("  (no layer)" if h["empty_layer"] else ""))
-        out.print(history)
+            note = "  (no layer)" if h["empty_layer"] else ""
+            out.print(f"  {h['created']}  {h['created_by']}{note}", markup=False)
     return 0
 
 

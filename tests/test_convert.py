@@ -169,3 +169,36 @@ def test_python_api(busybox_layout, tmp_path):
     digest = api.write(image, f"oci-archive:{tmp_path}/x.tar")
     assert digest == image.digest
     assert api.open(f"oci-archive:{tmp_path}/x.tar").config.diff_ids == image.config.diff_ids
+
+
+def test_reads_docker_25_mixed_oci_archive(busybox_layout, tmp_path):
+    """Docker 25+ `docker save`: an OCI layout (uncompressed blobs) plus a manifest.json naming them."""
+    repro("convert", f"oci:{busybox_layout}:1", f"oci:{tmp_path}/plain:1")
+    repro("convert", f"oci:{busybox_layout}:1", f"docker-archive:{tmp_path}/classic.tar")
+    repro("convert", f"docker-archive:{tmp_path}/classic.tar", f"oci:{tmp_path}/plain:u")  # uncompressed layers
+    layout = tmp_path / "plain"
+    index = json.loads((layout / "index.json").read_bytes())
+    entry = next(d for d in index["manifests"] if d["annotations"]["org.opencontainers.image.ref.name"] == "u")
+    manifest = json.loads((layout / "blobs" / entry["digest"].replace(":", "/")).read_bytes())
+    docker_manifest = [{
+        "Config": "blobs/" + manifest["config"]["digest"].replace(":", "/"),
+        "RepoTags": ["example/new:25"],
+        "Layers": ["blobs/" + layer["digest"].replace(":", "/") for layer in manifest["layers"]],
+    }]
+    out = tmp_path / "docker25.tar"
+    with tarfile.open(out, "w") as tar:
+        for name in ("oci-layout", "index.json"):
+            tar.add(layout / name, name)
+        for digest in [manifest["config"]["digest"], entry["digest"], *(x["digest"] for x in manifest["layers"])]:
+            rel = "blobs/" + digest.replace(":", "/")
+            tar.add(layout / rel, rel)
+        data = json.dumps(docker_manifest).encode()
+        info = tarfile.TarInfo("manifest.json")
+        info.size = len(data)
+        import io
+
+        tar.addfile(info, io.BytesIO(data))
+    ours = json.loads(repro("hash", "--json", f"oci:{busybox_layout}:1").stdout)
+    theirs = json.loads(repro("hash", "--json", f"docker-archive:{out}:example/new:25").stdout)
+    assert theirs["config"] == ours["config"]
+    assert [x["diff_id"] for x in theirs["layers"]] == [x["diff_id"] for x in ours["layers"]]
