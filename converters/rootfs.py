@@ -6,6 +6,7 @@ hardlinks kept. It is assembled in a private temporary store that lives as long 
 
 from __future__ import annotations
 
+import logging
 import shutil
 import tempfile
 import weakref
@@ -17,6 +18,8 @@ from repro.layers import source_date_epoch
 from repro.mutate import add_directory, commit, new_config, rfc3339, write_layer
 from repro.refs import Options, Reference
 from repro.store import Layout
+
+log = logging.getLogger(__name__)
 
 
 def image_from_layer_writer(produce, name: str, options: Options) -> Image:
@@ -45,3 +48,24 @@ def read(ref: Reference, options: Options) -> Image:
         raise ReproError(f"{ref}: {root} is not a directory", "check the path")
     epoch = source_date_epoch()
     return image_from_layer_writer(lambda tar: add_directory(tar, root, epoch), str(ref), options)
+
+
+def write(image: Image, ref: Reference, options: Options, progress=None) -> str:
+    """Flatten into a new directory (assembled under a temporary name, renamed when complete)."""
+    from repro.atomic import atomic_dir
+    from repro.flatten import extract
+
+    if not ref.body:
+        raise ReproError(f"{ref}: missing directory", "write it as rootfs:DIR")
+    target = Path(ref.body)
+    if target.exists():
+        raise ReproError(f"{ref}: {target} already exists", "flatten into a new directory")
+    with atomic_dir(target) as tmp:
+        stats = extract(image, tmp)
+    if stats.skipped_devices:
+        log.warning("%s: skipped %d device nodes (creating them needs root)", ref, stats.skipped_devices)
+    if stats.skipped_xattrs:
+        log.warning("%s: %d extended attributes could not be set here", ref, stats.skipped_xattrs)
+    if stats.unresolved_links:
+        log.warning("%s: %d hardlinks whose target is missing were skipped", ref, len(stats.unresolved_links))
+    return image.digest

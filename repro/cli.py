@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 from collections.abc import Callable, Sequence
 
@@ -30,7 +31,8 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _options(args: argparse.Namespace) -> Options:
-    return Options(Platform.parse(args.platform) if getattr(args, "platform", None) else None)
+    extra = {"compression": args.compression} if getattr(args, "compression", None) else {}
+    return Options(Platform.parse(args.platform) if getattr(args, "platform", None) else None, extra)
 
 
 def _emit_json(obj: object) -> None:
@@ -86,6 +88,16 @@ def cmd_convert(args: argparse.Namespace) -> int:
     else:
         out.print(f"{args.dst}  {written}", markup=False)
     return 0
+
+
+FLAT_TRANSPORTS = ("rootfs", "tar", "squashfs")
+
+
+def cmd_flatten(args: argparse.Namespace) -> int:
+    if args.dst.partition(":")[0] not in FLAT_TRANSPORTS:
+        raise ReproError(f"{args.dst!r}: flatten writes rootfs:DIR, tar:FILE or squashfs:FILE",
+                         "use repro convert for image formats")
+    return cmd_convert(args)
 
 
 def describe(image: Image) -> dict:
@@ -209,6 +221,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("src", help="source, e.g. docker-archive:img.tar")
     p.add_argument("dst", help="destination, e.g. oci:layout:1.0")
     p.add_argument("--platform", help="os/arch[/variant] to pick from a multi-platform index (default: host)")
+    p.add_argument("--compression", choices=("gzip", "zstd", "xz", "lz4"), help="squashfs compressor (default gzip)")
+    p.add_argument("--json", action="store_true", help="print a JSON summary")
+
+    p = command("flatten", cmd_flatten, "merge the layers into one root filesystem: rootfs:DIR, tar:FILE, squashfs:FILE")
+    p.add_argument("src", help="source image, e.g. oci:layout:1")
+    p.add_argument("dst", help="rootfs:DIR, tar:FILE or squashfs:FILE")
+    p.add_argument("--platform", help="os/arch[/variant] to pick from a multi-platform index (default: host)")
+    p.add_argument("--compression", choices=("gzip", "zstd", "xz", "lz4"), help="squashfs compressor (default gzip)")
     p.add_argument("--json", action="store_true", help="print a JSON summary")
 
     p = command("inspect", cmd_inspect, "show an image's digest, config, layers and history")
@@ -232,6 +252,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return EXIT_BAD_INPUT
+    logging.basicConfig(format="repro: warning: %(message)s", level=logging.WARNING, stream=sys.stderr)
     try:
         return args.func(args)
     except ReproError as exc:

@@ -11,6 +11,7 @@ import posixpath
 import tarfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import BinaryIO
 
 from repro.errors import ReproError
@@ -42,22 +43,29 @@ def ancestors(path: str) -> Iterator[str]:
         yield "/".join(parts[:i])
 
 
+DIR, IMPLICIT_DIR, OTHER = "dir", "implicit", "other"
+
+
 @dataclass
 class _Upper:
     """What the layers above the current one have said about paths."""
 
-    claimed: dict[str, bool] = field(default_factory=dict)  # path -> is a directory
+    claimed: dict[str, str] = field(default_factory=dict)  # path -> DIR, IMPLICIT_DIR (a parent) or OTHER
     deleted: set[str] = field(default_factory=set)
     opaque: set[str] = field(default_factory=set)
 
-    def hides(self, path: str) -> bool:
-        if path in self.claimed or path in self.deleted:
+    def hides(self, path: str, is_dir: bool) -> bool:
+        """True if a lower layer's entry at `path` is replaced or deleted by an upper layer.
+
+        A directory that an upper layer only implies (as the parent of its entries) still takes its
+        metadata from the lower layer that has its entry."""
+        claim = self.claimed.get(path)
+        if claim is not None and not (claim == IMPLICIT_DIR and is_dir):
+            return True
+        if path in self.deleted:
             return True
         for parent in ancestors(path):
-            if parent in self.deleted or parent in self.opaque:
-                return True
-            is_dir = self.claimed.get(parent)
-            if is_dir is False:
+            if parent in self.deleted or parent in self.opaque or self.claimed.get(parent) == OTHER:
                 return True
         return False
 
@@ -93,7 +101,7 @@ def merged(image: Image) -> Iterator[MergedEntry]:
     layers = image.layers
     for index in range(len(layers) - 1, -1, -1):
         layer = layers[index]
-        claimed: dict[str, bool] = {}
+        claimed: dict[str, str] = {}
         deleted: set[str] = set()
         opaque: set[str] = set()
         what = f"{image.name}: layer {layer.descriptor.digest}"
@@ -116,9 +124,12 @@ def merged(image: Image) -> Iterator[MergedEntry]:
                         elif kind[0] == "whiteout":
                             deleted.add(kind[1])
                         continue
-                    if upper.hides(path):
+                    if upper.hides(path, info.isdir()):
                         continue
-                    claimed[path] = info.isdir()
+                    claimed[path] = DIR if info.isdir() else OTHER
+                    for parent in ancestors(path):
+                        if parent not in claimed and upper.claimed.get(parent) is None:
+                            claimed[parent] = IMPLICIT_DIR
                     content = tar.extractfile(info) if info.isreg() else None
                     yield MergedEntry(index, path, info, content)
             except tarfile.TarError as exc:
@@ -129,6 +140,36 @@ def merged(image: Image) -> Iterator[MergedEntry]:
             finish = getattr(stream, "finish", None)
             if finish is not None:
                 finish()
-        upper.claimed.update(claimed)
+        for path, claim in claimed.items():
+            if upper.claimed.get(path) != DIR:
+                upper.claimed[path] = claim
         upper.deleted |= deleted
         upper.opaque |= opaque
+
+
+def flat_entries(image: Image) -> Iterator[tuple[tarfile.TarInfo, BinaryIO | None]]:
+    """The merged view as tar entries named by their clean paths, hardlinks last (after every
+    possible target, since a link's target may come from a lower layer)."""
+    links: list[tarfile.TarInfo] = []
+    for entry in merged(image):
+        info = entry.info
+        info.name = entry.path
+        if info.islnk():
+            info.linkname = clean_path(info.linkname)
+            links.append(info)
+            continue
+        yield info, entry.content
+    yield from ((info, None) for info in links)
+
+
+def extract(image: Image, root: Path):
+    """Flatten `image` into the existing directory `root`; returns the extraction statistics."""
+    from repro.extract import Extractor
+
+    extractor = Extractor(root, image.name)
+    try:
+        for entry in merged(image):
+            extractor.add(entry.path, entry.info, entry.content)
+        return extractor.finish()
+    finally:
+        extractor.close()

@@ -18,6 +18,8 @@ TRANSPORTS: dict[str, str] = {
     "oci-archive": "converters.oci_archive",
     "docker-archive": "converters.docker_archive",
     "rootfs": "converters.rootfs",
+    "tar": "converters.tarball",
+    "squashfs": "converters.squashfs",
 }
 
 

@@ -1,0 +1,90 @@
+"""`squashfs:PATH`: a flattened root filesystem as a squashfs image, for hosts without overlayfs.
+
+Written by streaming the flattened tar into squashfs-tools-ng's tar2sqfs (no intermediate tree);
+read by streaming sqfs2tar's output. Reproducible: the same image gives the same bytes.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+from converters.rootfs import image_from_layer_writer
+from converters.tarball import copy_tar_stream, write_flat
+from repro.atomic import fsync_dir
+from repro.errors import ReproError
+from repro.image import Image
+from repro.layers import TarWriter, source_date_epoch
+from repro.refs import Options, Reference
+
+COMPRESSORS = ("gzip", "zstd", "xz", "lz4")
+
+
+def _tool(name: str) -> str:
+    path = shutil.which(name)
+    if path is None:
+        raise ReproError(f"{name} is not installed", "install squashfs-tools-ng (make setup does)")
+    return path
+
+
+def write(image: Image, ref: Reference, options: Options, progress=None) -> str:
+    if not ref.body:
+        raise ReproError(f"{ref}: missing file name", "write it as squashfs:FILE")
+    target = Path(ref.body)
+    compression = options.extra.get("compression") or "gzip"
+    if compression not in COMPRESSORS:
+        raise ReproError(f"--compression {compression}: not supported", f"use one of {', '.join(COMPRESSORS)}")
+    if not target.parent.is_dir():
+        raise ReproError(f"{ref}: directory {target.parent} does not exist", "create it first")
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.repro-tmp-", dir=target.parent)
+    os.close(fd)
+    command = [_tool("tar2sqfs"), "--quiet", "--force", "--compressor", compression, "--no-skip",
+               "--defaults", f"mtime={source_date_epoch()}", "--num-jobs", str(os.cpu_count() or 1), tmp]
+    try:
+        proc = subprocess.Popen(command, stdin=subprocess.PIPE, stderr=subprocess.PIPE)
+        try:
+            write_flat(image, proc.stdin)  # type: ignore[arg-type]
+            proc.stdin.close()  # type: ignore[union-attr]
+        except BrokenPipeError:
+            pass
+        except BaseException:
+            proc.kill()
+            proc.wait()
+            raise
+        stderr = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
+        if proc.wait() != 0:
+            raise ReproError(f"{ref}: tar2sqfs failed: {stderr.strip().splitlines()[-1:] or ['']}".rstrip(),
+                             "see tar2sqfs --help")
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, target)
+        fsync_dir(target.parent)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return image.digest
+
+
+def read(ref: Reference, options: Options) -> Image:
+    path = Path(ref.body)
+    if not ref.body or not path.is_file():
+        raise ReproError(f"{ref}: {path} does not exist", "check the path")
+    with open(path, "rb") as f:
+        if f.read(4) != b"hsqs":
+            raise ReproError(f"{ref}: {path} is not a squashfs image", "check the file")
+    epoch = source_date_epoch()
+
+    def produce(tar: TarWriter) -> None:
+        proc = subprocess.Popen([_tool("sqfs2tar"), "--no-skip", str(path)], stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE)
+        try:
+            copy_tar_stream(proc.stdout, tar, str(ref), epoch)  # type: ignore[arg-type]
+        finally:
+            proc.stdout.close()  # type: ignore[union-attr]
+            stderr = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
+            if proc.wait() != 0:
+                raise ReproError(f"{ref}: sqfs2tar failed: {stderr.strip()[-300:]}", "the squashfs may be damaged")
+
+    return image_from_layer_writer(produce, str(ref), options)
