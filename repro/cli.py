@@ -224,7 +224,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--compression", choices=("gzip", "zstd", "xz", "lz4"), help="squashfs compressor (default gzip)")
     p.add_argument("--json", action="store_true", help="print a JSON summary")
 
-    p = command("flatten", cmd_flatten, "merge the layers into one root filesystem: rootfs:DIR, tar:FILE, squashfs:FILE")
+    p = command("flatten", cmd_flatten, "merge the layers into one root filesystem (rootfs:, tar:, squashfs:)")
     p.add_argument("src", help="source image, e.g. oci:layout:1")
     p.add_argument("dst", help="rootfs:DIR, tar:FILE or squashfs:FILE")
     p.add_argument("--platform", help="os/arch[/variant] to pick from a multi-platform index (default: host)")
