@@ -53,19 +53,24 @@ class _Upper:
     claimed: dict[str, str] = field(default_factory=dict)  # path -> DIR, IMPLICIT_DIR (a parent) or OTHER
     deleted: set[str] = field(default_factory=set)
     opaque: set[str] = field(default_factory=set)
+    sealed: set[str] = field(default_factory=set)  # nothing from further down survives at or under these
 
     def hides(self, path: str, is_dir: bool) -> bool:
         """True if a lower layer's entry at `path` is replaced or deleted by an upper layer.
 
         A directory that an upper layer only implies (as the parent of its entries) still takes its
-        metadata from the lower layer that has its entry."""
+        metadata from the lower layer that has its entry, unless a non-directory came in between."""
         claim = self.claimed.get(path)
-        if claim is not None and not (claim == IMPLICIT_DIR and is_dir):
+        if claim in (DIR, IMPLICIT_DIR) and not is_dir:
+            # This non-directory had replaced everything below it before an upper layer made the
+            # path a directory again: nothing further down survives at or under it.
+            self.sealed.add(path)
             return True
-        if path in self.deleted:
+        if path in self.sealed or path in self.deleted or (claim is not None and claim != IMPLICIT_DIR):
             return True
         for parent in ancestors(path):
-            if parent in self.deleted or parent in self.opaque or self.claimed.get(parent) == OTHER:
+            if (parent in self.deleted or parent in self.opaque or parent in self.sealed
+                    or self.claimed.get(parent) == OTHER):
                 return True
         return False
 
@@ -123,6 +128,10 @@ def merged(image: Image) -> Iterator[MergedEntry]:
                             opaque.add(kind[1])
                         elif kind[0] == "whiteout":
                             deleted.add(kind[1])
+                        # A whiteout lives in its directory: that directory exists in this layer.
+                        for parent in ancestors(path):
+                            if parent not in claimed and upper.claimed.get(parent) is None:
+                                claimed[parent] = IMPLICIT_DIR
                         continue
                     if upper.hides(path, info.isdir()):
                         continue
