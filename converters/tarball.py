@@ -7,7 +7,6 @@ same image gives the same bytes. Read as a one-layer image (gzip/xz/bz2 input is
 from __future__ import annotations
 
 import tarfile
-from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
@@ -16,7 +15,7 @@ from repro.atomic import atomic_file
 from repro.errors import ReproError
 from repro.flatten import clean_path, flat_entries
 from repro.image import Image
-from repro.layers import TarWriter, source_date_epoch
+from repro.layers import TarWriter, iter_tar_stream, source_date_epoch
 from repro.refs import Options, Reference
 
 
@@ -39,7 +38,7 @@ def copy_tar_stream(source: BinaryIO, tar: TarWriter, what: str, mtime_limit: in
     """Copy a foreign tar stream into a layer: names cleaned, mtimes clamped, headers normalized."""
     try:
         with tarfile.open(fileobj=source, mode="r|*", encoding="utf-8", errors="surrogateescape") as src:
-            for info in _entries(src):
+            for info in iter_tar_stream(src):
                 name = clean_path(info.name)
                 if not name:
                     continue
@@ -50,10 +49,6 @@ def copy_tar_stream(source: BinaryIO, tar: TarWriter, what: str, mtime_limit: in
                 tar.add(info, src.extractfile(info) if info.isreg() else None)
     except tarfile.TarError as exc:
         raise ReproError(f"{what}: not a readable tar archive ({exc})", "check the file") from None
-
-
-def _entries(src: tarfile.TarFile) -> Iterator[tarfile.TarInfo]:
-    yield from src
 
 
 def read(ref: Reference, options: Options) -> Image:

@@ -16,6 +16,7 @@ from typing import BinaryIO
 
 from repro.errors import ReproError
 from repro.image import Image
+from repro.layers import iter_tar_stream
 
 WHITEOUT_PREFIX = ".wh."
 OPAQUE_WHITEOUT = ".wh..wh..opq"
@@ -118,7 +119,7 @@ def merged(image: Image) -> Iterator[MergedEntry]:
             except tarfile.TarError as exc:
                 raise ReproError(f"{what}: not a tar stream ({exc})", "the layer is damaged") from None
             try:
-                for info in tar:
+                for info in iter_tar_stream(tar):
                     path = clean_path(info.name)
                     if not path:
                         continue
@@ -135,10 +136,11 @@ def merged(image: Image) -> Iterator[MergedEntry]:
                         continue
                     if upper.hides(path, info.isdir()):
                         continue
-                    claimed[path] = DIR if info.isdir() else OTHER
-                    for parent in ancestors(path):
-                        if parent not in claimed and upper.claimed.get(parent) is None:
-                            claimed[parent] = IMPLICIT_DIR
+                    if index:  # the bottom layer has nothing below it to hide: remember nothing
+                        claimed[path] = DIR if info.isdir() else OTHER
+                        for parent in ancestors(path):
+                            if parent not in claimed and upper.claimed.get(parent) is None:
+                                claimed[parent] = IMPLICIT_DIR
                     content = tar.extractfile(info) if info.isreg() else None
                     yield MergedEntry(index, path, info, content)
             except tarfile.TarError as exc:

@@ -49,21 +49,67 @@ def compressor_versions() -> dict[str, str]:
     return {"zlib": zlib.ZLIB_RUNTIME_VERSION, "zstd": ".".join(map(str, zstandard.ZSTD_VERSION))}
 
 
+EXPANSION_ENV = "REPRO_MAX_EXPANSION"
+DEFAULT_MAX_EXPANSION = 1000
+EXPANSION_SLACK = 64 << 20
+
+
+def max_expansion() -> int:
+    """How many times its compressed size a layer may grow when decompressed (a gzip bomb guard).
+
+    Real layers expand 2 to 20 times; zeros expand about 1000 times under gzip. Raise the limit with
+    REPRO_MAX_EXPANSION for a trusted image that holds large runs of zeros; 0 turns it off."""
+    value = os.environ.get(EXPANSION_ENV, "")
+    if not value:
+        return DEFAULT_MAX_EXPANSION
+    if not value.isdigit():
+        raise ReproError(f"{EXPANSION_ENV}={value!r} is not a whole number", "give a ratio such as 5000, or 0")
+    return int(value)
+
+
+class ExpansionGuard:
+    """Fails once the output of a decompressor outgrows its input by more than the allowed ratio."""
+
+    def __init__(self, what: str) -> None:
+        self.what = what
+        self.ratio = max_expansion()
+        self.compressed = 0
+        self.uncompressed = 0
+
+    def check(self, compressed: int, uncompressed: int) -> None:
+        self.compressed, self.uncompressed = compressed, uncompressed
+        if self.ratio and uncompressed > self.ratio * compressed + EXPANSION_SLACK:
+            raise ReproError(
+                f"{self.what}: expands to more than {self.ratio} times its compressed size "
+                f"({uncompressed} bytes from {compressed}): refusing a possible decompression bomb",
+                f"if the image is trusted, raise the limit with {EXPANSION_ENV}=N (0 for none)",
+            )
+
+
 class _GuardedReader(io.RawIOBase):
-    """Turns the decompressors' own exceptions into one ReproError naming the content."""
+    """Turns the decompressors' own exceptions into one ReproError naming the content, and bounds
+    how far the content may expand."""
 
     def __init__(self, inner: BinaryIO, what: str, compression: str, closers: tuple = ()) -> None:
         self._inner = inner
         self._what = what
         self._compression = compression
         self._closers = closers
+        self._guard = ExpansionGuard(what)
+        self._out = 0
+
+    def _compressed_so_far(self) -> int:
+        return max((getattr(c, "size", 0) for c in self._closers), default=0)
 
     def readable(self) -> bool:
         return True
 
     def read(self, size: int = -1) -> bytes:
         try:
-            return self._inner.read(size)
+            data = self._inner.read(size)
+            self._out += len(data)
+            self._guard.check(self._compressed_so_far(), self._out)
+            return data
         except (EOFError, zlib.error, gzip.BadGzipFile, zstandard.ZstdError) as exc:
             # A blob that fails its digest explains the damage better than the decompressor can.
             for closer in self._closers:
@@ -105,6 +151,9 @@ class LayerChecker:
     """Follows a compressed layer as it streams past and checks its uncompressed digest (diff_id).
 
     Lets a copy that keeps the compressed bytes still prove what they decompress to, in one pass.
+    Output is produced in bounded pieces, so a decompression bomb costs neither memory nor, past the
+    expansion limit, time. Errors wait for finish(), after the compressed digest was checked: a blob
+    that fails its digest is the better explanation of the damage.
     """
 
     def __init__(self, compression: str, diff_id: str, what: str) -> None:
@@ -112,43 +161,59 @@ class LayerChecker:
         self.diff_id = diff_id
         self.what = what
         self.hash = hashlib.new(diff_id.split(":", 1)[0])
-        self._decompressor = self._new()
         self._error: ReproError | None = None
-
-    def _new(self):
-        if self.compression == "gzip":
-            return zlib.decompressobj(16 + zlib.MAX_WBITS)
-        if self.compression == "zstd":
-            return zstandard.ZstdDecompressor().decompressobj()
-        return None
+        self._guard = ExpansionGuard(what)
+        self._in = self._out = 0
+        self._gzip = zlib.decompressobj(16 + zlib.MAX_WBITS) if compression == "gzip" else None
+        self._zstd = (
+            zstandard.ZstdDecompressor().stream_writer(self, write_size=1 << 20, closefd=False)
+            if compression == "zstd" else None
+        )
+        self._zstd_done = False
 
     def _corrupt(self, detail: str) -> ReproError:
         return ReproError(f"{self.what}: corrupt or truncated {self.compression} stream ({detail})",
                           "the layer is damaged; fetch or rebuild the image")
 
+    def write(self, data: bytes) -> int:
+        """Uncompressed output (the zstd writer calls this)."""
+        self._out += len(data)
+        self._guard.check(self._in, self._out)
+        self.hash.update(data)
+        return len(data)
+
     def update(self, data: bytes) -> None:
         if self._error is not None:
             return
-        if self._decompressor is None:
-            self.hash.update(data)
-            return
+        self._in += len(data)
         try:
-            while data:
-                self.hash.update(self._decompressor.decompress(data))
-                data = b""
-                if self._decompressor.eof:
-                    data = self._decompressor.unused_data
-                    if data:
-                        self._decompressor = self._new()
+            if self._gzip is not None:
+                self._feed_gzip(data)
+            elif self._zstd is not None:
+                self._zstd.write(data)
+            else:
+                self.write(data)
+        except ReproError as exc:
+            self._error = exc
         except (zlib.error, zstandard.ZstdError) as exc:
-            # Reported by finish(), after the compressed digest: a blob that fails its digest is the
-            # better explanation of the damage.
             self._error = self._corrupt(str(exc))
 
+    def _feed_gzip(self, data: bytes) -> None:
+        while data:
+            if self._gzip.eof:  # another gzip member follows
+                self._gzip = zlib.decompressobj(16 + zlib.MAX_WBITS)
+            self.write(self._gzip.decompress(data, 1 << 20))
+            data = self._gzip.unconsumed_tail or (self._gzip.unused_data if self._gzip.eof else b"")
+
     def finish(self) -> None:
+        if self._zstd is not None and self._error is None:
+            try:
+                self._zstd.flush()
+            except zstandard.ZstdError as exc:
+                self._error = self._corrupt(str(exc))
         if self._error is not None:
             raise self._error
-        if self._decompressor is not None and not self._decompressor.eof:
+        if self._gzip is not None and not self._gzip.eof:
             raise self._corrupt("the stream ends before its end marker")
         digest = f"{self.diff_id.split(':', 1)[0]}:{self.hash.hexdigest()}"
         if digest != self.diff_id:
@@ -303,3 +368,11 @@ def member_name(name: str) -> str:
     """A tar member name as a clean relative path ('./a//b/' -> 'a/b'); '' for the root."""
     parts = [p for p in name.split("/") if p not in ("", ".")]
     return "/".join(parts)
+
+
+def iter_tar_stream(tar: tarfile.TarFile):
+    """Iterate a tar opened in stream mode without tarfile's list of every member seen so far,
+    so memory does not grow with the number of entries."""
+    while (info := tar.next()) is not None:
+        yield info
+        tar.members.clear()
