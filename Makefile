@@ -28,6 +28,8 @@ lint: python
 
 test: setup lint
 	@$(VENV)/bin/pytest -q $(PYTEST_ARGS)
+	@echo "benchmarks, quick mode (checks that every benchmark runs and gives a number):"
+	@$(VENV)/bin/python -m benchmarks --quick
 
 bench: setup
 	@$(VENV)/bin/python -m benchmarks

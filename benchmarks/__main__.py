@@ -1,0 +1,156 @@
+"""`python -m benchmarks [--quick] [--pairs N] [--only NAME]`: repro against the peer tools.
+
+For each operation, repro and the peer run alternately on the same input (a warm-up of each, then
+N pairs), so page cache and machine noise fall on both alike. Reported: median wall time, CPU time,
+peak RSS of the whole process tree, the ratio repro/peer and the min-max spread.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from benchmarks.inputs import TAG, synthetic_image
+from benchmarks.measure import Sample, run
+
+HERE = Path(__file__).resolve().parent
+REPRO = str(Path(sys.executable).parent / "repro")
+
+
+@dataclass
+class Operation:
+    name: str
+    peer: str
+    ours: list[str] | str
+    theirs: list[str] | str
+    outputs: list[Path] = field(default_factory=list)
+
+    def clean(self) -> None:
+        for path in self.outputs:
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
+            elif path.exists():
+                path.unlink()
+
+
+def operations(image: Path, work: Path) -> list[Operation]:
+    src = f"oci:{image}:{TAG}"
+    docker_tar = work / "input-docker.tar"
+    if not docker_tar.exists():
+        subprocess.run([REPRO, "convert", src, f"docker-archive:{docker_tar}:bench:1"], check=True,
+                       stdout=subprocess.DEVNULL)
+    flat = work / "input-rootfs"
+    if not flat.exists():
+        subprocess.run([REPRO, "flatten", src, f"rootfs:{flat}"], check=True, stdout=subprocess.DEVNULL)
+    out = work / "out"
+    out.mkdir(exist_ok=True)
+    return [
+        Operation("oci -> docker-archive", "skopeo copy",
+                  [REPRO, "convert", src, f"docker-archive:{out}/ours.tar:bench:1"],
+                  ["skopeo", "copy", "-q", src, f"docker-archive:{out}/peer.tar:bench:1"],
+                  [out / "ours.tar", out / "peer.tar"]),
+        Operation("docker-archive -> oci", "skopeo copy",
+                  [REPRO, "convert", f"docker-archive:{docker_tar}", f"oci:{out}/ours:1"],
+                  ["skopeo", "copy", "-q", f"docker-archive:{docker_tar}", f"oci:{out}/peer:1"],
+                  [out / "ours", out / "peer"]),
+        Operation("flatten to a directory", "umoci unpack",
+                  [REPRO, "flatten", src, f"rootfs:{out}/ours-rootfs"],
+                  ["umoci", "unpack", "--image", f"{image}:{TAG}", f"{out}/peer-bundle"],
+                  [out / "ours-rootfs", out / "peer-bundle"]),
+        Operation("OCI -> squashfs", "umoci unpack + mksquashfs",
+                  [REPRO, "flatten", src, f"squashfs:{out}/ours.sqfs"],
+                  f"umoci unpack --image {image}:{TAG} {out}/peer-sq && "
+                  f"mksquashfs {out}/peer-sq/rootfs {out}/peer.sqfs -comp gzip -noappend -quiet >/dev/null",
+                  [out / "ours.sqfs", out / "peer-sq", out / "peer.sqfs"]),
+        Operation("per-file hashes", "sha256sum over the flattened tree",
+                  f"{REPRO} hash --files --json {src} > /dev/null",
+                  f"cd {flat} && find . -type f -print0 | xargs -0 sha256sum > /dev/null",
+                  []),
+    ]
+
+
+def measure(op: Operation, pairs: int) -> dict:
+    samples: dict[str, list[Sample]] = {"repro": [], "peer": []}
+    for round_number in range(pairs + 1):  # round 0 is the warm-up of both
+        for who, command in (("repro", op.ours), ("peer", op.theirs)):
+            op.clean()
+            sample = run(command)
+            if round_number:
+                samples[who].append(sample)
+    op.clean()
+
+    def summary(items: list[Sample]) -> dict:
+        walls = [s.wall for s in items]
+        return {"median_s": statistics.median(walls), "min_s": min(walls), "max_s": max(walls),
+                "cpu_s": statistics.median(s.cpu for s in items),
+                "peak_rss_mb": max(s.peak_rss_mb for s in items)}
+
+    ours, theirs = summary(samples["repro"]), summary(samples["peer"])
+    return {"operation": op.name, "peer": op.peer, "repro": ours, "peer_result": theirs,
+            "ratio": ours["median_s"] / theirs["median_s"] if theirs["median_s"] else float("nan")}
+
+
+def table(results: list[dict]) -> str:
+    lines = ["| operation | peer | repro s | peer s | ratio | repro spread | peer spread | repro CPU s | "
+             "peer CPU s | repro RSS MB | peer RSS MB |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in results:
+        o, p = r["repro"], r["peer_result"]
+        lines.append(
+            f"| {r['operation']} | {r['peer']} | {o['median_s']:.2f} | {p['median_s']:.2f} | {r['ratio']:.2f} | "
+            f"{o['min_s']:.2f}-{o['max_s']:.2f} | {p['min_s']:.2f}-{p['max_s']:.2f} | {o['cpu_s']:.2f} | "
+            f"{p['cpu_s']:.2f} | {o['peak_rss_mb']:.0f} | {p['peak_rss_mb']:.0f} |")
+    return "\n".join(lines)
+
+
+def machine() -> str:
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.machine())
+    memory = int(Path("/proc/meminfo").read_text().split()[1]) // (1 << 20)
+    return f"{os.cpu_count()} cores ({cpu}), {memory} GiB, Linux {platform.release()}, Python {platform.python_version()}"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="~50 MB inputs, one pair: checks every benchmark runs")
+    parser.add_argument("--pairs", type=int, help="measured pairs per operation (default 3, quick 1)")
+    parser.add_argument("--only", help="run only operations whose name contains this")
+    parser.add_argument("--cache", type=Path, default=HERE / ".cache", help="where generated inputs are kept")
+    args = parser.parse_args()
+    scale = 0.05 if args.quick else 1.0
+    pairs = args.pairs or (1 if args.quick else 3)
+    args.cache.mkdir(parents=True, exist_ok=True)
+    print(f"generating inputs (scale {scale:g}) in {args.cache} ...", file=sys.stderr)
+    image = synthetic_image(args.cache, scale)
+    work = args.cache / f"work-{scale:g}"
+    work.mkdir(exist_ok=True)
+    results = []
+    for op in operations(image, work):
+        if args.only and args.only not in op.name:
+            continue
+        print(f"  {op.name} vs {op.peer} ...", file=sys.stderr)
+        results.append(measure(op, pairs))
+    report = {"machine": machine(), "scale": scale, "pairs": pairs,
+              "image_bytes": sum(p.stat().st_size for p in (image / "blobs" / "sha256").iterdir()),
+              "results": results}
+    markdown = table(results)
+    print(markdown)
+    destination = HERE if not args.quick else args.cache
+    (destination / "results.json").write_text(json.dumps(report, indent=2) + "\n")
+    (destination / "results.md").write_text(f"Machine: {report['machine']}\n\n{markdown}\n")
+    for r in results:
+        if not (r["repro"]["median_s"] > 0 and r["peer_result"]["median_s"] > 0):
+            print(f"benchmark {r['operation']} produced no number", file=sys.stderr)
+            return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
