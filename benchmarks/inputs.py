@@ -49,14 +49,14 @@ def _layer_entries(number: int, scale: float) -> list[tuple[tarfile.TarInfo, byt
     for d in dirs:
         add(d, tarfile.DIRTYPE, mode=0o755)
     budget = total
-    for i in range(files):
+    for _ in range(files):
         size = min(int(rng.expovariate(1 / mean)) + 1, max(budget, 1), 64 << 20)
         budget -= size
         # Layers share names, so upper layers overwrite files of lower ones.
         name = f"{rng.choice(dirs)}/f{rng.randrange(files * 2):06d}"
         add(name, data=_file(rng, size))
     if number:
-        for i in range(files // 50):
+        for _ in range(files // 50):
             add(f"{rng.choice(dirs)}/.wh.f{rng.randrange(files * 2):06d}")
         add(f"{dirs[number % len(dirs)]}/.wh..wh..opq")
         regular = [info.name for info, _ in entries if info.isreg() and ".wh." not in info.name]
