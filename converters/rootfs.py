@@ -22,8 +22,10 @@ from repro.store import Layout
 log = logging.getLogger(__name__)
 
 
-def image_from_layer_writer(produce, name: str, options: Options) -> Image:
-    """A one-layer image around the entries `produce` writes, in a temporary store."""
+def image_from_layer_writer(produce, name: str, options: Options, container_config=None) -> Image:
+    """A one-layer image around the entries `produce` writes, in a temporary store.
+
+    `container_config()`, called once the layer is written, gives the config's `config` part."""
     tmp = Path(tempfile.mkdtemp(prefix="repro-import-"))
     try:
         layout = Layout.initialize(tmp)
@@ -31,7 +33,8 @@ def image_from_layer_writer(produce, name: str, options: Options) -> Image:
         epoch = source_date_epoch()
         platform = options.platform or Platform.host()
         history = [{"created": rfc3339(epoch), "created_by": f"repro import {name.split(':', 1)[0]}"}]
-        config = new_config(platform, rfc3339(epoch), [layer.diff_id], history)
+        config = new_config(platform, rfc3339(epoch), [layer.diff_id], history,
+                            container_config() if container_config else None)
         image = commit(layout, config, [layer], name=name)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -30,6 +30,26 @@ def _tool(name: str) -> str:
     return path
 
 
+def run_tar2sqfs(produce, output: Path, compression: str, mtime: int, what: str) -> None:
+    """Stream the tar that `produce(stdin)` writes into tar2sqfs, making `output`."""
+    command = [_tool("tar2sqfs"), "--quiet", "--force", "--compressor", compression, "--no-skip",
+               "--defaults", f"mtime={mtime}", "--num-jobs", str(os.cpu_count() or 1), str(output)]
+    proc = subprocess.Popen(command, stdin=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        produce(proc.stdin)
+        proc.stdin.close()  # type: ignore[union-attr]
+    except BrokenPipeError:
+        pass
+    except BaseException:
+        proc.kill()
+        proc.wait()
+        raise
+    stderr = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
+    if proc.wait() != 0:
+        last = (stderr.strip().splitlines() or [""])[-1]
+        raise ReproError(f"{what}: tar2sqfs failed: {last}", "a layer may name the same path twice")
+
+
 def write(image: Image, ref: Reference, options: Options, progress=None) -> str:
     if not ref.body:
         raise ReproError(f"{ref}: missing file name", "write it as squashfs:FILE")
@@ -41,23 +61,8 @@ def write(image: Image, ref: Reference, options: Options, progress=None) -> str:
         raise ReproError(f"{ref}: directory {target.parent} does not exist", "create it first")
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.repro-tmp-", dir=target.parent)
     os.close(fd)
-    command = [_tool("tar2sqfs"), "--quiet", "--force", "--compressor", compression, "--no-skip",
-               "--defaults", f"mtime={source_date_epoch()}", "--num-jobs", str(os.cpu_count() or 1), tmp]
     try:
-        proc = subprocess.Popen(command, stdin=subprocess.PIPE, stderr=subprocess.PIPE)
-        try:
-            write_flat(image, proc.stdin)  # type: ignore[arg-type]
-            proc.stdin.close()  # type: ignore[union-attr]
-        except BrokenPipeError:
-            pass
-        except BaseException:
-            proc.kill()
-            proc.wait()
-            raise
-        stderr = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
-        if proc.wait() != 0:
-            raise ReproError(f"{ref}: tar2sqfs failed: {stderr.strip().splitlines()[-1:] or ['']}".rstrip(),
-                             "see tar2sqfs --help")
+        run_tar2sqfs(lambda out: write_flat(image, out), Path(tmp), compression, source_date_epoch(), str(ref))
         os.chmod(tmp, 0o644)
         os.replace(tmp, target)
         fsync_dir(target.parent)

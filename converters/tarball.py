@@ -6,6 +6,7 @@ same image gives the same bytes. Read as a one-layer image (gzip/xz/bz2 input is
 
 from __future__ import annotations
 
+import io
 import tarfile
 from pathlib import Path
 from typing import BinaryIO
@@ -34,8 +35,11 @@ def write(image: Image, ref: Reference, options: Options, progress=None) -> str:
     return image.digest
 
 
-def copy_tar_stream(source: BinaryIO, tar: TarWriter, what: str, mtime_limit: int) -> None:
-    """Copy a foreign tar stream into a layer: names cleaned, mtimes clamped, headers normalized."""
+def copy_tar_stream(source: BinaryIO, tar: TarWriter, what: str, mtime_limit: int,
+                    capture: tuple[set[str], dict[str, bytes]] | None = None) -> None:
+    """Copy a foreign tar stream into a layer: names cleaned, mtimes clamped, headers normalized.
+
+    `capture` = (names, found): the content of those (small) files is also kept in `found`."""
     try:
         with tarfile.open(fileobj=source, mode="r|*", encoding="utf-8", errors="surrogateescape") as src:
             for info in iter_tar_stream(src):
@@ -46,7 +50,12 @@ def copy_tar_stream(source: BinaryIO, tar: TarWriter, what: str, mtime_limit: in
                 info.mtime = min(int(info.mtime), mtime_limit)
                 if info.islnk():
                     info.linkname = clean_path(info.linkname)
-                tar.add(info, src.extractfile(info) if info.isreg() else None)
+                content = src.extractfile(info) if info.isreg() else None
+                if capture is not None and name in capture[0] and content is not None and info.size < (1 << 20):
+                    data = content.read()
+                    capture[1][name] = data
+                    content = io.BytesIO(data)
+                tar.add(info, content)
     except tarfile.TarError as exc:
         raise ReproError(f"{what}: not a readable tar archive ({exc})", "check the file") from None
 

@@ -141,11 +141,40 @@ def describe(image: Image) -> dict:
     }
 
 
+def _format_details(ref_text: str) -> dict | None:
+    """What a transport can say about its container format (a SIF's header and objects)."""
+    from repro.refs import parse, transport_module
+
+    ref = parse(ref_text)
+    module = transport_module(ref)
+    return module.describe(ref) if hasattr(module, "describe") else None
+
+
+def _print_sif(details: dict) -> None:
+    header = details["header"]
+    out.print("SIF header", style="bold")
+    for key, value in header.items():
+        out.print(f"  {key:<20}{str(value).strip()}", markup=False)
+    out.print("SIF objects", style="bold")
+    out.print(f"  {'ID':<4}{'GROUP':<7}{'LINK':<6}{'OFFSET':>10} {'SIZE':>12}  {'TYPE':<14}NAME / PARTITION",
+              markup=False)
+    for o in details["objects"]:
+        part = o.get("partition")
+        what = f"{part['fstype']}/{part['parttype']}/{part['arch']}" if part else o["name"]
+        out.print(f"  {o['id']:<4}{o['group']:<7}{o['link']:<6}{o['offset']:>10} {o['size']:>12}  "
+                  f"{o['type']:<14}{what}", markup=False)
+
+
 def cmd_inspect(args: argparse.Namespace) -> int:
+    details = _format_details(args.ref)
     info = describe(open_image(args.ref, _options(args)))
+    if details is not None:
+        info["sif"] = details
     if args.json:
         _emit_json(info)
         return 0
+    if details is not None:
+        _print_sif(details)
     table = Table(show_header=False, box=None, pad_edge=False)
     table.add_column(style="bold")
     table.add_column()

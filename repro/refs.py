@@ -20,6 +20,7 @@ TRANSPORTS: dict[str, str] = {
     "rootfs": "converters.rootfs",
     "tar": "converters.tarball",
     "squashfs": "converters.squashfs",
+    "sif": "converters.sif",
 }
 
 

@@ -1,0 +1,235 @@
+"""`sif:PATH`: Singularity/Apptainer images.
+
+Writing: the flattened image, with what Apptainer expects in its root filesystem, streams into
+tar2sqfs; the squashfs becomes the primary system partition of a SIF after a deffile and two JSON
+objects (inspect-metadata.json, oci-config.json), in the order Apptainer writes them. Times come
+from SOURCE_DATE_EPOCH and the SIF's UUID from the manifest digest, so the same image gives the same
+bytes. Reading: the partition's tree becomes one layer; the config comes from oci-config.json, else
+from the environment scripts, runscript and labels.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import subprocess
+import tarfile
+import tempfile
+import uuid
+from pathlib import Path
+from typing import BinaryIO
+
+from converters import sif_format as fmt
+from converters import sif_rootfs as sd
+from converters.rootfs import image_from_layer_writer
+from converters.squashfs import COMPRESSORS, run_tar2sqfs
+from converters.tarball import copy_tar_stream
+from repro.atomic import atomic_file
+from repro.errors import ReproError
+from repro.flatten import flat_entries
+from repro.image import Image, Platform, canonical_json, parse_json
+from repro.layers import TarWriter, source_date_epoch
+from repro.refs import Options, Reference
+
+UUID_NAMESPACE = uuid.UUID("6f3c2a4e-5d1b-4f7a-9c8e-2b1d0e9f7a63")  # repro's namespace for SIF ids
+
+
+def sif_id(digest: str) -> uuid.UUID:
+    return uuid.uuid5(UUID_NAMESPACE, digest)
+
+
+def source_name(image: Image) -> str:
+    """A short, path-free name of the source for the deffile (`layout:tag`)."""
+    body = image.name.partition(":")[2]
+    path, _, tag = body.partition(":")
+    base = Path(path).name or "image"
+    return f"{base}:{tag}" if tag else base
+
+
+def _bytes_object(data_type: int, name: str, data: bytes) -> fmt.NewObject:
+    def write(out: BinaryIO) -> int:
+        out.write(data)
+        return len(data)
+
+    return fmt.NewObject(data_type, name, write)
+
+
+def _file_object(path: Path, arch: str) -> fmt.NewObject:
+    def write(out: BinaryIO) -> int:
+        out.flush()
+        size = path.stat().st_size
+        start = out.tell()
+        with open(path, "rb") as src:
+            copied = 0
+            while copied < size:
+                n = os.copy_file_range(src.fileno(), out.fileno(), size - copied, copied, start + copied)
+                if n == 0:
+                    raise ReproError(f"{path}: short copy into the SIF", "")
+                copied += n
+        out.seek(start + size)
+        return size
+
+    extra = fmt.partition_extra(fmt.FS_SQUASHFS, fmt.PART_PRIMARY, arch)
+    return fmt.NewObject(fmt.DATA_PARTITION, "", write, extra, alignment=fmt.PARTITION_ALIGNMENT)
+
+
+def sif_entries(image: Image, deffile_text: str, mtime: int):
+    """The flattened image with Apptainer's files on top: each path once, as tar2sqfs needs."""
+    overlay = sd.overlay_entries(image.config, deffile_text, mtime)
+    owned = {info.name for info, _ in overlay}
+    files = {info.name for info, _ in overlay if not info.isdir()}
+
+    for info, data in overlay:
+        yield info, io.BytesIO(data)
+    seen: set[str] = set()
+    for info, content in flat_entries(image):
+        name = info.name
+        if name in owned or name.startswith(f"{sd.SD}/") or any(name.startswith(f + "/") for f in files):
+            continue
+        if info.isdir():
+            seen.add(name)
+        yield info, content
+    for path in sd.DEFAULT_DIRS:
+        if path not in seen:
+            info = tarfile.TarInfo(path)
+            info.type, info.mtime = tarfile.DIRTYPE, mtime
+            info.mode = 0o1777 if path.endswith("tmp") else 0o755
+            yield info, None
+
+
+def write(image: Image, ref: Reference, options: Options, progress=None) -> str:
+    if not ref.body:
+        raise ReproError(f"{ref}: missing file name", "write it as sif:FILE")
+    target = Path(ref.body)
+    if not target.parent.is_dir():
+        raise ReproError(f"{ref}: directory {target.parent} does not exist", "create it first")
+    compression = options.extra.get("compression") or "gzip"
+    if compression not in COMPRESSORS:
+        raise ReproError(f"--compression {compression}: not supported", f"use one of {', '.join(COMPRESSORS)}")
+    epoch = source_date_epoch()
+    config = image.config
+    deffile_text = sd.deffile(source_name(image), image.digest)
+    files = sd.files_for(config, deffile_text)
+    metadata = sd.inspect_metadata(files, config.labels)
+    config_obj = parse_json(image.raw_config, f"{image.name}: config").get("config") or {}
+    fd, squashfs = tempfile.mkstemp(prefix=f".{target.name}.sqfs-", dir=target.parent)
+    os.close(fd)
+    try:
+        def produce(out: BinaryIO) -> None:
+            tar = TarWriter(out)
+            for info, content in sif_entries(image, deffile_text, epoch):
+                tar.add(info, content)
+            tar.close()
+
+        run_tar2sqfs(produce, Path(squashfs), compression, epoch, str(ref))
+        arch = config.architecture or Platform.host().architecture
+        objects = [
+            _bytes_object(fmt.DATA_DEFFILE, "", deffile_text.encode()),
+            _bytes_object(fmt.DATA_GENERIC_JSON, "inspect-metadata.json", canonical_json(metadata)),
+            _bytes_object(fmt.DATA_GENERIC_JSON, "oci-config.json", canonical_json(config_obj)),
+            _file_object(Path(squashfs), arch),
+        ]
+        with atomic_file(target) as out:
+            fmt.write(out, objects, sif_id(image.digest), epoch)
+    finally:
+        if os.path.exists(squashfs):
+            os.unlink(squashfs)
+    return image.digest
+
+
+def _open_checked(path: Path, ref: Reference) -> tuple[fmt.Header, list[fmt.Descriptor]]:
+    if not ref.body:
+        raise ReproError(f"{ref}: missing file name", "write it as sif:FILE")
+    if not path.is_file():
+        raise ReproError(f"{ref}: {path} does not exist" if not path.exists() else f"{ref}: {path} is not a file",
+                         "check the path")
+    with open(path, "rb") as f:
+        return fmt.read(f, path.stat().st_size, str(ref))
+
+
+def describe(ref: Reference) -> dict:
+    """The header and every data object, like `siftool list` and `siftool header`."""
+    header, descriptors = _open_checked(Path(ref.body), ref)
+    objects = []
+    for d in descriptors:
+        item = {"id": d.id, "type": fmt.DATA_NAMES.get(d.data_type, hex(d.data_type)), "name": d.name,
+                "group": d.group, "link": d.link, "offset": d.offset, "size": d.size}
+        if d.partition:
+            fstype, parttype, arch = d.partition
+            item["partition"] = {"fstype": fmt.FS_NAMES.get(fstype, str(fstype)),
+                                 "parttype": fmt.PART_NAMES.get(parttype, str(parttype)), "arch": arch}
+        objects.append(item)
+    return {"header": {"launch": header.launch.decode(errors="replace"), "arch": header.arch,
+                       "id": str(header.id), "created": header.created, "modified": header.modified,
+                       "descriptors_free": header.free, "descriptors_total": header.total,
+                       "descriptors_offset": header.descriptors_offset, "descriptors_size": header.descriptors_size,
+                       "data_offset": header.data_offset, "data_size": header.data_size},
+            "objects": objects}
+
+
+def read(ref: Reference, options: Options) -> Image:
+    path = Path(ref.body)
+    header, descriptors = _open_checked(path, ref)
+    part = fmt.primary_partition(descriptors, str(ref))
+    oci_config: dict | None = None
+    for d in descriptors:
+        if d.data_type == fmt.DATA_GENERIC_JSON and d.name == "oci-config.json" and d.size < (4 << 20):
+            with open(path, "rb") as f:
+                f.seek(d.offset)
+                loaded = parse_json(f.read(d.size), f"{ref}: oci-config.json")
+            if isinstance(loaded, dict):
+                oci_config = loaded
+    wanted = {f"{sd.SD}/env/10-docker2singularity.sh", f"{sd.SD}/runscript", f"{sd.SD}/labels.json"}
+    captured: dict[str, bytes] = {}
+    epoch = source_date_epoch()
+    sqfs2tar = shutil.which("sqfs2tar")
+    if sqfs2tar is None:
+        raise ReproError("sqfs2tar is not installed", "install squashfs-tools-ng (make setup does)")
+
+    def produce(tar: TarWriter) -> None:
+        with tempfile.NamedTemporaryFile(prefix="repro-sif-", suffix=".sqfs") as tmp, open(path, "rb") as src:
+            copied = 0
+            while copied < part.size:
+                n = os.copy_file_range(src.fileno(), tmp.fileno(), part.size - copied, part.offset + copied, copied)
+                if n == 0:
+                    raise ReproError(f"{ref}: the partition ends early", "the file is truncated")
+                copied += n
+            tmp.flush()
+            with open(tmp.name, "rb") as check:
+                if check.read(4) != b"hsqs":
+                    raise ReproError(f"{ref}: the primary partition is not a squashfs image", "the file is corrupt")
+            proc = subprocess.Popen([sqfs2tar, "--no-skip", tmp.name], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+            try:
+                copy_tar_stream(proc.stdout, tar, str(ref), epoch, capture=(wanted, captured))  # type: ignore[arg-type]
+            finally:
+                proc.stdout.close()  # type: ignore[union-attr]
+                stderr = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
+                if proc.wait() != 0:
+                    raise ReproError(f"{ref}: the squashfs partition cannot be read ({stderr.strip()[-200:]})",
+                                     "the file is corrupt")
+
+    def container_config() -> dict:
+        if oci_config is not None:
+            return oci_config
+        out: dict = {}
+        env_text = captured.get(f"{sd.SD}/env/10-docker2singularity.sh", b"").decode(errors="replace")
+        if env := sd.parse_env_script(env_text):
+            out["Env"] = env
+        entrypoint, cmd = sd.parse_runscript(captured.get(f"{sd.SD}/runscript", b"").decode(errors="replace"))
+        if entrypoint:
+            out["Entrypoint"] = entrypoint
+        if cmd:
+            out["Cmd"] = cmd
+        try:
+            labels = json.loads(captured.get(f"{sd.SD}/labels.json", b"null"))
+        except ValueError:
+            labels = None
+        if isinstance(labels, dict) and labels:
+            out["Labels"] = {str(k): str(v) for k, v in labels.items()}
+        return out
+
+    arch = part.partition[2] if part.partition else header.arch  # type: ignore[index]
+    platform = options.platform or Platform("linux", arch if arch != "unknown" else Platform.host().architecture)
+    return image_from_layer_writer(produce, str(ref), Options(platform, options.extra), container_config)
