@@ -70,6 +70,13 @@ def operations(image: Path, work: Path) -> list[Operation]:
                   f"umoci unpack --image {image}:{TAG} {out}/peer-sq && "
                   f"mksquashfs {out}/peer-sq/rootfs {out}/peer.sqfs -comp gzip -noappend -quiet >/dev/null",
                   [out / "ours.sqfs", out / "peer-sq", out / "peer.sqfs"]),
+        Operation("OCI -> SIF", "umoci unpack + mksquashfs + siftool new/add",
+                  [REPRO, "convert", src, f"sif:{out}/ours.sif"],
+                  f"umoci unpack --image {image}:{TAG} {out}/peer-sif && "
+                  f"mksquashfs {out}/peer-sif/rootfs {out}/peer-sif.sqfs -comp gzip -noappend -quiet >/dev/null && "
+                  f"siftool new {out}/peer.sif && siftool add {out}/peer.sif {out}/peer-sif.sqfs "
+                  "--datatype 4 --parttype 2 --partfs 1 --partarch 2",
+                  [out / "ours.sif", out / "peer-sif", out / "peer-sif.sqfs", out / "peer.sif"]),
         Operation("per-file hashes", "sha256sum over the flattened tree",
                   f"{REPRO} hash --files --json {src} > /dev/null",
                   f"cd {flat} && find . -type f -print0 | xargs -0 sha256sum > /dev/null",
