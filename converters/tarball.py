@@ -36,15 +36,16 @@ def write(image: Image, ref: Reference, options: Options, progress=None) -> str:
 
 
 def copy_tar_stream(source: BinaryIO, tar: TarWriter, what: str, mtime_limit: int,
-                    capture: tuple[set[str], dict[str, bytes]] | None = None) -> None:
+                    capture: tuple[set[str], dict[str, bytes]] | None = None, skip=None) -> None:
     """Copy a foreign tar stream into a layer: names cleaned, mtimes clamped, headers normalized.
 
-    `capture` = (names, found): the content of those (small) files is also kept in `found`."""
+    `capture` = (names, found): the content of those (small) files is also kept in `found`;
+    `skip(name)` drops entries (the build's hygiene list)."""
     try:
         with tarfile.open(fileobj=source, mode="r|*", encoding="utf-8", errors="surrogateescape") as src:
             for info in iter_tar_stream(src):
                 name = clean_path(info.name)
-                if not name:
+                if not name or (skip is not None and skip(name)):
                     continue
                 info.name = name
                 info.mtime = min(int(info.mtime), mtime_limit)

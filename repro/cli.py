@@ -16,7 +16,7 @@ from rich.console import Console
 from rich.table import Table
 
 from repro import __version__
-from repro.errors import EXIT_BAD_INPUT, ReproError
+from repro.errors import EXIT_BAD_INPUT, CheckFailed, ReproError
 from repro.image import Image, Platform
 from repro.refs import Options, open_image, write_image
 
@@ -88,6 +88,76 @@ def cmd_convert(args: argparse.Namespace) -> int:
     else:
         out.print(f"{args.dst}  {written}", markup=False)
     return 0
+
+
+def cmd_build(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from builders import build as b
+    from builders.spec import load
+
+    spec = load(args.spec)
+    if args.check:
+        return _build_check(args, spec)
+    store = b.open_store(Path(args.store) if args.store else b.default_store())
+
+    def report(step: b.StepReport) -> None:
+        if args.json:
+            return
+        state = "cached" if step.cached else "built "
+        err.print(f"[{step.number}/{step.total}] {state} {step.seconds:6.2f}s {_human(step.size):>10}  {step.title}",
+                  markup=False)
+
+    result = b.build(spec, store, executor=args.executor, use_cache=not args.no_cache, locked=args.locked,
+                     report=report, log=lambda m: err.print(f"repro: warning: {m}", markup=False))
+    written = [f"oci:{store.path}:{result.tag}"]
+    for ref in args.output or []:
+        write_image(result.image, ref, _options(args))
+        written.append(ref)
+    failures = 0
+    tests = []
+    if args.test:
+        for test, outcome, passed in b.run_tests(spec, result.image, args.executor):
+            failures += not passed
+            tests.append({"run": test["run"], "exit": outcome.exit_code, "passed": passed})
+            if not args.json:
+                err.print(f"test {'ok  ' if passed else 'FAIL'} {test['run']}" +
+                          ("" if passed else f" (exit {outcome.exit_code}): {outcome.tail.strip()[-300:]}"),
+                          markup=False)
+    if args.json:
+        _emit_json({"digest": result.digest, "written": written, "lock": str(result.lock_file), "tests": tests,
+                    "steps": [{"title": s.title, "cached": s.cached, "seconds": round(s.seconds, 3), "size": s.size}
+                              for s in result.steps]})
+    else:
+        out.print(f"{result.digest}  {' '.join(written)}", markup=False)
+    return 1 if failures else 0
+
+
+def _build_check(args: argparse.Namespace, spec) -> int:
+    """Build twice in separate empty stores; on a difference, show which files and fields differ."""
+    import tempfile
+    from pathlib import Path
+
+    from builders import build as b
+
+    digests = []
+    with tempfile.TemporaryDirectory(prefix="repro-check-") as tmp:
+        images = []
+        for n in (1, 2):
+            store = b.open_store(Path(tmp) / f"store{n}")
+            result = b.build(spec, store, executor=args.executor, use_cache=False)
+            digests.append(result.digest)
+            images.append(result.image)
+            err.print(f"build {n}: {result.digest}", markup=False)
+        if digests[0] == digests[1]:
+            out.print(f"reproducible: {digests[0]}", markup=False)
+            return 0
+        from sbom.diff import diff_images
+
+        differences = diff_images(images[0], images[1])
+        for line in differences:
+            out.print(line, markup=False)
+    raise CheckFailed(f"{spec.path}: two builds gave {digests[0]} and {digests[1]}", "see the differences above")
 
 
 FLAT_TRANSPORTS = ("rootfs", "tar", "squashfs")
@@ -245,6 +315,18 @@ def build_parser() -> argparse.ArgumentParser:
         p.set_defaults(func=func)
         p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
         return p
+
+    p = command("build", cmd_build, "build an image from a spec, reproducibly")
+    p.add_argument("spec", help="the spec YAML file")
+    p.add_argument("-o", "--output", action="append", help="also write the image here (any writable reference)")
+    p.add_argument("--locked", action="store_true", help="fail if resolution differs from SPEC.lock")
+    p.add_argument("--no-cache", action="store_true", help="rebuild every step")
+    p.add_argument("--check", action="store_true", help="build twice in empty stores and compare the digests")
+    p.add_argument("--test", action="store_true", help="run the spec's tests against the image")
+    p.add_argument("--executor", choices=("chroot", "bwrap", "proot"), help="how run steps execute (default: auto)")
+    p.add_argument("--store", help="the local store (an OCI layout; default $REPRO_STORE or ~/.local/share/repro)")
+    p.add_argument("--compression", choices=("gzip", "zstd", "xz", "lz4"), help="squashfs/SIF compressor")
+    p.add_argument("--json", action="store_true", help="print a JSON summary")
 
     p = command("convert", cmd_convert, "copy an image from any reference to any reference")
     p.add_argument("src", help="source, e.g. docker-archive:img.tar")

@@ -1,0 +1,192 @@
+"""Running a command inside a root filesystem directory, with or without root.
+
+- chroot: fresh mount, pid and uts namespaces (`unshare`) and chroot; needs root.
+- bwrap: bubblewrap in a user namespace; for plain users where the kernel allows it.
+- proot: ptrace-based, needs nothing but the binary: the HPC path (udocker's default mode).
+
+`choose()` picks the first that works here; `--executor` overrides it.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+
+from repro.errors import ReproError
+
+NAMES = ("chroot", "bwrap", "proot")
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+@dataclass(frozen=True)
+class Result:
+    exit_code: int
+    output: str  # stdout and stderr together
+    tail: str  # the last 20 lines, for error messages
+
+
+@dataclass(frozen=True)
+class Command:
+    argv: list[str]
+    env: dict[str, str]
+    workdir: str = "/"
+    network: bool = False
+
+
+def _run(argv: list[str], stream_to=None, env: dict[str, str] | None = None) -> Result:
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
+    lines: deque[str] = deque(maxlen=20)
+    chunks = []
+    for raw in proc.stdout:  # type: ignore[union-attr]
+        text = raw.decode(errors="replace")
+        chunks.append(text)
+        lines.append(text)
+        if stream_to is not None:
+            stream_to(text)
+    code = proc.wait()
+    return Result(code, "".join(chunks), "".join(lines))
+
+
+def _env_args(env: dict[str, str]) -> list[str]:
+    return [f"{k}={v}" for k, v in sorted(env.items())]
+
+
+
+
+def run_chroot(root: Path, command: Command, stream_to=None) -> Result:
+    """unshare + chroot, as root. /proc and /dev are mounted in the private mount namespace only."""
+    script = (
+        'set -e; root="$1"; shift; '
+        'mount -t proc proc "$root/proc"; '
+        'mount --rbind /dev "$root/dev"; '
+        'if [ "$REPRO_NETWORK" = 1 ] && [ -f /etc/resolv.conf ] && [ -f "$root/etc/resolv.conf" ]; then '
+        'mount --bind /etc/resolv.conf "$root/etc/resolv.conf"; fi; '
+        'exec "$@"'
+    )
+    unshare = ["unshare", "--mount", "--pid", "--uts", "--fork", "--propagation", "private"]
+    if not command.network:
+        unshare.append("--net")
+    # env and unshare run on the host: the image needs no shell for the command to start.
+    unshare_bin = shutil.which("unshare") or "/usr/bin/unshare"
+    inner = ["env", "-i", *_env_args(command.env), unshare_bin, f"--root={root}", f"--wd={command.workdir}",
+             *command.argv]
+    argv = [
+        *unshare,
+        "env",
+        f"REPRO_NETWORK={int(command.network)}",
+        "/bin/sh",
+        "-c",
+        script,
+        "repro-chroot",
+        str(root),
+        *inner,
+    ]
+    return _run(argv, stream_to)
+
+
+def run_bwrap(root: Path, command: Command, stream_to=None) -> Result:
+    argv = [
+        "bwrap",
+        "--bind",
+        str(root),
+        "/",
+        "--dev",
+        "/dev",
+        "--proc",
+        "/proc",
+        "--unshare-all",
+        "--uid",
+        "0",
+        "--gid",
+        "0",
+        "--die-with-parent",
+        "--chdir",
+        command.workdir,
+        "--clearenv",
+    ]
+    if command.network:
+        argv += ["--share-net"]
+        if Path("/etc/resolv.conf").is_file() and (root / "etc" / "resolv.conf").is_file():
+            argv += ["--ro-bind", "/etc/resolv.conf", "/etc/resolv.conf"]
+    for key, value in sorted(command.env.items()):
+        argv += ["--setenv", key, value]
+    return _run([*argv, *command.argv], stream_to)
+
+
+def run_proot(root: Path, command: Command, stream_to=None) -> Result:
+    """proot -0 (fake root); it has no way to cut the network, so `network: false` is not enforced."""
+    argv = [
+        shutil.which("proot") or "proot",
+        "-0",
+        "-r",
+        str(root),
+        "-b",
+        "/dev",
+        "-b",
+        "/proc",
+        "-b",
+        "/sys",
+        "-w",
+        command.workdir,
+    ]
+    if command.network and Path("/etc/resolv.conf").is_file():
+        argv += ["-b", "/etc/resolv.conf"]
+    env = dict(command.env)
+    if "PROOT_TMP_DIR" in os.environ:
+        env["PROOT_TMP_DIR"] = os.environ["PROOT_TMP_DIR"]
+    return _run([*argv, *command.argv], stream_to, env=env)
+
+
+RUNNERS = {"chroot": run_chroot, "bwrap": run_bwrap, "proot": run_proot}
+
+
+def available(name: str) -> bool:
+    if name == "chroot":
+        return os.geteuid() == 0 and shutil.which("unshare") is not None and shutil.which("chroot") is not None
+    if name == "bwrap":
+        if shutil.which("bwrap") is None:
+            return False
+        probe = subprocess.run(
+            ["bwrap", "--ro-bind", "/", "/", "--unshare-user", "--uid", "0", "true"], capture_output=True
+        )
+        return probe.returncode == 0
+    return shutil.which(name) is not None
+
+
+def choose(requested: str | None = None) -> str:
+    if requested:
+        if requested not in RUNNERS:
+            raise ReproError(f"--executor {requested}: unknown", f"use one of {', '.join(NAMES)}")
+        if not available(requested):
+            raise ReproError(
+                f"--executor {requested}: not usable here",
+                "chroot needs root; bwrap needs user namespaces; proot needs the proot binary",
+            )
+        return requested
+    for name in NAMES:
+        if available(name):
+            return name
+    raise ReproError("no executor can run commands here", "install proot (make setup does)")
+
+
+def run(name: str, root: Path, command: Command, stream_to=None) -> Result:
+    """Run `command` inside `root` with executor `name`."""
+    for mount_point in ("proc", "dev", "sys"):
+        if not (root / mount_point).is_dir():
+            raise ReproError(f"{root}: /{mount_point} is missing", "internal: prepare_root() was not called")
+    return RUNNERS[name](root, command, stream_to)
+
+
+def prepare_root(root: Path) -> list[Path]:
+    """Create the mount points a run needs; returns those that were made (to remove afterwards)."""
+    made = []
+    for mount_point in ("proc", "dev", "sys"):
+        path = root / mount_point
+        if not path.exists() and not path.is_symlink():
+            path.mkdir(mode=0o755)
+            made.append(path)
+    return made

@@ -1,0 +1,513 @@
+"""`repro build`: a spec becomes an image, one layer per step, the same digest for the same inputs.
+
+Steps that only add files (copy, file) are written straight into a layer. Steps that run commands
+(run, packages) need the image as a directory: it is materialized once, on the first such step that
+misses the cache, and kept current as later steps change it. Every step's layer goes through the
+cache, keyed by the parent chain of diff_ids, the step, and the content of its inputs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tarfile
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from builders import cache as _cache
+from builders import lock as _lock
+from builders import tree as _tree
+from builders.spec import Spec, Step, check_copy_source
+from repro import executors
+from repro.blobs import BlobImage
+from repro.errors import CheckFailed, ReproError
+from repro.image import Image, Platform, parse_json
+from repro.layers import TarWriter, source_date_epoch
+from repro.mutate import NewLayer, commit, new_config, rfc3339, write_layer
+from repro.refs import Options, open_image
+from repro.store import Layout
+from repro.transfer import manifest_descriptor
+
+DEFAULT_ENV_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+def default_store() -> Path:
+    return Path(os.environ.get("REPRO_STORE") or Path.home() / ".local" / "share" / "repro" / "store")
+
+
+def open_store(path: Path) -> Layout:
+    if (path / "oci-layout").exists():
+        return Layout.open_existing(path)
+    path.mkdir(parents=True, exist_ok=True)
+    return Layout.initialize(path)
+
+
+@dataclass
+class StepReport:
+    number: int
+    total: int
+    title: str
+    cached: bool
+    seconds: float
+    size: int
+
+
+@dataclass
+class BuildResult:
+    image: Image
+    digest: str
+    tag: str
+    steps: list[StepReport] = field(default_factory=list)
+    lock_file: Path | None = None
+
+
+def _epoch(spec: Spec) -> int:
+    return source_date_epoch(int(spec.raw.get("source_date_epoch", 0)))
+
+
+def _title(step: Step) -> str:
+    if step.kind == "copy":
+        return f"copy {step.value['src']} -> {step.value['dst']}"
+    if step.kind == "file":
+        return f"file {step.value['dst']}"
+    if step.kind == "packages":
+        return "packages " + " ".join(step.value)
+    return f"run {step.value if isinstance(step.value, str) else ' '.join(step.value)}"
+
+
+def _owner(value: dict) -> tuple[int, int]:
+    uid, _, gid = (value.get("owner") or "0:0").partition(":")
+    return int(uid), int(gid)
+
+
+def _copy_entries(spec: Spec, step: Step, epoch: int) -> Callable[[TarWriter], None]:
+    """The layer of a copy step: sources beside the spec, placed like `COPY` does."""
+    source = check_copy_source(spec, step)
+    dst = step.value["dst"]
+    mode = int(step.value["mode"], 8) if step.value.get("mode") else None
+    uid, gid = _owner(step.value)
+
+    def produce(tar: TarWriter) -> None:
+        from repro.mutate import directory_entries
+
+        if source.is_dir():
+            base = dst.strip("/")
+            items = list(directory_entries(source, epoch))
+        else:
+            target = dst.rstrip("/") + "/" + source.name if dst.endswith("/") else dst
+            base = target.strip("/").rpartition("/")[0]
+            st = source.stat()
+            info = tarfile.TarInfo(target.strip("/").rpartition("/")[2])
+            info.size, info.mode, info.mtime = st.st_size, st.st_mode & 0o7777, min(int(st.st_mtime), epoch)
+            items = [(info, source)]
+        for info, path in items:
+            info.name = f"{base}/{info.name}" if base else info.name
+            if info.islnk():
+                info.linkname = f"{base}/{info.linkname}" if base else info.linkname
+            info.uid, info.gid = uid, gid
+            if mode is not None and info.isreg():
+                info.mode = mode
+            if info.isreg():
+                with open(path, "rb") as f:
+                    tar.add(info, f)
+            else:
+                tar.add(info)
+
+    return produce
+
+
+def _file_entry(step: Step, epoch: int) -> Callable[[TarWriter], None]:
+    def produce(tar: TarWriter) -> None:
+        import io
+
+        data = step.value["content"].encode()
+        info = tarfile.TarInfo(step.value["dst"].strip("/"))
+        info.size, info.mtime = len(data), epoch
+        info.mode = int(step.value.get("mode") or "0644", 8)
+        info.uid, info.gid = _owner(step.value)
+        tar.add(info, io.BytesIO(data))
+
+    return produce
+
+
+def _container_config(base: dict, spec: Spec) -> dict:
+    """The base's config with the spec's on top (docker's rules: ENTRYPOINT resets CMD)."""
+    out = dict(base)
+    conf = spec.config
+    env = [e for e in out.get("Env") or [] if e.partition("=")[0] not in (conf.get("env") or {})]
+    env += [f"{k}={v}" for k, v in (conf.get("env") or {}).items()]
+    if not any(e.startswith("PATH=") for e in env):
+        env.insert(0, f"PATH={DEFAULT_ENV_PATH}")
+    out["Env"] = env
+    if "entrypoint" in conf:
+        out["Entrypoint"] = conf["entrypoint"]
+        out.pop("Cmd", None)
+    if "cmd" in conf:
+        out["Cmd"] = conf["cmd"]
+    for key, name in (("workdir", "WorkingDir"), ("user", "User"), ("stop_signal", "StopSignal")):
+        if key in conf:
+            out[name] = conf[key]
+    if conf.get("labels"):
+        out["Labels"] = {**(out.get("Labels") or {}), **conf["labels"]}
+    if conf.get("exposed_ports"):
+        out["ExposedPorts"] = {
+            **(out.get("ExposedPorts") or {}),
+            **{p if "/" in p else f"{p}/tcp": {} for p in conf["exposed_ports"]},
+        }
+    if conf.get("volumes"):
+        out["Volumes"] = {**(out.get("Volumes") or {}), **{v: {} for v in conf["volumes"]}}
+    return {k: v for k, v in out.items() if v not in (None, [], {})}
+
+
+def _installed_packages(root: Path) -> list[dict]:
+    status = root / "var" / "lib" / "dpkg" / "status"
+    if not status.exists():
+        return []
+    out = []
+    for block in status.read_text(errors="replace").split("\n\n"):
+        fields = dict(line.split(": ", 1) for line in block.splitlines() if ": " in line and not line.startswith(" "))
+        if fields.get("Status", "").endswith(" installed") and "Package" in fields:
+            out.append(
+                {
+                    "name": fields["Package"],
+                    "version": fields.get("Version", ""),
+                    "architecture": fields.get("Architecture", ""),
+                    "sha256": "",
+                }
+            )
+    return sorted(out, key=lambda p: p["name"])
+
+
+class Builder:
+    def __init__(
+        self,
+        spec: Spec,
+        store: Layout,
+        executor: str | None = None,
+        use_cache: bool = True,
+        report: Callable[[StepReport], None] | None = None,
+        log: Callable[[str], None] | None = None,
+    ):
+        self.spec = spec
+        self.store = store
+        self.executor_name = executor
+        self.cache = _cache.Cache(store, use_cache)
+        self.report = report or (lambda r: None)
+        self.log = log
+        self.epoch = _epoch(spec)
+        self.created = rfc3339(self.epoch)
+        self.layers: list[NewLayer] = []
+        self.history: list[dict] = []
+        self.base_config: dict = {}
+        self.platform = Platform.host()
+        self.resolved: dict = {"base": {}, "packages": []}
+        self.tree: Path | None = None
+        self.snapshot: dict[str, _tree.Node] | None = None
+        self._tmp = tempfile.TemporaryDirectory(prefix="repro-build-")
+
+    # --- base ---------------------------------------------------------------------------
+    def _base(self, reports: list[StepReport], total: int) -> None:
+        kind, value = self.spec.base
+        started = time.monotonic()
+        if kind == "scratch":
+            self.resolved["base"] = {"scratch": True}
+            return
+        if kind == "image":
+            try:
+                image = open_image(value, Options())
+                from converters.oci_layout import copy_into
+
+                with self.store.transaction():
+                    copy_into(self.store, image)
+            except ReproError as exc:
+                raise self.spec.error("base.image", f"cannot read {value!r}: {exc}", "check the reference") from None
+            config = parse_json(image.raw_config, f"{value}: config")
+            self.base_config = config.get("config") or {}
+            self.history = list(config.get("history") or [])
+            self.platform = image.config.platform
+            self.layers = [NewLayer(layer.descriptor, layer.diff_id) for layer in image.layers]
+            self.resolved["base"] = {"image": value, "digest": image.digest}
+            reports.append(
+                StepReport(
+                    0,
+                    total,
+                    f"base {value}",
+                    False,
+                    time.monotonic() - started,
+                    sum(x.descriptor.size for x in self.layers),
+                )
+            )
+            return
+        options = dict(value)
+        definition = {"debian": options, "epoch": self.epoch}
+        cache_key = _cache.key([], definition, {})
+        entry = self.cache.get(cache_key)
+        if entry is None:
+            from builders.debian import bootstrap
+
+            packages: list[dict] = []
+
+            def produce(tar: TarWriter) -> None:
+                packages.extend(bootstrap(options, self.epoch, tar, f"{self.spec.path}: base.debian"))
+
+            layer = write_layer(self.store, produce, "gzip")
+            history = {
+                "created": self.created,
+                "created_by": f"repro base: mmdebstrap {options.get('variant', 'minbase')}"
+                f" {options['suite']} {' '.join(options.get('packages') or [])}".rstrip(),
+            }
+            self.cache.put(cache_key, layer.descriptor, layer.diff_id, history, {"packages": packages})
+            entry = {
+                "descriptor": layer.descriptor,
+                "diff_id": layer.diff_id,
+                "history": history,
+                "packages": packages,
+                "hit": False,
+            }
+        self.layers.append(NewLayer(entry["descriptor"], entry["diff_id"]))
+        self.history.append(entry["history"])
+        self.resolved["base"] = {"debian": options}
+        self.resolved["packages"] = entry.get("packages", [])
+        self.base_config = {"Env": [f"PATH={DEFAULT_ENV_PATH}"]}
+        reports.append(
+            StepReport(
+                0,
+                total,
+                f"base debian {options['suite']}",
+                entry.get("hit", True),
+                time.monotonic() - started,
+                entry["descriptor"].size,
+            )
+        )
+
+    # --- the working tree ---------------------------------------------------------------
+    def _materialize(self) -> Path:
+        if self.tree is not None:
+            return self.tree
+        tree = Path(self._tmp.name) / "rootfs"
+        tree.mkdir()
+        if self.layers:
+            from repro.flatten import extract
+
+            image = self._commit(tag="")
+            stats = extract(image, tree)
+            if stats.skipped_devices and self.log:
+                self.log(f"skipped {stats.skipped_devices} device nodes in the working tree (not root)")
+        self.tree = tree
+        self.snapshot = _tree.snapshot(tree)
+        return tree
+
+    def _apply_to_tree(self, layer: NewLayer) -> None:
+        """Keep the working tree current after a copy/file step (or a cached step)."""
+        if self.tree is None:
+            return
+        from converters.oci_layout import LayoutBlobs
+        from repro.blobs import BlobLayer
+        from repro.extract import Extractor
+        from repro.flatten import clean_path
+
+        blob_layer = BlobLayer(LayoutBlobs(self.store, self.store.name), layer.descriptor, layer.diff_id)
+        extractor = Extractor(self.tree, self.store.name)
+        try:
+            with blob_layer.open_uncompressed() as stream, tarfile.open(fileobj=stream, mode="r|") as tar:
+                for info in tar:
+                    path = clean_path(info.name)
+                    name = path.rpartition("/")[2]
+                    if name.startswith(".wh."):
+                        target = self.tree / path.rpartition("/")[0] / name[4:]
+                        if target.is_dir() and not target.is_symlink():
+                            shutil.rmtree(target)
+                        elif target.exists() or target.is_symlink():
+                            target.unlink()
+                        continue
+                    extractor.add(path, info, tar.extractfile(info) if info.isreg() else None)
+            extractor.finish()
+        finally:
+            extractor.close()
+        self.snapshot = _tree.snapshot(self.tree, self.snapshot)
+
+    def _run_step(self, step: Step) -> tuple[NewLayer, list[str], list[dict]]:
+        tree = self._materialize()
+        name = executors.choose(self.executor_name)
+        made = executors.prepare_root(tree)
+        before = self.snapshot or {}
+        env = dict(e.partition("=")[::2] for e in _container_config(self.base_config, self.spec).get("Env", []))
+        env.setdefault("PATH", DEFAULT_ENV_PATH)
+        env.update({"HOME": "/root", "SOURCE_DATE_EPOCH": str(self.epoch), "LC_ALL": "C.UTF-8"})
+        if step.kind == "packages":
+            env["DEBIAN_FRONTEND"] = "noninteractive"
+            script = (
+                "apt-get update -qq && apt-get install -y -qq --no-install-recommends "
+                + " ".join(step.value)
+                + " > /dev/null"
+            )
+        else:
+            script = step.value
+        argv = list(script) if isinstance(script, list) else ["/bin/sh", "-c", script]
+        result = executors.run(name, tree, executors.Command(argv, env, "/", step.network))
+        for path in made:
+            shutil.rmtree(path, ignore_errors=True)
+        if result.exit_code != 0:
+            failure = CheckFailed(
+                f"{self.spec.path}:{step.line}: steps[{step.index}] ({_title(step)}) exited {result.exit_code}; "
+                f"last lines:\n{result.tail.rstrip()}",
+                "nothing was written; fix the command and build again",
+            )
+            raise failure
+        packages = _installed_packages(tree) if step.kind == "packages" else []
+        normalized = _tree.apply_hygiene(tree, before)
+        after = _tree.snapshot(tree, before)
+        changed, deleted = _tree.changes(before, after)
+        layer = write_layer(
+            self.store, lambda tar: _tree.write_changes(tar, tree, after, changed, deleted, self.epoch), "gzip"
+        )
+        self.snapshot = after
+        return layer, normalized, packages
+
+    # --- the whole build -----------------------------------------------------------------
+    def _commit(self, tag: str) -> BlobImage:
+        config = new_config(
+            self.platform,
+            self.created,
+            [x.diff_id for x in self.layers],
+            self.history,
+            _container_config(self.base_config, self.spec),
+        )
+        image = commit(self.store, config, self.layers, self.spec.annotations, name=f"oci:{self.store.path}:{tag}")
+        if tag:
+            self.store.add_manifest(manifest_descriptor(image, {"org.opencontainers.image.ref.name": tag}), tag)
+        return image
+
+    def build(self) -> BuildResult:
+        steps = self.spec.steps
+        total = len(steps)
+        reports: list[StepReport] = []
+        try:
+            self._base(reports, total)
+            for report in reports:
+                self.report(report)
+            for step in steps:
+                started = time.monotonic()
+                parent = [x.diff_id for x in self.layers]
+                inputs = {}
+                if step.kind == "copy":
+                    inputs = _cache.hash_inputs([check_copy_source(self.spec, step)])
+                definition = {**step.definition(), "epoch": self.epoch}
+                if step.kind in ("run", "packages"):
+                    definition["env"] = _container_config(self.base_config, self.spec).get("Env")
+                cache_key = _cache.key(parent, definition, inputs)
+                entry = self.cache.get(cache_key)
+                cached = entry is not None
+                if entry is not None:
+                    layer = NewLayer(entry["descriptor"], entry["diff_id"])
+                    history = entry["history"]
+                    self.resolved["packages"] = sorted(
+                        {p["name"]: p for p in [*self.resolved["packages"], *entry.get("packages", [])]}.values(),
+                        key=lambda p: p["name"],
+                    )
+                    self._apply_to_tree(layer)
+                elif step.kind in ("copy", "file"):
+                    produce = (
+                        _copy_entries(self.spec, step, self.epoch)
+                        if step.kind == "copy"
+                        else _file_entry(step, self.epoch)
+                    )
+                    layer = write_layer(self.store, produce, "gzip")
+                    history = {"created": self.created, "created_by": f"repro {_title(step)}"}
+                    self.cache.put(cache_key, layer.descriptor, layer.diff_id, history)
+                    self._apply_to_tree(layer)
+                else:
+                    layer, normalized, packages = self._run_step(step)
+                    history = {"created": self.created, "created_by": f"repro {_title(step)}"}
+                    if normalized:
+                        history["comment"] = (
+                            "normalized: "
+                            + ", ".join(sorted(normalized)[:50])
+                            + (f" and {len(normalized) - 50} more" if len(normalized) > 50 else "")
+                        )
+                    if packages:
+                        known = {p["name"]: p for p in self.resolved["packages"]}
+                        new = [p for p in packages if p["name"] not in known]
+                        self.resolved["packages"] = sorted([*known.values(), *new], key=lambda p: p["name"])
+                    self.cache.put(
+                        cache_key,
+                        layer.descriptor,
+                        layer.diff_id,
+                        history,
+                        {"packages": packages} if packages else None,
+                    )
+                self.layers.append(layer)
+                self.history.append(history)
+                report = StepReport(
+                    step.index + 1, total, _title(step), cached, time.monotonic() - started, layer.descriptor.size
+                )
+                reports.append(report)
+                self.report(report)
+            image = self._commit(self.spec.tag)
+            return BuildResult(image, image.digest, self.spec.tag, reports)
+        finally:
+            if self.tree is not None:
+                _make_removable(self.tree)
+            self._tmp.cleanup()
+
+
+def _make_removable(tree: Path) -> None:
+    for dirpath, dirnames, _ in os.walk(tree):
+        for name in dirnames:
+            path = Path(dirpath) / name
+            if not path.is_symlink():
+                with contextlib.suppress(OSError):
+                    path.chmod(path.stat().st_mode | 0o700)
+
+
+def build(
+    spec: Spec,
+    store: Layout,
+    *,
+    executor: str | None = None,
+    use_cache: bool = True,
+    locked: bool = False,
+    report=None,
+    log=None,
+) -> BuildResult:
+    builder = Builder(spec, store, executor, use_cache, report, log)
+    result = builder.build()
+    resolved = _lock.new_lock(builder.resolved["base"], builder.resolved["packages"])
+    existing = _lock.read(spec.path)
+    if locked:
+        if existing is None:
+            raise ReproError(f"{_lock.lock_path(spec.path)}: no lock file", "build once without --locked to create it")
+        _lock.compare(spec.path, existing, resolved)
+    if existing != resolved:
+        result.lock_file = _lock.write(spec.path, resolved)
+    else:
+        result.lock_file = _lock.lock_path(spec.path)
+    return result
+
+
+def run_tests(spec: Spec, image: Image, executor: str | None = None) -> list[tuple[dict, executors.Result, bool]]:
+    """Run the spec's tests in the flattened image; returns (test, result, passed) for each."""
+    from repro.flatten import extract
+
+    results = []
+    with tempfile.TemporaryDirectory(prefix="repro-test-") as tmp:
+        root = Path(tmp) / "rootfs"
+        root.mkdir()
+        extract(image, root)
+        name = executors.choose(executor)
+        executors.prepare_root(root)
+        config = image.config
+        env = dict(e.partition("=")[::2] for e in config.env)
+        env.setdefault("PATH", DEFAULT_ENV_PATH)
+        for test in spec.tests:
+            result = executors.run(
+                name, root, executors.Command(["/bin/sh", "-c", test["run"]], env, config.workdir or "/", False)
+            )
+            passed = result.exit_code == test.get("exit", 0) and test.get("output", "") in result.output
+            results.append((test, result, passed))
+        _make_removable(root)
+    return results

@@ -1,0 +1,72 @@
+"""The build cache: a step's layer is reused when its key matches.
+
+The key is the parent's chain of diff_ids, the step's definition and the content hashes of its inputs
+(never mtimes). Entries live beside the store's OCI layout, in cache/<key>.json, naming blobs that the
+layout holds.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+from repro.atomic import atomic_file
+from repro.image import Descriptor, canonical_json
+from repro.store import Layout
+
+
+def key(parent_diff_ids: list[str], definition: dict, inputs: dict[str, str]) -> str:
+    material = canonical_json({"parent": parent_diff_ids, "step": definition, "inputs": inputs})
+    return hashlib.sha256(material).hexdigest()
+
+
+class Cache:
+    def __init__(self, layout: Layout, enabled: bool = True) -> None:
+        self.layout = layout
+        self.enabled = enabled
+        self.directory = layout.path / "cache"
+
+    def get(self, cache_key: str) -> dict | None:
+        if not self.enabled:
+            return None
+        path = self.directory / f"{cache_key}.json"
+        if not path.is_file():
+            return None
+        try:
+            entry = json.loads(path.read_bytes())
+            descriptor = Descriptor.from_json(entry["descriptor"], str(path))
+        except (ValueError, KeyError, TypeError):
+            return None
+        if not self.layout.has_blob(descriptor.digest):
+            return None
+        entry["descriptor"] = descriptor
+        return entry
+
+    def put(
+        self, cache_key: str, descriptor: Descriptor, diff_id: str, history: dict, extra: dict | None = None
+    ) -> None:
+        self.directory.mkdir(exist_ok=True)
+        entry = {"descriptor": descriptor.to_json(), "diff_id": diff_id, "history": history, **(extra or {})}
+        with atomic_file(self.directory / f"{cache_key}.json") as out:
+            out.write(canonical_json(entry))
+
+
+def hash_inputs(paths: list[Path]) -> dict[str, str]:
+    """Content hashes (and modes) of a copy step's sources, files in sorted order."""
+    out: dict[str, str] = {}
+    for root in paths:
+        files = [root] if root.is_file() else sorted(p for p in root.rglob("*"))
+        for path in files:
+            rel = str(path.relative_to(root.parent))
+            if path.is_symlink():
+                out[rel] = "symlink:" + str(path.readlink())
+            elif path.is_file():
+                out[rel] = f"{path.stat().st_mode & 0o7777:o}:" + hashlib.sha256(path.read_bytes()).hexdigest()
+            elif path.is_dir():
+                out[rel] = f"dir:{path.stat().st_mode & 0o7777:o}"
+    return out
+
+
+def spec_digest(path: Path) -> str:
+    return "sha256:" + hashlib.sha256(Path(path).read_bytes()).hexdigest()

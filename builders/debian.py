@@ -1,0 +1,71 @@
+"""Debian bases, bootstrapped by mmdebstrap into a tarball and imported as one layer.
+
+mmdebstrap honours SOURCE_DATE_EPOCH, so the same packages give the same tree; a customize hook
+records every installed package (name, version, architecture) and the sha256 of each .deb for the
+lock file before mmdebstrap cleans its caches.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+from repro.errors import ReproError
+from repro.layers import TarWriter
+
+DEFAULT_MIRROR = "http://deb.debian.org/debian"
+
+
+def bootstrap(options: dict, epoch: int, tar: TarWriter, what: str, log=None) -> list[dict]:
+    """Write the base layer into `tar`; returns the installed packages for the lock."""
+    from builders.tree import is_hygiene_path
+    from converters.tarball import copy_tar_stream
+
+    if shutil.which("mmdebstrap") is None:
+        raise ReproError("mmdebstrap is not installed", "install it (make setup does)")
+    with tempfile.TemporaryDirectory(prefix="repro-debian-") as tmp:
+        out = Path(tmp) / "base.tar"
+        record = Path(tmp)
+        packages = options.get("packages") or []
+        command = [
+            "mmdebstrap", f"--variant={options.get('variant', 'minbase')}", "--mode=root" if os.geteuid() == 0
+            else "--mode=unshare", "--format=tar", "--quiet",
+            "--customize-hook", f'chroot "$1" dpkg-query -W -f "${{Package}}\\t${{Version}}\\t${{Architecture}}\\n" '
+                                f'> {record}/packages.tsv',
+            "--customize-hook", f'cd "$1/var/cache/apt/archives" && (sha256sum *.deb || true) > {record}/debs.sha256',
+            "--skip=cleanup/apt/cache",
+            "--customize-hook", 'rm -f "$1"/var/cache/apt/archives/*.deb',
+        ]
+        if packages:
+            command.append("--include=" + ",".join(packages))
+        command += [options["suite"], str(out), options.get("mirror") or DEFAULT_MIRROR]
+        env = {**os.environ, "SOURCE_DATE_EPOCH": str(epoch)}
+        proc = subprocess.run(command, capture_output=True, text=True, env=env)
+        if proc.returncode != 0:
+            tail = (proc.stderr.strip().splitlines() or ["(no output)"])[-1]
+            unknown = [p for p in packages if f"Unable to locate package {p}" in proc.stderr or
+                       f"'{p}' has no installation candidate" in proc.stderr]
+            if unknown:
+                raise ReproError(f"{what}: unknown Debian package {unknown[0]!r} in {options['suite']}",
+                                 "check the name with apt-cache search")
+            raise ReproError(f"{what}: mmdebstrap failed: {tail}", "check the suite, mirror and network")
+        with open(out, "rb") as f:
+            copy_tar_stream(f, tar, what, epoch, skip=is_hygiene_path)
+        return _installed(record)
+
+
+def _installed(record: Path) -> list[dict]:
+    hashes: dict[str, str] = {}
+    if (record / "debs.sha256").exists():
+        for line in (record / "debs.sha256").read_text().splitlines():
+            digest, _, name = line.partition("  ")
+            hashes[name.strip()] = digest
+    out = []
+    for line in (record / "packages.tsv").read_text().splitlines():
+        name, version, arch = line.split("\t")
+        deb = f"{name}_{version.replace(':', '%3a')}_{arch}.deb"
+        out.append({"name": name, "version": version, "architecture": arch, "sha256": hashes.get(deb, "")})
+    return sorted(out, key=lambda p: p["name"])

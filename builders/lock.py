@@ -1,0 +1,64 @@
+"""SPEC.lock: what a build resolved, so that `--locked` can refuse a build that resolves differently.
+
+It records the base image's digest, every Debian package (name, version, architecture, sha256 of the
+.deb) and the compressor with its version. Canonical JSON, so a lock file is itself reproducible.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from repro.atomic import atomic_file
+from repro.errors import ReproError
+from repro.layers import compressed_writer_id, compressor_versions
+
+LOCK_VERSION = 1
+
+
+def lock_path(spec_path: Path) -> Path:
+    return spec_path.with_name(spec_path.name.rsplit(".", 1)[0] + ".lock")
+
+
+def new_lock(base: dict, packages: list[dict]) -> dict:
+    return {
+        "lock": LOCK_VERSION,
+        "base": base,
+        "packages": packages,
+        "compressor": {"layers": compressed_writer_id("gzip"), "versions": compressor_versions()},
+    }
+
+
+def write(spec_path: Path, lock: dict) -> Path:
+    path = lock_path(spec_path)
+    with atomic_file(path) as out:
+        out.write(json.dumps(lock, indent=2, sort_keys=True).encode() + b"\n")
+    return path
+
+
+def read(spec_path: Path) -> dict | None:
+    path = lock_path(spec_path)
+    if not path.exists():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except ValueError:
+        raise ReproError(f"{path}: not valid JSON", "delete it and build without --locked to recreate it") from None
+
+
+def compare(spec_path: Path, locked: dict, resolved: dict) -> None:
+    """Raise naming the first difference between the lock and what this build resolved."""
+    path = lock_path(spec_path)
+    if locked.get("base") != resolved.get("base"):
+        raise ReproError(f"{path}: the base resolved to {resolved.get('base')}, the lock says {locked.get('base')}",
+                         "build without --locked to update the lock")
+    old = {p["name"]: p for p in locked.get("packages", [])}
+    new = {p["name"]: p for p in resolved.get("packages", [])}
+    for name in sorted(old.keys() | new.keys()):
+        a, b = old.get(name), new.get(name)
+        if a is None or b is None or (a["version"], a["architecture"]) != (b["version"], b["architecture"]) or (
+                a.get("sha256") and b.get("sha256") and a["sha256"] != b["sha256"]):
+            was = f"{a['version']} {a['architecture']}" if a else "absent"
+            now = f"{b['version']} {b['architecture']}" if b else "absent"
+            raise ReproError(f"{path}: package {name} resolved to {now}, the lock says {was}",
+                             "build without --locked to update the lock")

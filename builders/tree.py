@@ -1,0 +1,205 @@
+"""A working root filesystem during a build: snapshots, the layer a step made, and hygiene.
+
+A step's layer holds exactly what the step changed, found by comparing snapshots of the tree taken
+before and after it. Regular files are compared by content hash (a file whose mtime changed but
+whose bytes did not is not in the layer); hashes are reused between snapshots for files whose stat
+did not change, so each file is hashed once unless a step rewrites it.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+import os
+import shutil
+import stat
+import tarfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from repro.digest import CHUNK
+from repro.flatten import WHITEOUT_PREFIX
+from repro.layers import TarWriter
+
+# What changes on every run and is removed (or emptied) after each step; recorded in the history.
+HYGIENE_REMOVE = (
+    "var/lib/apt/lists/*", "var/cache/apt/*.bin", "var/cache/apt/archives/*.deb", "var/log/*", "var/log/*/*",
+    "var/cache/ldconfig/aux-cache", "var/lib/dbus/machine-id", "var/cache/debconf/*-old", "var/lib/dpkg/*-old",
+    "etc/*-", "root/.cache/*", "tmp/*", "var/tmp/*",
+)
+HYGIENE_KEEP = ("var/lib/apt/lists/partial", "var/lib/apt/lists/lock", "var/cache/apt/archives/partial",
+                "var/cache/apt/archives/lock")
+HYGIENE_EMPTY = ("etc/machine-id",)
+
+
+@dataclass(frozen=True, slots=True)
+class Node:
+    kind: str  # file, dir, symlink, char, block, fifo
+    mode: int
+    uid: int
+    gid: int
+    size: int
+    link: str
+    sha256: str
+    stat_key: tuple
+    ino: int
+    nlink: int
+    rdev: int
+
+    def same_content(self, other: Node) -> bool:
+        return (self.kind, self.mode, self.uid, self.gid, self.size, self.link, self.sha256, self.rdev) == (
+            other.kind, other.mode, other.uid, other.gid, other.size, other.link, other.sha256, other.rdev)
+
+
+def _kind(mode: int) -> str:
+    for test, name in ((stat.S_ISREG, "file"), (stat.S_ISDIR, "dir"), (stat.S_ISLNK, "symlink"),
+                       (stat.S_ISCHR, "char"), (stat.S_ISBLK, "block"), (stat.S_ISFIFO, "fifo")):
+        if test(mode):
+            return name
+    return "other"
+
+
+def _sha256(path: bytes) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(CHUNK):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def snapshot(root: Path, previous: dict[str, Node] | None = None) -> dict[str, Node]:
+    """Every path under root (relative, '/'-separated) with its metadata and content hash."""
+    previous = previous or {}
+    out: dict[str, Node] = {}
+    base = os.fsencode(root)
+    for dirpath, dirnames, filenames in os.walk(base):
+        for name in dirnames + filenames:
+            full = os.path.join(dirpath, name)
+            rel = os.fsdecode(os.path.relpath(full, base))
+            st = os.lstat(full)
+            kind = _kind(st.st_mode)
+            key = (st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_size)
+            sha = link = ""
+            if kind == "file":
+                old = previous.get(rel)
+                sha = old.sha256 if old is not None and old.stat_key == key else _sha256(full)
+            elif kind == "symlink":
+                link = os.fsdecode(os.readlink(full))
+            out[rel] = Node(kind, stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid,
+                            st.st_size if kind == "file" else 0, link, sha, key, st.st_ino, st.st_nlink,
+                            st.st_rdev if kind in ("char", "block") else 0)
+    return out
+
+
+def apply_hygiene(root: Path, before: dict[str, Node]) -> list[str]:
+    """Remove what changes on every run; returns the paths that were normalized."""
+    done: list[str] = []
+    for pattern in HYGIENE_REMOVE:
+        for path in sorted(root.glob(pattern)):
+            rel = str(path.relative_to(root))
+            if rel in HYGIENE_KEEP or (path.is_dir() and not path.is_symlink()):
+                continue
+            path.unlink()
+            done.append(rel)
+    for rel in HYGIENE_EMPTY:
+        path = root / rel
+        if path.is_file() and not path.is_symlink() and path.stat().st_size:
+            path.write_bytes(b"")
+            done.append(rel)
+    for dirpath, dirnames, _ in os.walk(root):
+        for name in list(dirnames):
+            if name == "__pycache__":
+                full = Path(dirpath) / name
+                rel = str(full.relative_to(root))
+                if rel not in before:
+                    shutil.rmtree(full)
+                    dirnames.remove(name)
+                    done.append(rel)
+    return done
+
+
+def _sort_key(path: str, whiteout: bool) -> bytes:
+    parent, _, name = path.rpartition("/")
+    # Byte order of path, but a whiteout before its siblings.
+    return (parent + "/" if parent else "").encode("utf-8", "surrogateescape") + (
+        b"\0" if whiteout else b"\1") + name.encode("utf-8", "surrogateescape")
+
+
+def changes(before: dict[str, Node], after: dict[str, Node]) -> tuple[list[str], list[str]]:
+    """(changed or added paths, deleted paths needing a whiteout)."""
+    changed = [p for p, node in after.items() if p not in before or not before[p].same_content(node)]
+    deleted = []
+    for path in before:
+        if path in after:
+            continue
+        parent = path.rpartition("/")[0]
+        if parent and (parent not in after or after[parent].kind != "dir"):
+            continue  # the parent went too (or became a file): its removal covers this
+        deleted.append(path)
+    return changed, deleted
+
+
+def write_changes(tar: TarWriter, root: Path, after: dict[str, Node], changed: list[str], deleted: list[str],
+                  mtime_limit: int) -> int:
+    """Write the layer for a step: changed entries with their parent directories, and whiteouts."""
+    wanted = set(changed)
+    for path in changed:
+        parent = path.rpartition("/")[0]
+        while parent:
+            wanted.add(parent)
+            parent = parent.rpartition("/")[0]
+    entries = [(p, False) for p in wanted] + [(p, True) for p in deleted]
+    entries.sort(key=lambda e: _sort_key(*e))
+    me = (os.getuid(), os.getgid())
+    first_of_inode: dict[int, str] = {}
+    count = 0
+    for path, is_whiteout in entries:
+        if is_whiteout:
+            parent, _, name = path.rpartition("/")
+            info = tarfile.TarInfo(f"{parent}/{WHITEOUT_PREFIX}{name}" if parent else f"{WHITEOUT_PREFIX}{name}")
+            info.mtime = mtime_limit
+            tar.add(info, None)
+            count += 1
+            continue
+        node = after[path]
+        info = tarfile.TarInfo(path)
+        info.mode, info.uid, info.gid = node.mode, node.uid, node.gid
+        if me[0] != 0:
+            info.uid = 0 if node.uid == me[0] else node.uid
+            info.gid = 0 if node.gid == me[1] else node.gid
+        info.mtime = min(node.stat_key[0] // 1_000_000_000, mtime_limit)
+        content = None
+        if node.kind == "dir":
+            info.type = tarfile.DIRTYPE
+        elif node.kind == "symlink":
+            info.type, info.linkname = tarfile.SYMTYPE, node.link
+        elif node.kind == "file":
+            if node.nlink > 1 and node.ino in first_of_inode:
+                info.type, info.linkname = tarfile.LNKTYPE, first_of_inode[node.ino]
+            else:
+                if node.nlink > 1:
+                    first_of_inode[node.ino] = path
+                info.size = node.size
+                content = open(root / path, "rb")  # noqa: SIM115 - closed below
+        elif node.kind in ("char", "block"):
+            info.type = tarfile.CHRTYPE if node.kind == "char" else tarfile.BLKTYPE
+            info.devmajor, info.devminor = os.major(node.rdev), os.minor(node.rdev)
+        elif node.kind == "fifo":
+            info.type = tarfile.FIFOTYPE
+        else:
+            continue
+        try:
+            tar.add(info, content)
+        finally:
+            if content is not None:
+                content.close()
+        count += 1
+    return count
+
+
+def is_hygiene_path(path: str) -> bool:
+    """For streams that never touch a tree (the Debian base tarball)."""
+    if path in HYGIENE_KEEP:
+        return False
+    return any(fnmatch.fnmatchcase(path, p) for p in HYGIENE_REMOVE) or "/__pycache__/" in f"/{path}/"
+
