@@ -148,7 +148,13 @@ def load(path: str | Path) -> Spec:
     if errors:
         error = max(errors, key=lambda e: len(list(e.absolute_path)))
         where = _where(error.absolute_path)
-        raise spec.error(where or "spec", _message(error), "see builders/spec.schema.json for the fields")
+        message = _message(error)
+        if error.validator == "additionalProperties" and isinstance(error.instance, dict):
+            allowed = error.schema.get("properties", {})
+            unknown = sorted(k for k in error.instance if k not in allowed)
+            where = f"{where}.{unknown[0]}" if where else unknown[0]
+            message = f"unknown key (expected one of: {', '.join(allowed)})"
+        raise spec.error(where or "spec", message, "see builders/spec.schema.json for the fields")
     for step in spec.steps:
         if step.kind == "copy":
             check_copy_source(spec, step)
