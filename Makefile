@@ -5,7 +5,7 @@ VENV := .venv
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: setup debian python demo test lint bench clean
+.PHONY: setup debian python demo test lint bench clean catalog
 
 setup: debian python
 
@@ -22,6 +22,11 @@ $(STAMP): pyproject.toml
 
 demo: setup
 	@bash scripts/demo.sh
+
+# catalog/hello copies Debian's busybox-static from beside its spec.
+catalog: setup
+	@cmp -s /bin/busybox catalog/hello/busybox || cp /bin/busybox catalog/hello/busybox
+	@for spec in catalog/*/spec.yaml; do $(VENV)/bin/repro build --test $$spec || exit 1; done
 
 lint: python
 	@$(VENV)/bin/ruff check .

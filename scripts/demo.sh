@@ -1,24 +1,31 @@
 #!/usr/bin/env bash
-# `make demo`: the main job on an embedded default. A small image is made from busybox-static
-# (nothing downloaded), written as an OCI layout, converted to an OCI archive and a Docker archive,
-# and inspected and hashed. Outputs land in demo-out/.
+# `make demo`: the main job on an embedded default. catalog/hello (busybox-static on an empty base,
+# nothing downloaded) is built reproducibly, tested, and converted to every format repro writes.
+# Outputs land in demo-out/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 repro=.venv/bin/repro
 out=demo-out
-export SOURCE_DATE_EPOCH=1700000000
 rm -rf "$out"
-mkdir -p "$out/rootfs/bin" "$out/rootfs/etc"
-cp /bin/busybox "$out/rootfs/bin/busybox"
-for applet in sh ls cat echo env uname; do ln -s busybox "$out/rootfs/bin/$applet"; done
-printf 'hello from a reproducible image\n' > "$out/rootfs/etc/motd"
+mkdir -p "$out"
+cmp -s /bin/busybox catalog/hello/busybox || cp /bin/busybox catalog/hello/busybox
 
 step() { printf '\n$ %s\n' "$*"; "$@"; }
-step $repro convert "rootfs:$out/rootfs" "oci:$out/layout:hello"
+step $repro build catalog/hello/spec.yaml --store "$out/store" --test -o "oci:$out/layout:hello"
+step $repro build catalog/hello/spec.yaml --store "$out/store"
+step $repro build --check catalog/hello/spec.yaml
 step $repro convert "oci:$out/layout:hello" "oci-archive:$out/hello.oci.tar"
-step $repro convert "oci-archive:$out/hello.oci.tar" "docker-archive:$out/hello.docker.tar:hello:1"
-step $repro convert "docker-archive:$out/hello.docker.tar" "oci:$out/layout:from-docker"
+step $repro convert "oci:$out/layout:hello" "docker-archive:$out/hello.docker.tar:hello:1"
+step $repro convert "oci:$out/layout:hello" "sif:$out/hello.sif"
+step $repro flatten "oci:$out/layout:hello" "squashfs:$out/hello.sqfs"
+step $repro flatten "oci:$out/layout:hello" "tar:$out/hello-rootfs.tar"
+step $repro flatten "oci:$out/layout:hello" "rootfs:$out/hello-rootfs"
+step $repro convert "sif:$out/hello.sif" "oci:$out/layout:from-sif"
 step $repro inspect "oci:$out/layout:hello"
+step $repro inspect "sif:$out/hello.sif"
 step $repro hash "docker-archive:$out/hello.docker.tar"
-step $repro hash --files "oci:$out/layout:hello"
-printf '\nThe same inputs give the same digest on any machine; run `make demo` again to see it.\n'
+printf '
+$ %s | tail -4
+' "$repro hash --files oci:$out/layout:hello"
+$repro hash --files "oci:$out/layout:hello" | tail -4
+printf '\nThe same spec gives the same digest on any machine with the same busybox-static; run `make demo` again.\n'
