@@ -45,14 +45,37 @@ class Extractor:
         self.root_fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY)
         self.stats = ExtractStats()
         self._dir_meta: dict[str, tarfile.TarInfo] = {}
+        self._dirs: dict[tuple[str, ...], int] = {}
         self._pending_links: list[tuple[str, str]] = []
 
     def close(self) -> None:
+        for fd in self._dirs.values():
+            os.close(fd)
+        self._dirs.clear()
         os.close(self.root_fd)
 
     # --- resolving names inside the root --------------------------------------------------
     def _open_dir(self, parts: list[str], create: bool) -> int:
-        """A descriptor of the directory `parts` inside the root, resolving symlinks within it."""
+        """A descriptor of the directory `parts` inside the root, resolving symlinks within it.
+
+        Resolved directories are remembered (entries of a layer mostly share their parents); what
+        is removed or replaced is forgotten, so a cached descriptor never outlives its meaning."""
+        key = tuple(parts)
+        cached = self._dirs.get(key)
+        if cached is not None:
+            return os.dup(cached)
+        fd = self._resolve_dir(parts, create)
+        if len(self._dirs) >= 512:
+            os.close(self._dirs.pop(next(iter(self._dirs))))
+        self._dirs[key] = os.dup(fd)
+        return fd
+
+    def _forget(self, path: str) -> None:
+        prefix = tuple(path.split("/"))
+        for key in [k for k in self._dirs if k[: len(prefix)] == prefix]:
+            os.close(self._dirs.pop(key))
+
+    def _resolve_dir(self, parts: list[str], create: bool) -> int:
         todo = list(parts)
         fd = os.dup(self.root_fd)
         followed = 0
@@ -106,12 +129,14 @@ class Extractor:
         return self._open_dir(parts[:-1], create=create), parts[-1]
 
     # --- writing entries ------------------------------------------------------------------
-    def _clear(self, dir_fd: int, name: str, keep_dir: bool) -> None:
+    def _clear(self, dir_fd: int, name: str, keep_dir: bool, path: str = "") -> None:
         """Remove what is at `name` so an entry can take its place (a later duplicate wins)."""
         try:
             st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
         except FileNotFoundError:
             return
+        if path and not (keep_dir and stat.S_ISDIR(st.st_mode)):
+            self._forget(path)
         if stat.S_ISDIR(st.st_mode):
             if keep_dir:
                 return
@@ -136,7 +161,7 @@ class Extractor:
 
     def _add(self, dir_fd: int, name: str, path: str, info: tarfile.TarInfo, content: BinaryIO | None) -> None:
         if info.isdir():
-            self._clear(dir_fd, name, keep_dir=True)
+            self._clear(dir_fd, name, keep_dir=True, path=path)
             with contextlib.suppress(FileExistsError):
                 os.mkdir(name, 0o700, dir_fd=dir_fd)
             self._dir_meta[path] = info
@@ -147,7 +172,7 @@ class Extractor:
         if (info.ischr() or info.isblk()) and not self.privileged:
             self.stats.skipped_devices += 1
             return
-        self._clear(dir_fd, name, keep_dir=False)
+        self._clear(dir_fd, name, keep_dir=False, path=path)
         if info.isreg():
             fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600, dir_fd=dir_fd)
             with os.fdopen(fd, "wb") as out:
@@ -233,7 +258,7 @@ class Extractor:
                 raise ReproError(f"{self.what}: hardlink {path} points at directory {target}", "the image is malformed")
             dst_fd, dst_name = self._parent(path)
             try:
-                self._clear(dst_fd, dst_name, keep_dir=False)
+                self._clear(dst_fd, dst_name, keep_dir=False, path=path)
                 os.link(src_name, dst_name, src_dir_fd=src_fd, dst_dir_fd=dst_fd, follow_symlinks=False)
             finally:
                 os.close(dst_fd)

@@ -17,6 +17,7 @@ from typing import BinaryIO
 from repro.errors import ReproError
 from repro.image import Image
 from repro.layers import iter_tar_stream
+from repro.prefetch import PrefetchReader
 
 WHITEOUT_PREFIX = ".wh."
 OPAQUE_WHITEOUT = ".wh..wh..opq"
@@ -111,7 +112,7 @@ def merged(image: Image) -> Iterator[MergedEntry]:
         deleted: set[str] = set()
         opaque: set[str] = set()
         what = f"{image.name}: layer {layer.descriptor.digest}"
-        with layer.open_uncompressed() as stream:
+        with PrefetchReader(layer.open_uncompressed()) as stream:
             try:
                 tar = tarfile.open(  # noqa: SIM115 - closed in the finally below
                     fileobj=stream, mode="r|", encoding="utf-8", errors="surrogateescape"
