@@ -84,6 +84,63 @@ def operations(image: Path, work: Path) -> list[Operation]:
     ]
 
 
+BUILD_SPEC = """spec: 1
+name: bench-science
+tag: bench-science:1
+source_date_epoch: 1700000000
+base:
+  image: {base}
+steps:
+  - packages: [python3-numpy, python3-scipy]
+  - copy: {{src: main.py, dst: /opt/app/main.py}}
+config:
+  entrypoint: [python3, /opt/app/main.py]
+"""
+CONTAINERFILE = """FROM {base}
+RUN apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \\
+    python3-numpy python3-scipy > /dev/null && rm -rf /var/lib/apt/lists/*
+COPY main.py /opt/app/main.py
+ENTRYPOINT ["python3", "/opt/app/main.py"]
+"""
+
+
+def build_operations(cache: Path, work: Path) -> list[Operation]:
+    """python-science's packages on the same Debian base (one mmdebstrap tarball imported by both)."""
+    base_tar = cache / "debian-base.tar"
+    if not base_tar.exists():
+        subprocess.run(["mmdebstrap", "--variant=minbase", "--quiet", "--include=python3-minimal", "bookworm",
+                        str(base_tar) + ".tmp", "http://deb.debian.org/debian"], check=True,
+                       env={**os.environ, "SOURCE_DATE_EPOCH": "1700000000"})
+        os.replace(str(base_tar) + ".tmp", base_tar)
+    ctx = work / "build-context"
+    ctx.mkdir(exist_ok=True)
+    base_archive = work / "debian-base.docker.tar"
+    if not base_archive.exists():
+        subprocess.run([REPRO, "convert", f"tar:{base_tar}", f"docker-archive:{base_archive}:bench/debian:base"],
+                       check=True, stdout=subprocess.DEVNULL)
+    (ctx / "main.py").write_text("import numpy, scipy\nprint(numpy.__version__, scipy.__version__)\n")
+    (ctx / "spec.yaml").write_text(BUILD_SPEC.format(base=f"docker-archive:{base_archive}"))
+    buildah = ["buildah", "--root", str(work / "buildah-root"), "--runroot", str(work / "buildah-run"),
+               "--storage-driver", "vfs"]
+    if subprocess.run([*buildah, "inspect", "bench/debian:base"], capture_output=True).returncode != 0:
+        subprocess.run([*buildah, "pull", "-q", f"docker-archive:{base_archive}"], check=True,
+                       stdout=subprocess.DEVNULL)
+    (ctx / "Containerfile").write_text(CONTAINERFILE.format(base="bench/debian:base"))
+    store = work / "build-store"
+    return [
+        Operation("build python-science (cold)", "buildah bud",
+                  f"rm -rf {store} && {REPRO} build {ctx}/spec.yaml --store {store} --no-cache > /dev/null",
+                  f"{' '.join(buildah)} bud -q --isolation chroot --layers=false -t bench/science:1 "
+                  f"-f {ctx}/Containerfile {ctx} > /dev/null && {' '.join(buildah)} rmi -f bench/science:1 > /dev/null",
+                  []),
+        Operation("build python-science (warm, cached)", "buildah bud --layers (cached)",
+                  f"{REPRO} build {ctx}/spec.yaml --store {store} > /dev/null",
+                  f"{' '.join(buildah)} bud -q --isolation chroot --layers -t bench/science:2 "
+                  f"-f {ctx}/Containerfile {ctx} > /dev/null",
+                  []),
+    ]
+
+
 def measure(op: Operation, pairs: int) -> dict:
     samples: dict[str, list[Sample]] = {"repro": [], "peer": []}
     for round_number in range(pairs + 1):  # round 0 is the warm-up of both
@@ -140,7 +197,10 @@ def main() -> int:
     work = args.cache / f"work-{scale:g}"
     work.mkdir(exist_ok=True)
     results = []
-    for op in operations(image, work):
+    ops = operations(image, work)
+    if not args.quick:
+        ops += build_operations(args.cache, work)
+    for op in ops:
         if args.only and args.only not in op.name:
             continue
         print(f"  {op.name} vs {op.peer} ...", file=sys.stderr)

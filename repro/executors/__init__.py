@@ -63,6 +63,8 @@ def run_chroot(root: Path, command: Command, stream_to=None) -> Result:
         'set -e; root="$1"; shift; '
         'mount -t proc proc "$root/proc"; '
         'mount --rbind /dev "$root/dev"; '
+        # Without network a fresh namespace has only loopback, and that starts down (docker brings it up).
+        'if [ "$REPRO_NETWORK" != 1 ]; then ip link set lo up 2>/dev/null || true; fi; '
         'if [ "$REPRO_NETWORK" = 1 ] && [ -f /etc/resolv.conf ] && [ -f "$root/etc/resolv.conf" ]; then '
         'mount --bind /etc/resolv.conf "$root/etc/resolv.conf"; fi; '
         'exec "$@"'
