@@ -32,9 +32,10 @@ def bootstrap(options: dict, epoch: int, tar: TarWriter, what: str, log=None) ->
         packages = options.get("packages") or []
         command = [
             "mmdebstrap", f"--variant={options.get('variant', 'minbase')}", "--mode=root" if os.geteuid() == 0
-            else "--mode=unshare", "--format=tar", "--quiet",
-            "--customize-hook", f'chroot "$1" dpkg-query -W -f "${{Package}}\\t${{Version}}\\t${{Architecture}}\\n" '
-                                f'> {record}/packages.tsv',
+            else "--mode=unshare", "--format=tar",
+            # Single quotes: the hook runs in a shell, and dpkg-query expands ${Package} itself.
+            "--customize-hook", f"chroot \"$1\" dpkg-query -W -f '${{Package}}\\t${{Version}}\\t${{Architecture}}\\n' "
+                                f"> {record}/packages.tsv",
             "--customize-hook", f'cd "$1/var/cache/apt/archives" && (sha256sum *.deb || true) > {record}/debs.sha256',
             "--skip=cleanup/apt/cache",
             "--customize-hook", 'rm -f "$1"/var/cache/apt/archives/*.deb',
@@ -45,7 +46,8 @@ def bootstrap(options: dict, epoch: int, tar: TarWriter, what: str, log=None) ->
         env = {**os.environ, "SOURCE_DATE_EPOCH": str(epoch)}
         proc = subprocess.run(command, capture_output=True, text=True, env=env)
         if proc.returncode != 0:
-            tail = (proc.stderr.strip().splitlines() or ["(no output)"])[-1]
+            errors = [line for line in proc.stderr.splitlines() if line.startswith("E: ")]
+            tail = errors[0] if errors else (proc.stderr.strip().splitlines() or ["(no output)"])[-1]
             unknown = [p for p in packages if f"Unable to locate package {p}" in proc.stderr or
                        f"'{p}' has no installation candidate" in proc.stderr]
             if unknown:
@@ -65,7 +67,10 @@ def _installed(record: Path) -> list[dict]:
             hashes[name.strip()] = digest
     out = []
     for line in (record / "packages.tsv").read_text().splitlines():
-        name, version, arch = line.split("\t")
+        fields = line.split("\t")
+        if len(fields) != 3 or not fields[0]:
+            raise ReproError(f"mmdebstrap's package list has a malformed line {line!r}", "report this as a bug")
+        name, version, arch = fields
         deb = f"{name}_{version.replace(':', '%3a')}_{arch}.deb"
         out.append({"name": name, "version": version, "architecture": arch, "sha256": hashes.get(deb, "")})
     return sorted(out, key=lambda p: p["name"])

@@ -3,7 +3,7 @@
 set -euo pipefail
 packages=(
   skopeo umoci buildah squashfs-tools squashfs-tools-ng siftool docker.io docker-registry
-  mmdebstrap proot bubblewrap busybox-static uidmap iptables apache2-utils iproute2
+  mmdebstrap proot bubblewrap busybox-static uidmap iptables apache2-utils iproute2 time
 )
 missing=()
 for p in "${packages[@]}"; do

@@ -167,7 +167,5 @@ def test_failing_run_step(tmp_path):
 
 
 def test_unknown_debian_package(tmp_path):
-    spec = stage_hello(tmp_path)
-    spec.write_text("spec: 1\nbase:\n  debian: {suite: bookworm, packages: [no-such-package-repro]}\n")
-    line = _errors(tmp_path, spec.read_text())
+    line = _errors(tmp_path, "spec: 1\nbase:\n  debian: {suite: bookworm, packages: [no-such-package-repro]}\n")
     assert "unknown Debian package 'no-such-package-repro'" in line
