@@ -328,19 +328,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--compression", choices=("gzip", "zstd", "xz", "lz4"), help="squashfs/SIF compressor")
     p.add_argument("--json", action="store_true", help="print a JSON summary")
 
-    p = command("convert", cmd_convert, "copy an image from any reference to any reference")
-    p.add_argument("src", help="source, e.g. docker-archive:img.tar")
-    p.add_argument("dst", help="destination, e.g. oci:layout:1.0")
-    p.add_argument("--platform", help="os/arch[/variant] to pick from a multi-platform index (default: host)")
-    p.add_argument("--compression", choices=("gzip", "zstd", "xz", "lz4"), help="squashfs compressor (default gzip)")
-    p.add_argument("--json", action="store_true", help="print a JSON summary")
-
-    p = command("flatten", cmd_flatten, "merge the layers into one root filesystem (rootfs:, tar:, squashfs:)")
-    p.add_argument("src", help="source image, e.g. oci:layout:1")
-    p.add_argument("dst", help="rootfs:DIR, tar:FILE or squashfs:FILE")
-    p.add_argument("--platform", help="os/arch[/variant] to pick from a multi-platform index (default: host)")
-    p.add_argument("--compression", choices=("gzip", "zstd", "xz", "lz4"), help="squashfs compressor (default gzip)")
-    p.add_argument("--json", action="store_true", help="print a JSON summary")
+    for name, func, text, dst_help in (
+        ("convert", cmd_convert, "copy an image from any reference to any reference", "e.g. oci:layout:1.0"),
+        ("flatten", cmd_flatten, "merge the layers into one root filesystem (rootfs:, tar:, squashfs:)",
+         "rootfs:DIR, tar:FILE or squashfs:FILE"),
+    ):
+        p = command(name, func, text)
+        p.add_argument("src", help="source, e.g. docker-archive:img.tar")
+        p.add_argument("dst", help=dst_help)
+        p.add_argument("--platform", help="os/arch[/variant] to pick from a multi-platform index (default: host)")
+        p.add_argument("--compression", choices=("gzip", "zstd", "xz", "lz4"), help="squashfs/SIF compressor (gzip)")
+        p.add_argument("--json", action="store_true", help="print a JSON summary")
 
     p = command("inspect", cmd_inspect, "show an image's digest, config, layers and history")
     p.add_argument("ref")

@@ -137,17 +137,9 @@ class Extractor:
             return
         if path and not (keep_dir and stat.S_ISDIR(st.st_mode)):
             self._forget(path)
-        if stat.S_ISDIR(st.st_mode):
-            if keep_dir:
-                return
-            sub = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=dir_fd)
-            try:
-                _remove_tree(sub)
-            finally:
-                os.close(sub)
-            os.rmdir(name, dir_fd=dir_fd)
-        else:
-            os.unlink(name, dir_fd=dir_fd)
+        if stat.S_ISDIR(st.st_mode) and keep_dir:
+            return
+        _remove(dir_fd, name, st)
 
     def add(self, path: str, info: tarfile.TarInfo, content: BinaryIO | None) -> None:
         """Write one entry; `path` is clean and relative (see flatten.clean_path)."""
@@ -268,15 +260,15 @@ class Extractor:
             os.close(src_fd)
 
 
-def _remove_tree(dir_fd: int) -> None:
-    for entry in os.listdir(dir_fd):
-        st = os.stat(entry, dir_fd=dir_fd, follow_symlinks=False)
-        if stat.S_ISDIR(st.st_mode):
-            sub = os.open(entry, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=dir_fd)
-            try:
-                _remove_tree(sub)
-            finally:
-                os.close(sub)
-            os.rmdir(entry, dir_fd=dir_fd)
-        else:
-            os.unlink(entry, dir_fd=dir_fd)
+def _remove(dir_fd: int, name: str, st: os.stat_result) -> None:
+    """Remove `name` in `dir_fd`, a whole directory tree included, never following a symlink."""
+    if not stat.S_ISDIR(st.st_mode):
+        os.unlink(name, dir_fd=dir_fd)
+        return
+    sub = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=dir_fd)
+    try:
+        for entry in os.listdir(sub):
+            _remove(sub, entry, os.stat(entry, dir_fd=sub, follow_symlinks=False))
+    finally:
+        os.close(sub)
+    os.rmdir(name, dir_fd=dir_fd)
