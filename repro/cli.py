@@ -160,6 +160,26 @@ def _build_check(args: argparse.Namespace, spec) -> int:
     raise CheckFailed(f"{spec.path}: two builds gave {digests[0]} and {digests[1]}", "see the differences above")
 
 
+def cmd_sbom(args: argparse.Namespace) -> int:
+    from sbom.generate import generate
+
+    image = open_image(args.ref, _options(args))
+    data = generate(image, args.format, args.ref.partition(":")[2] or args.ref)
+    if args.attach:
+        from sbom.attach import attach
+
+        digest = attach(args.ref, image, data, args.format)
+        err.print(f"attached {args.format} to {image.digest} as {digest}", markup=False)
+    if args.output:
+        from repro.atomic import atomic_file
+
+        with atomic_file(args.output) as out:
+            out.write(data)
+    elif not args.attach:
+        sys.stdout.buffer.write(data)
+    return 0
+
+
 FLAT_TRANSPORTS = ("rootfs", "tar", "squashfs")
 
 
@@ -279,9 +299,12 @@ def cmd_hash(args: argparse.Namespace) -> int:
         "layers": [{"digest": layer.descriptor.digest, "diff_id": layer.diff_id} for layer in image.layers],
     }
     if args.files:
-        from sbom.files import inventory
+        from sbom.catalogers import catalog, os_release, wanted
+        from sbom.files import scan
 
-        result["files"] = [record.to_json() for record in inventory(image)]
+        found = scan(image, capture=wanted)
+        owner = {path: p.purl for p in catalog(found, os_release(found)) for path in p.files}
+        result["files"] = [{**record.to_json(), "package": owner.get(record.path, "")} for record in found.records]
     if args.json:
         _emit_json(result)
         return 0
@@ -339,6 +362,13 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--platform", help="os/arch[/variant] to pick from a multi-platform index (default: host)")
         p.add_argument("--compression", choices=("gzip", "zstd", "xz", "lz4"), help="squashfs/SIF compressor (gzip)")
         p.add_argument("--json", action="store_true", help="print a JSON summary")
+
+    p = command("sbom", cmd_sbom, "a software bill of materials (SPDX 2.3 or CycloneDX 1.6 JSON) of an image")
+    p.add_argument("ref")
+    p.add_argument("--format", choices=("spdx-json", "cyclonedx-json"), default="spdx-json")
+    p.add_argument("-o", "--output", help="write to this file (default: standard output)")
+    p.add_argument("--attach", action="store_true", help="store it as an OCI 1.1 referrer of the image (oci:)")
+    p.add_argument("--platform", help="os/arch[/variant] to pick from a multi-platform index")
 
     p = command("inspect", cmd_inspect, "show an image's digest, config, layers and history")
     p.add_argument("ref")

@@ -47,8 +47,31 @@ class FileRecord:
         return asdict(self)
 
 
+@dataclass
+class Scan:
+    """One pass over the flattened image: every file's record, the md5 of regular files (for dpkg's
+    md5sums), and the content of the small files a cataloger asked for (package databases)."""
+
+    records: list[FileRecord]
+    md5: dict[str, str]
+    contents: dict[str, bytes]
+
+    def by_path(self) -> dict[str, FileRecord]:
+        return {r.path: r for r in self.records}
+
+
+MAX_CAPTURE = 16 << 20
+
+
 def inventory(image: Image) -> list[FileRecord]:
     """The flattened image's files, sorted by path (byte order)."""
+    return scan(image).records
+
+
+def scan(image: Image, capture=None, with_md5: bool = False) -> Scan:
+    """Walk the merged layers once; `capture(path)` selects files whose content is kept."""
+    md5: dict[str, str] = {}
+    contents: dict[str, bytes] = {}
     records: dict[str, FileRecord] = {}
     layer_hashes: dict[str, tuple[str, int]] = {}  # regular files of the layer being read
     current_layer = -1
@@ -71,9 +94,20 @@ def inventory(image: Image) -> list[FileRecord]:
         )
         if entry.content is not None:
             h = hashlib.sha256()
+            m = hashlib.md5(usedforsecurity=False) if with_md5 else None
+            keep = capture is not None and info.size <= MAX_CAPTURE and capture(entry.path)
+            kept = bytearray() if keep else None
             while chunk := entry.content.read(CHUNK):
                 h.update(chunk)
+                if m is not None:
+                    m.update(chunk)
+                if kept is not None:
+                    kept += chunk
             record.sha256 = h.hexdigest()
+            if m is not None:
+                md5[entry.path] = m.hexdigest()
+            if kept is not None:
+                contents[entry.path] = bytes(kept)
             layer_hashes[entry.path] = (record.sha256, record.size)
         elif info.islnk():
             target = clean_path(info.linkname)
@@ -83,7 +117,8 @@ def inventory(image: Image) -> list[FileRecord]:
                 pending.append((record, target))
         records[entry.path] = record
     _resolve(pending, layer_hashes)
-    return [records[p] for p in sorted(records, key=lambda p: p.encode("utf-8", "surrogateescape"))]
+    ordered = [records[p] for p in sorted(records, key=lambda p: p.encode("utf-8", "surrogateescape"))]
+    return Scan(ordered, md5, contents)
 
 
 def _resolve(pending: list[tuple[FileRecord, str]], layer_hashes: dict[str, tuple[str, int]]) -> None:

@@ -68,3 +68,26 @@ def test_debian_build_is_reproducible(built, tmp_path):
     spec = staged("python-science", tmp_path)
     again = json.loads(repro("build", str(spec), "--store", str(tmp_path / "store"), "--json").stdout)
     assert again["digest"] == built["python-science"]["digest"]
+
+
+@pytest.mark.parametrize("name", DEBIAN_SPECS)
+def test_sbom_matches_dpkg_in_the_running_image(built, dockerd, catalog_store, name):
+    """Ground truth: the SBOM's Debian packages are exactly what dpkg-query lists inside the container."""
+    run("docker", "load", "-i", str(built[name]["archive"]), env=dockerd)
+    listed = run("docker", "run", "--rm", "--network", "none", "--entrypoint", "dpkg-query",
+                 f"repro-catalog/{name}:1", "-W", "-f", "${Package} ${Version} ${Architecture}\\n", env=dockerd).stdout
+    truth = set(listed.split("\n")) - {""}
+    doc = json.loads(repro("sbom", "--format", "cyclonedx-json", f"docker-archive:{built[name]['archive']}").stdout)
+    from packageurl import PackageURL
+
+    ours = set()
+    for component in doc["components"]:
+        purl = PackageURL.from_string(component["purl"])
+        if purl.type == "deb":
+            ours.add(f"{purl.name} {purl.version} {purl.qualifiers['arch']}")
+    assert ours == truth
+    if name == "python-science":
+        pypi = {c["name"]: c for c in doc["components"] if c["purl"].startswith("pkg:pypi/")}
+        assert "numpy" in pypi and "scipy" in pypi
+        assert any(p["name"] == "repro:part-of" and p["value"].startswith("pkg:deb/debian/python3-numpy")
+                   for p in pypi["numpy"]["properties"])
