@@ -45,42 +45,61 @@ def operations(image: Path, work: Path) -> list[Operation]:
     src = f"oci:{image}:{TAG}"
     docker_tar = work / "input-docker.tar"
     if not docker_tar.exists():
-        subprocess.run([REPRO, "convert", src, f"docker-archive:{docker_tar}:bench:1"], check=True,
-                       stdout=subprocess.DEVNULL)
+        subprocess.run(
+            [REPRO, "convert", src, f"docker-archive:{docker_tar}:bench:1"], check=True, stdout=subprocess.DEVNULL
+        )
     flat = work / "input-rootfs"
     if not flat.exists():
         subprocess.run([REPRO, "flatten", src, f"rootfs:{flat}"], check=True, stdout=subprocess.DEVNULL)
     out = work / "out"
     out.mkdir(exist_ok=True)
     return [
-        Operation("oci -> docker-archive", "skopeo copy",
-                  [REPRO, "convert", src, f"docker-archive:{out}/ours.tar:bench:1"],
-                  ["skopeo", "copy", "-q", src, f"docker-archive:{out}/peer.tar:bench:1"],
-                  [out / "ours.tar", out / "peer.tar"]),
-        Operation("docker-archive -> oci", "skopeo copy",
-                  [REPRO, "convert", f"docker-archive:{docker_tar}", f"oci:{out}/ours:1"],
-                  ["skopeo", "copy", "-q", f"docker-archive:{docker_tar}", f"oci:{out}/peer:1"],
-                  [out / "ours", out / "peer"]),
-        Operation("flatten to a directory", "umoci unpack",
-                  [REPRO, "flatten", src, f"rootfs:{out}/ours-rootfs"],
-                  ["umoci", "unpack", "--image", f"{image}:{TAG}", f"{out}/peer-bundle"],
-                  [out / "ours-rootfs", out / "peer-bundle"]),
-        Operation("OCI -> squashfs", "umoci unpack + mksquashfs",
-                  [REPRO, "flatten", src, f"squashfs:{out}/ours.sqfs"],
-                  f"umoci unpack --image {image}:{TAG} {out}/peer-sq && "
-                  f"mksquashfs {out}/peer-sq/rootfs {out}/peer.sqfs -comp gzip -noappend -quiet >/dev/null",
-                  [out / "ours.sqfs", out / "peer-sq", out / "peer.sqfs"]),
-        Operation("OCI -> SIF", "umoci unpack + mksquashfs + siftool new/add",
-                  [REPRO, "convert", src, f"sif:{out}/ours.sif"],
-                  f"umoci unpack --image {image}:{TAG} {out}/peer-sif && "
-                  f"mksquashfs {out}/peer-sif/rootfs {out}/peer-sif.sqfs -comp gzip -noappend -quiet >/dev/null && "
-                  f"siftool new {out}/peer.sif && siftool add {out}/peer.sif {out}/peer-sif.sqfs "
-                  "--datatype 4 --parttype 2 --partfs 1 --partarch 2",
-                  [out / "ours.sif", out / "peer-sif", out / "peer-sif.sqfs", out / "peer.sif"]),
-        Operation("per-file hashes", "sha256sum over the flattened tree",
-                  f"{REPRO} hash --files --json {src} > /dev/null",
-                  f"cd {flat} && find . -type f -print0 | xargs -0 sha256sum > /dev/null",
-                  []),
+        Operation(
+            "oci -> docker-archive",
+            "skopeo copy",
+            [REPRO, "convert", src, f"docker-archive:{out}/ours.tar:bench:1"],
+            ["skopeo", "copy", "-q", src, f"docker-archive:{out}/peer.tar:bench:1"],
+            [out / "ours.tar", out / "peer.tar"],
+        ),
+        Operation(
+            "docker-archive -> oci",
+            "skopeo copy",
+            [REPRO, "convert", f"docker-archive:{docker_tar}", f"oci:{out}/ours:1"],
+            ["skopeo", "copy", "-q", f"docker-archive:{docker_tar}", f"oci:{out}/peer:1"],
+            [out / "ours", out / "peer"],
+        ),
+        Operation(
+            "flatten to a directory",
+            "umoci unpack",
+            [REPRO, "flatten", src, f"rootfs:{out}/ours-rootfs"],
+            ["umoci", "unpack", "--image", f"{image}:{TAG}", f"{out}/peer-bundle"],
+            [out / "ours-rootfs", out / "peer-bundle"],
+        ),
+        Operation(
+            "OCI -> squashfs",
+            "umoci unpack + mksquashfs",
+            [REPRO, "flatten", src, f"squashfs:{out}/ours.sqfs"],
+            f"umoci unpack --image {image}:{TAG} {out}/peer-sq && "
+            f"mksquashfs {out}/peer-sq/rootfs {out}/peer.sqfs -comp gzip -noappend -quiet >/dev/null",
+            [out / "ours.sqfs", out / "peer-sq", out / "peer.sqfs"],
+        ),
+        Operation(
+            "OCI -> SIF",
+            "umoci unpack + mksquashfs + siftool new/add",
+            [REPRO, "convert", src, f"sif:{out}/ours.sif"],
+            f"umoci unpack --image {image}:{TAG} {out}/peer-sif && "
+            f"mksquashfs {out}/peer-sif/rootfs {out}/peer-sif.sqfs -comp gzip -noappend -quiet >/dev/null && "
+            f"siftool new {out}/peer.sif && siftool add {out}/peer.sif {out}/peer-sif.sqfs "
+            "--datatype 4 --parttype 2 --partfs 1 --partarch 2",
+            [out / "ours.sif", out / "peer-sif", out / "peer-sif.sqfs", out / "peer.sif"],
+        ),
+        Operation(
+            "per-file hashes",
+            "sha256sum over the flattened tree",
+            f"{REPRO} hash --files --json {src} > /dev/null",
+            f"cd {flat} && find . -type f -print0 | xargs -0 sha256sum > /dev/null",
+            [],
+        ),
     ]
 
 
@@ -108,36 +127,64 @@ def build_operations(cache: Path, work: Path) -> list[Operation]:
     """python-science's packages on the same Debian base (one mmdebstrap tarball imported by both)."""
     base_tar = cache / "debian-base.tar"
     if not base_tar.exists():
-        subprocess.run(["mmdebstrap", "--variant=minbase", "--quiet", "--include=python3-minimal", "bookworm",
-                        str(base_tar) + ".tmp", "http://deb.debian.org/debian"], check=True,
-                       env={**os.environ, "SOURCE_DATE_EPOCH": "1700000000"})
+        subprocess.run(
+            [
+                "mmdebstrap",
+                "--variant=minbase",
+                "--format=tar",
+                "--quiet",
+                "--include=python3-minimal",
+                "bookworm",
+                str(base_tar) + ".tmp",
+                "http://deb.debian.org/debian",
+            ],
+            check=True,
+            env={**os.environ, "SOURCE_DATE_EPOCH": "1700000000"},
+        )
         os.replace(str(base_tar) + ".tmp", base_tar)
     ctx = work / "build-context"
     ctx.mkdir(exist_ok=True)
     base_archive = work / "debian-base.docker.tar"
     if not base_archive.exists():
-        subprocess.run([REPRO, "convert", f"tar:{base_tar}", f"docker-archive:{base_archive}:bench/debian:base"],
-                       check=True, stdout=subprocess.DEVNULL)
+        subprocess.run(
+            [REPRO, "convert", f"tar:{base_tar}", f"docker-archive:{base_archive}:bench/debian:base"],
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
     (ctx / "main.py").write_text("import numpy, scipy\nprint(numpy.__version__, scipy.__version__)\n")
     (ctx / "spec.yaml").write_text(BUILD_SPEC.format(base=f"docker-archive:{base_archive}"))
-    buildah = ["buildah", "--root", str(work / "buildah-root"), "--runroot", str(work / "buildah-run"),
-               "--storage-driver", "vfs"]
+    buildah = [
+        "buildah",
+        "--root",
+        str(work / "buildah-root"),
+        "--runroot",
+        str(work / "buildah-run"),
+        "--storage-driver",
+        "vfs",
+    ]
     if subprocess.run([*buildah, "inspect", "bench/debian:base"], capture_output=True).returncode != 0:
-        subprocess.run([*buildah, "pull", "-q", f"docker-archive:{base_archive}"], check=True,
-                       stdout=subprocess.DEVNULL)
+        subprocess.run(
+            [*buildah, "pull", "-q", f"docker-archive:{base_archive}"], check=True, stdout=subprocess.DEVNULL
+        )
     (ctx / "Containerfile").write_text(CONTAINERFILE.format(base="bench/debian:base"))
     store = work / "build-store"
     return [
-        Operation("build python-science (cold)", "buildah bud",
-                  f"rm -rf {store} && {REPRO} build {ctx}/spec.yaml --store {store} --no-cache > /dev/null",
-                  f"{' '.join(buildah)} bud -q --isolation chroot --layers=false -t bench/science:1 "
-                  f"-f {ctx}/Containerfile {ctx} > /dev/null && {' '.join(buildah)} rmi -f bench/science:1 > /dev/null",
-                  []),
-        Operation("build python-science (warm, cached)", "buildah bud --layers (cached)",
-                  f"{REPRO} build {ctx}/spec.yaml --store {store} > /dev/null",
-                  f"{' '.join(buildah)} bud -q --isolation chroot --layers -t bench/science:2 "
-                  f"-f {ctx}/Containerfile {ctx} > /dev/null",
-                  []),
+        Operation(
+            "build python-science (cold)",
+            "buildah bud",
+            f"rm -rf {store} && {REPRO} build {ctx}/spec.yaml --store {store} --no-cache > /dev/null",
+            f"{' '.join(buildah)} bud -q --isolation chroot --layers=false -t bench/science:1 "
+            f"-f {ctx}/Containerfile {ctx} > /dev/null && {' '.join(buildah)} rmi -f bench/science:1 > /dev/null",
+            [],
+        ),
+        Operation(
+            "build python-science (warm, cached)",
+            "buildah bud --layers (cached)",
+            f"{REPRO} build {ctx}/spec.yaml --store {store} > /dev/null",
+            f"{' '.join(buildah)} bud -q --isolation chroot --layers -t bench/science:2 "
+            f"-f {ctx}/Containerfile {ctx} > /dev/null",
+            [],
+        ),
     ]
 
 
@@ -153,33 +200,53 @@ def measure(op: Operation, pairs: int) -> dict:
 
     def summary(items: list[Sample]) -> dict:
         walls = [s.wall for s in items]
-        return {"median_s": statistics.median(walls), "min_s": min(walls), "max_s": max(walls),
-                "cpu_s": statistics.median(s.cpu for s in items),
-                "peak_rss_mb": max(s.peak_rss_mb for s in items)}
+        return {
+            "median_s": statistics.median(walls),
+            "min_s": min(walls),
+            "max_s": max(walls),
+            "cpu_s": statistics.median(s.cpu for s in items),
+            "peak_rss_mb": max(s.peak_rss_mb for s in items),
+        }
 
     ours, theirs = summary(samples["repro"]), summary(samples["peer"])
-    return {"operation": op.name, "peer": op.peer, "repro": ours, "peer_result": theirs,
-            "ratio": ours["median_s"] / theirs["median_s"] if theirs["median_s"] else float("nan")}
+    return {
+        "operation": op.name,
+        "peer": op.peer,
+        "repro": ours,
+        "peer_result": theirs,
+        "ratio": ours["median_s"] / theirs["median_s"] if theirs["median_s"] else float("nan"),
+    }
 
 
 def table(results: list[dict]) -> str:
-    lines = ["| operation | peer | repro s | peer s | ratio | repro spread | peer spread | repro CPU s | "
-             "peer CPU s | repro RSS MB | peer RSS MB |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| operation | peer | repro s | peer s | ratio | repro spread | peer spread | repro CPU s | "
+        "peer CPU s | repro RSS MB | peer RSS MB |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in results:
         o, p = r["repro"], r["peer_result"]
         lines.append(
             f"| {r['operation']} | {r['peer']} | {o['median_s']:.2f} | {p['median_s']:.2f} | {r['ratio']:.2f} | "
             f"{o['min_s']:.2f}-{o['max_s']:.2f} | {p['min_s']:.2f}-{p['max_s']:.2f} | {o['cpu_s']:.2f} | "
-            f"{p['cpu_s']:.2f} | {o['peak_rss_mb']:.0f} | {p['peak_rss_mb']:.0f} |")
+            f"{p['cpu_s']:.2f} | {o['peak_rss_mb']:.0f} | {p['peak_rss_mb']:.0f} |"
+        )
     return "\n".join(lines)
 
 
 def machine() -> str:
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.machine())
+    cpu = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        platform.machine(),
+    )
     memory = int(Path("/proc/meminfo").read_text().split()[1]) // (1 << 20)
-    return (f"{os.cpu_count()} cores ({cpu}), {memory} GiB, Linux {platform.release()}, "
-            f"Python {platform.python_version()}")
+    return (
+        f"{os.cpu_count()} cores ({cpu}), {memory} GiB, Linux {platform.release()}, Python {platform.python_version()}"
+    )
 
 
 def main() -> int:
@@ -205,9 +272,13 @@ def main() -> int:
             continue
         print(f"  {op.name} vs {op.peer} ...", file=sys.stderr)
         results.append(measure(op, pairs))
-    report = {"machine": machine(), "scale": scale, "pairs": pairs,
-              "image_bytes": sum(p.stat().st_size for p in (image / "blobs" / "sha256").iterdir()),
-              "results": results}
+    report = {
+        "machine": machine(),
+        "scale": scale,
+        "pairs": pairs,
+        "image_bytes": sum(p.stat().st_size for p in (image / "blobs" / "sha256").iterdir()),
+        "results": results,
+    }
     markdown = table(results)
     print(markdown)
     destination = HERE if not args.quick else args.cache
