@@ -152,12 +152,26 @@ def _build_check(args: argparse.Namespace, spec) -> int:
         if digests[0] == digests[1]:
             out.print(f"reproducible: {digests[0]}", markup=False)
             return 0
-        from sbom.diff import diff_images
+        from sbom.diff import describe, diff_images
 
-        differences = diff_images(images[0], images[1])
-        for line in differences:
-            out.print(line, markup=False)
+        for record in diff_images(images[0], images[1]):
+            out.print(describe(record), markup=False)
     raise CheckFailed(f"{spec.path}: two builds gave {digests[0]} and {digests[1]}", "see the differences above")
+
+
+def cmd_diff(args: argparse.Namespace) -> int:
+    from sbom.diff import describe, diff_images
+
+    records = diff_images(open_image(args.ref1, _options(args)), open_image(args.ref2, _options(args)),
+                          semantic=args.semantic)
+    if args.json:
+        _emit_json({"equal": not records, "semantic": args.semantic, "differences": records})
+    else:
+        for record in records:
+            out.print(describe(record), markup=False)
+        if not records:
+            out.print("no differences" + (" (semantic)" if args.semantic else ""), markup=False)
+    return 1 if records else 0
 
 
 def cmd_sbom(args: argparse.Namespace) -> int:
@@ -362,6 +376,14 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--platform", help="os/arch[/variant] to pick from a multi-platform index (default: host)")
         p.add_argument("--compression", choices=("gzip", "zstd", "xz", "lz4"), help="squashfs/SIF compressor (gzip)")
         p.add_argument("--json", action="store_true", help="print a JSON summary")
+
+    p = command("diff", cmd_diff, "what differs between two images, down to the file and the header field")
+    p.add_argument("ref1")
+    p.add_argument("ref2")
+    p.add_argument("--semantic", action="store_true",
+                   help="ignore what a rebuild may change: timestamps, history, layer split, order, compression")
+    p.add_argument("--platform", help="os/arch[/variant] to pick from a multi-platform index")
+    p.add_argument("--json", action="store_true", help="print JSON")
 
     p = command("sbom", cmd_sbom, "a software bill of materials (SPDX 2.3 or CycloneDX 1.6 JSON) of an image")
     p.add_argument("ref")

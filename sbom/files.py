@@ -42,9 +42,14 @@ class FileRecord:
     sha256: str
     target: str
     layer: int
+    mtime: int = 0
+    xattrs: dict[str, str] | None = None
 
     def to_json(self) -> dict:
-        return asdict(self)
+        out = asdict(self)
+        if out["xattrs"] is None:
+            del out["xattrs"]
+        return out
 
 
 @dataclass
@@ -91,6 +96,9 @@ def scan(image: Image, capture=None, with_md5: bool = False) -> Scan:
             sha256="",
             target=printable(info.linkname) if (info.issym() or info.islnk()) else "",
             layer=entry.layer,
+            mtime=int(info.mtime),
+            xattrs={k[len("SCHILY.xattr."):]: v for k, v in sorted(info.pax_headers.items())
+                    if k.startswith("SCHILY.xattr.")} or None,
         )
         if entry.content is not None:
             h = hashlib.sha256()
