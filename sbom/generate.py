@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 from repro import __version__
 from repro.image import Image
 from repro.layers import source_date_epoch
@@ -10,12 +12,18 @@ from sbom import cyclonedx, spdx
 from sbom.catalogers import catalog, os_release, wanted
 from sbom.files import scan
 
+log = logging.getLogger(__name__)
 FORMATS = ("spdx-json", "cyclonedx-json")
 MEDIA_TYPES = {"spdx-json": "application/spdx+json", "cyclonedx-json": "application/vnd.cyclonedx+json"}
 
 
 def packages_of(image: Image):
+    from sbom.catalogers import rpm
+
     result = scan(image, capture=wanted, with_md5=True)
+    if rpm.uses_berkeley_db(result):
+        log.warning("%s: its RPM database is in the old Berkeley DB format, which repro does not read: "
+                    "RPM packages are not listed", image.name)
     return catalog(result, os_release(result))
 
 

@@ -150,3 +150,53 @@ def test_attach_as_referrer(sbom_layout, tmp_path):
     blob = (layout / "blobs" / manifest["layers"][0]["digest"].replace(":", "/")).read_bytes()
     assert json.loads(blob)["spdxVersion"] == "SPDX-2.3"
     assert json.loads(repro("inspect", "--json", f"oci:{layout}:pkgs").stdout)["digest"] == image["digest"]
+
+
+def rpm_header(tags: list[tuple[int, int, object]]) -> bytes:
+    """An RPM header blob (as rpmdb.sqlite stores it) from (tag, type, value) triples."""
+    import struct
+
+    index, data = b"", b""
+    for tag, kind, value in tags:
+        if kind == 4:
+            while len(data) % 4:
+                data += b"\0"
+        offset = len(data)
+        if kind == 6:
+            data += value.encode() + b"\0"
+            count = 1
+        elif kind == 8:
+            data += b"".join(v.encode() + b"\0" for v in value)
+            count = len(value)
+        else:
+            data += b"".join(struct.pack(">i", v) for v in value)
+            count = len(value)
+        index += struct.pack(">iiii", tag, kind, offset, count)
+    return struct.pack(">ii", len(tags), len(data)) + index + data
+
+
+def test_rpm_sqlite_database(tmp_path):
+    import sqlite3
+
+    db = tmp_path / "rpmdb.sqlite"
+    connection = sqlite3.connect(db)
+    connection.execute("CREATE TABLE Packages (hnum INTEGER PRIMARY KEY AUTOINCREMENT, blob BLOB NOT NULL)")
+    for name, version, files in (("bash", "5.1.8", ["bash"]), ("zlib", "1.2.11", ["libz.so.1", "gone.so"])):
+        header = rpm_header([(1000, 6, name), (1001, 6, version), (1002, 6, "6.el9"), (1014, 6, "GPL-3.0-or-later"),
+                             (1022, 6, "x86_64"), (1116, 4, [0] * len(files)), (1117, 8, files),
+                             (1118, 8, ["/usr/lib64/"])])
+        connection.execute("INSERT INTO Packages (blob) VALUES (?)", (header,))
+    connection.commit()
+    connection.close()
+    make_image(tmp_path / "layout", "rpm", [[
+        E("etc/os-release", b'ID="rocky"\nVERSION_ID="9.3"\n'),
+        E("var/lib/rpm/rpmdb.sqlite", db.read_bytes()),
+        E("usr/lib64/bash", b"#!"), E("usr/lib64/libz.so.1", b"\x7fELF"),
+    ]])
+    doc = sbom(f"oci:{tmp_path}/layout:rpm", "cyclonedx-json")
+    found = {c["purl"]: c for c in doc["components"]}
+    assert set(found) == {"pkg:rpm/rocky/bash@5.1.8-6.el9?arch=x86_64&distro=rocky-9.3",
+                          "pkg:rpm/rocky/zlib@1.2.11-6.el9?arch=x86_64&distro=rocky-9.3"}
+    zlib = found["pkg:rpm/rocky/zlib@1.2.11-6.el9?arch=x86_64&distro=rocky-9.3"]
+    assert ("repro:missing-file", "usr/lib64/gone.so") in {(p["name"], p["value"]) for p in zlib["properties"]}
+    assert zlib["licenses"] == [{"expression": "GPL-3.0-or-later"}]

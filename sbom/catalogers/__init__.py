@@ -17,7 +17,7 @@ _licensing = get_spdx_licensing()
 
 @dataclass
 class Package:
-    ecosystem: str  # deb, pypi, npm, apk
+    ecosystem: str  # deb, rpm, apk, pypi, npm
     name: str
     version: str
     purl: str
@@ -86,10 +86,10 @@ def spdx_expression(names: list[str]) -> tuple[str, str]:
 
 
 def catalog(scan, distro: dict[str, str]) -> list[Package]:
-    from sbom.catalogers import apk, dpkg, npm, python
+    from sbom.catalogers import apk, dpkg, npm, python, rpm
 
     packages: list[Package] = []
-    for module in (dpkg, apk, python, npm):
+    for module in (dpkg, apk, rpm, python, npm):
         packages.extend(module.catalog(scan, distro))
     python.link_to_debian(packages)
     return sorted(packages, key=lambda p: (p.ecosystem, p.name, p.version))
@@ -97,9 +97,9 @@ def catalog(scan, distro: dict[str, str]) -> list[Package]:
 
 def wanted(path: str) -> bool:
     """The files whose content the catalogers read."""
-    from sbom.catalogers import apk, dpkg, npm, python
+    from sbom.catalogers import apk, dpkg, npm, python, rpm
 
-    return any(module.wanted(path) for module in (dpkg, apk, python, npm)) or path in (
+    return any(module.wanted(path) for module in (dpkg, apk, rpm, python, npm)) or path in (
         "etc/os-release",
         "usr/lib/os-release",
     )
