@@ -31,7 +31,13 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _options(args: argparse.Namespace) -> Options:
-    extra = {"compression": args.compression} if getattr(args, "compression", None) else {}
+    extra: dict = {"compression": args.compression} if getattr(args, "compression", None) else {}
+    if getattr(args, "creds", None):
+        extra["creds"] = args.creds
+    if getattr(args, "tls_verify", None) is not None:
+        extra["tls_verify"] = args.tls_verify == "true"
+    if getattr(args, "chunk_size", None):
+        extra["chunk_size"] = args.chunk_size
     return Options(Platform.parse(args.platform) if getattr(args, "platform", None) else None, extra)
 
 
@@ -339,6 +345,12 @@ def cmd_hash(args: argparse.Namespace) -> int:
 # --- parser -----------------------------------------------------------------------------
 
 
+def _registry_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--creds", help="USER:PASSWORD for docker:// registries (else REPRO_REGISTRY_AUTH, docker login)")
+    p.add_argument("--tls-verify", choices=("true", "false"), help="verify TLS of non-loopback registries (true)")
+    p.add_argument("--chunk-size", type=int, help="upload blobs in chunks of this many bytes (default: one request)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="repro", description="Reproducible container images: build, convert, flatten, hash, archive."
@@ -376,6 +388,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--platform", help="os/arch[/variant] to pick from a multi-platform index (default: host)")
         p.add_argument("--compression", choices=("gzip", "zstd", "xz", "lz4"), help="squashfs/SIF compressor (gzip)")
         p.add_argument("--json", action="store_true", help="print a JSON summary")
+        _registry_arguments(p)
 
     p = command("diff", cmd_diff, "what differs between two images, down to the file and the header field")
     p.add_argument("ref1")

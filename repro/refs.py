@@ -21,6 +21,8 @@ TRANSPORTS: dict[str, str] = {
     "tar": "converters.tarball",
     "squashfs": "converters.squashfs",
     "sif": "converters.sif",
+    "docker": "converters.registry",
+    "docker-daemon": "converters.docker_daemon",
 }
 
 
