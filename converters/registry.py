@@ -103,7 +103,9 @@ class Client:
             if ":" not in creds:
                 raise ReproError("credentials must be USER:PASSWORD", "give --creds USER:PASSWORD")
             return base64.b64encode(creds.encode()).decode()
-        config = oras_auth.load_configs()  # ~/.docker/config.json (and $DOCKER_CONFIG)
+        # docker login's file: $DOCKER_CONFIG/config.json, else ~/.docker/config.json
+        extra = [os.path.join(os.environ["DOCKER_CONFIG"], "config.json")] if os.environ.get("DOCKER_CONFIG") else []
+        config = oras_auth.load_configs([p for p in extra if os.path.exists(p)])
         entry = (config.get("auths") or {}).get(self.host) or (config.get("auths") or {}).get(f"https://{self.host}")
         return (entry or {}).get("auth", "")
 

@@ -125,3 +125,65 @@ def dockerd():
         log.close()
         subprocess.run(["umount", "-R", str(base / "exec")], capture_output=True)
         shutil.rmtree(base, ignore_errors=True)
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Registry:
+    """Debian's docker-registry on 127.0.0.1, with its own storage; can be stopped and restarted."""
+
+    def __init__(self, base: Path, htpasswd: str = "") -> None:
+        self.base = base
+        self.port = free_port()
+        self.host = f"127.0.0.1:{self.port}"
+        auth = f"auth: {{htpasswd: {{realm: repro-test, path: {htpasswd}}}}}\n" if htpasswd else ""
+        (base / "config.yml").write_text(
+            "version: 0.1\nlog: {level: error}\n"
+            f"storage: {{filesystem: {{rootdirectory: {base / 'data'}}}, delete: {{enabled: true}}}}\n"
+            f"http: {{addr: '{self.host}'}}\n{auth}")
+        self.proc: subprocess.Popen | None = None
+        self.start()
+
+    def start(self) -> None:
+        import socket
+
+        self.proc = subprocess.Popen(["docker-registry", "serve", str(self.base / "config.yml")],
+                                     stdout=subprocess.DEVNULL, stderr=open(self.base / "log", "ab"))  # noqa: SIM115
+
+        def ready() -> bool:
+            with socket.socket() as s:
+                return s.connect_ex(("127.0.0.1", self.port)) == 0
+
+        _wait_for(ready, 30, "docker-registry")
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait()
+            self.proc = None
+
+
+@pytest.fixture(scope="session")
+def registry(tmp_path_factory):
+    if not shutil.which("docker-registry"):
+        pytest.fail("docker-registry is missing (make setup installs it)")
+    reg = Registry(tmp_path_factory.mktemp("registry"))
+    yield reg
+    reg.stop()
+
+
+@pytest.fixture(scope="session")
+def auth_registry(tmp_path_factory):
+    base = tmp_path_factory.mktemp("auth-registry")
+    htpasswd = base / "htpasswd"
+    out = subprocess.run(["htpasswd", "-Bbn", "scientist", "s3cret"], capture_output=True, text=True, check=True)
+    htpasswd.write_text(out.stdout)
+    reg = Registry(base, str(htpasswd))
+    yield reg
+    reg.stop()
