@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import BinaryIO, Protocol
 
 from repro.atomic import atomic_dir
-from repro.blobs import BlobImage, select_manifest
+from repro.blobs import BlobImage, IndexImage, read_index, select_manifest
 from repro.errors import ReproError
 from repro.image import REF_NAME, Descriptor, Image
 from repro.refs import Options, Reference
@@ -78,7 +78,7 @@ def read_from_files(files: LayoutFiles, tag: str, options: Options, name: str) -
                 f"available tags: {', '.join(tags)}" if tags else "the layout has no tagged images",
             )
     else:
-        chosen = list(index.manifests)
+        chosen = [d for d in index.manifests if not d.artifact_type]  # referrers are not the image
         if len(chosen) != 1:
             tags = sorted({d.ref_name for d in index.manifests if d.ref_name})
             raise ReproError(
@@ -86,6 +86,10 @@ def read_from_files(files: LayoutFiles, tag: str, options: Options, name: str) -
                 f"available tags: {', '.join(tags)}" if tags else "the layout is empty",
             )
     source = LayoutBlobs(files, name)
+    if options.extra.get("all"):
+        whole = read_index(source, chosen[0])
+        if whole is not None:
+            return whole  # type: ignore[return-value]
     descriptor, raw = select_manifest(source, chosen[0], options.platform)
     return BlobImage(source, raw, descriptor.media_type)
 
@@ -106,7 +110,17 @@ def copy_into(layout: Layout, image: Image, progress=None) -> Descriptor:
     return manifest_descriptor(image)
 
 
-def write(image: Image, ref: Reference, options: Options, progress=None) -> str:
+def _store(layout: Layout, image: Image | IndexImage, progress) -> Descriptor:
+    if isinstance(image, IndexImage):
+        for child in image.children:
+            copy_into(layout, child, progress)
+        layout.put_bytes(image.raw, image.media_type)
+        return Descriptor(image.media_type, image.digest, len(image.raw))
+    copy_into(layout, image, progress)
+    return manifest_descriptor(image)
+
+
+def write(image: Image | IndexImage, ref: Reference, options: Options, progress=None) -> str:
     path_text, tag = ref.split_path()
     check_tag(tag, ref)
     path = Path(path_text)
@@ -114,12 +128,13 @@ def write(image: Image, ref: Reference, options: Options, progress=None) -> str:
     if path.exists():
         layout = Layout.open_existing(path)
         with layout.transaction():
-            descriptor = copy_into(layout, image, progress)
-        layout.add_manifest(manifest_descriptor(image, annotations), tag)
+            descriptor = _store(layout, image, progress)
+        layout.add_manifest(Descriptor(descriptor.media_type, descriptor.digest, descriptor.size, annotations), tag)
     else:
         with atomic_dir(path) as tmp:
             layout = Layout.initialize(tmp)
-            descriptor = copy_into(layout, image, progress)
-            layout.add_manifest(manifest_descriptor(image, annotations), tag)
+            descriptor = _store(layout, image, progress)
+            layout.add_manifest(Descriptor(descriptor.media_type, descriptor.digest, descriptor.size, annotations),
+                                tag)
             (tmp / OCI_LAYOUT_FILE).write_bytes(layout_marker())
     return descriptor.digest

@@ -25,7 +25,7 @@ from typing import BinaryIO
 import requests
 from oras.auth import utils as oras_auth
 
-from repro.blobs import BlobImage, select_manifest
+from repro.blobs import BlobImage, IndexImage, read_index, select_manifest
 from repro.digest import sha256_bytes
 from repro.errors import DigestMismatch, ReproError
 from repro.image import INDEX_TYPES, MANIFEST_TYPES, Descriptor, Image, parse_json
@@ -229,6 +229,11 @@ def read(ref: Reference, options: Options) -> Image:
     source = RegistrySource(client, target)
     raw, media_type = source.manifest(target.reference)
     top = Descriptor(media_type, sha256_bytes(raw), len(raw))
+    if media_type in INDEX_TYPES and options.extra.get("all"):
+        whole = read_index(source, top)
+        for child in whole.children:  # type: ignore[union-attr]
+            child.registry_ref = target  # type: ignore[attr-defined]
+        return whole  # type: ignore[return-value]
     if media_type in INDEX_TYPES:
         descriptor, raw = select_manifest(source, top, options.platform)
         media_type = descriptor.media_type
@@ -336,28 +341,45 @@ def _with_digest(location: str, digest: str) -> str:
     return location + ("&" if "?" in location else "?") + urllib.parse.urlencode({"digest": digest})
 
 
-def write(image: Image, ref: Reference, options: Options, progress=None) -> str:
+def _put_manifest(client: Client, target: RegistryRef, reference: str, raw: bytes, media_type: str) -> None:
+    scope = f"repository:{target.repository}:pull,push"
+    response = client.request("PUT", f"{target.repository}/manifests/{reference}", scope, body=lambda: raw,
+                              ok=(201,), headers={"Content-Type": media_type})
+    echoed = response.headers.get("Docker-Content-Digest")
+    if echoed and echoed != sha256_bytes(raw):
+        raise DigestMismatch(f"{target}: the registry stored the manifest as {echoed}, expected {sha256_bytes(raw)}",
+                             "")
+
+
+def write(image: Image | IndexImage, ref: Reference, options: Options, progress=None) -> str:
+    if isinstance(image, IndexImage):
+        target = parse_ref(ref)
+        client = Client(target.host, options)
+        for child in image.children:  # each child by digest, then the index under the tag
+            _push_image_blobs(client, target, child, options, progress)
+            _put_manifest(client, target, child.digest, child.raw_manifest, child.manifest.media_type)
+        _put_manifest(client, target, target.tag, image.raw, image.media_type)
+        return image.digest
     target = parse_ref(ref)
     if target.digest:
         raise ReproError(f"{ref}: push to a tag (a digest names what is pushed)", "write it as docker://HOST/REPO:TAG")
     client = Client(target.host, options)
+    stats = _push_image_blobs(client, target, image, options, progress)
+    _put_manifest(client, target, target.tag, image.raw_manifest, image.manifest.media_type)
+    write.last_stats = stats  # type: ignore[attr-defined]
+    return image.digest
+
+
+def _push_image_blobs(client: Client, target: RegistryRef, image: Image, options: Options, progress) -> PushStats:
+    """Config and layers, in parallel (bounded); only then may a manifest name them."""
     stats = PushStats()
     source_ref = getattr(image, "registry_ref", None)
     mount_from = source_ref.repository if source_ref is not None and source_ref.host == target.host else ""
     chunk_size = int(options.extra.get("chunk_size") or 0)
-    blobs = image_blobs(image)
     with ThreadPoolExecutor(max_workers=PARALLEL) as pool:
         futures = [pool.submit(_push_blob, client, target, blob, stats, mount_from, chunk_size, progress)
-                   for blob in blobs]
+                   for blob in image_blobs(image)]
         for future in futures:
             future.result()
-    scope = f"repository:{target.repository}:pull,push"
-    response = client.request("PUT", f"{target.repository}/manifests/{target.tag}", scope,
-                              body=lambda: image.raw_manifest, ok=(201,),
-                              headers={"Content-Type": image.manifest.media_type})
-    echoed = response.headers.get("Docker-Content-Digest")
-    if echoed and echoed != image.digest:
-        raise DigestMismatch(f"{ref}: the registry stored the manifest as {echoed}, expected {image.digest}", "")
-    write.last_stats = stats  # type: ignore[attr-defined]
-    return image.digest
+    return stats
 

@@ -6,6 +6,7 @@ Image interface, and select_manifest() walks an index down to one platform's man
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from functools import cached_property
 from typing import BinaryIO, Protocol
 
@@ -163,3 +164,31 @@ def select_manifest(
         )
     exact = [d for d in candidates if d.platform and d.platform.variant == wanted.variant]
     return select_manifest(source, (exact or candidates)[0], platform, depth + 1)
+
+
+@dataclass
+class IndexImage:
+    """A multi-platform image copied whole (`--all`): the index's exact bytes and every child image."""
+
+    name: str
+    raw: bytes
+    media_type: str
+    children: list[BlobImage]
+
+    @property
+    def digest(self) -> str:
+        return sha256_bytes(self.raw)
+
+
+def read_index(source: BlobSource, descriptor: Descriptor) -> IndexImage | None:
+    """The index `descriptor` names with all its child images, or None when it names one image."""
+    if descriptor.media_type not in INDEX_TYPES:
+        return None
+    raw = read_document(source, descriptor)
+    index = Index.parse(raw, f"{source.name}: index {descriptor.digest}")
+    children = []
+    for child in index.manifests:
+        if child.media_type not in MANIFEST_TYPES:
+            raise ReproError(f"{source.name}: nested index {child.digest}", "copy it with --platform instead")
+        children.append(BlobImage(source, read_document(source, child), child.media_type))
+    return IndexImage(source.name, raw, descriptor.media_type, children)

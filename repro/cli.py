@@ -38,6 +38,8 @@ def _options(args: argparse.Namespace) -> Options:
         extra["tls_verify"] = args.tls_verify == "true"
     if getattr(args, "chunk_size", None):
         extra["chunk_size"] = args.chunk_size
+    if getattr(args, "all", False):
+        extra["all"] = True
     return Options(Platform.parse(args.platform) if getattr(args, "platform", None) else None, extra)
 
 
@@ -86,7 +88,13 @@ def _progress(description: str):
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
+    copy_all = getattr(args, "all", False)
+    if copy_all and not {args.src.partition(":")[0], args.dst.partition(":")[0]} <= {"oci", "docker"}:
+        raise ReproError("--all copies an index between oci: layouts and docker:// registries",
+                         "use --platform to convert one platform to other formats")
     image = open_image(args.src, _options(args))
+    if copy_all and not hasattr(image, "children"):
+        raise ReproError(f"{args.src}: is a single image, not a multi-platform index", "drop --all")
     with _progress(f"{args.src} -> {args.dst}") as progress:
         written = write_image(image, args.dst, _options(args), progress)
     if args.json:
@@ -389,6 +397,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--compression", choices=("gzip", "zstd", "xz", "lz4"), help="squashfs/SIF compressor (gzip)")
         p.add_argument("--json", action="store_true", help="print a JSON summary")
         _registry_arguments(p)
+        if name == "convert":
+            p.add_argument("--all", action="store_true",
+                           help="copy a multi-platform index whole (oci: and docker:// on both sides)")
 
     p = command("diff", cmd_diff, "what differs between two images, down to the file and the header field")
     p.add_argument("ref1")

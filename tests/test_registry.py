@@ -235,3 +235,25 @@ def test_podman_and_docker_share_one_client(tmp_path):
     proc = repro("convert", "docker-daemon:x:1", f"oci:{tmp_path}/o:1", check=False, env=env)
     assert proc.returncode == 2 and "cannot reach the Docker engine" in proc.stderr
     assert Path(tmp_path / "o").exists() is False
+
+
+def test_multi_platform_index_copied_whole(tmp_path, registry):
+    from repro.image import Platform
+    from tests.imagekit import add_index
+
+    layout = tmp_path / "multi"
+    for arch in ("amd64", "arm64"):
+        make_image(layout, arch, [[E("arch", arch.encode())]], platform=Platform("linux", arch))
+    index_digest = add_index(layout, "multi", [("amd64", Platform("linux", "amd64")),
+                                               ("arm64", Platform("linux", "arm64"))])
+    ref = f"docker://{registry.host}/multi/img:1"
+    assert json.loads(repro("convert", "--json", "--all", f"oci:{layout}:multi", ref).stdout)["digest"] == index_digest
+    raw = run("skopeo", "inspect", "--raw", "--tls-verify=false", ref).stdout
+    assert json.loads(raw)["mediaType"] == "application/vnd.oci.image.index.v1+json"
+    arm = json.loads(repro("inspect", "--json", "--platform", "linux/arm64", ref).stdout)
+    assert arm["platform"] == "linux/arm64"
+    repro("convert", "--all", ref, f"oci:{tmp_path}/back:multi")
+    index = json.loads((tmp_path / "back" / "index.json").read_bytes())
+    assert index["manifests"][0]["digest"] == index_digest
+    single = repro("convert", "--all", f"oci:{layout}:amd64", f"oci:{tmp_path}/x:1", check=False)
+    assert single.returncode == 2 and "not a multi-platform index" in single.stderr
