@@ -272,6 +272,9 @@ def main() -> int:
             continue
         print(f"  {op.name} vs {op.peer} ...", file=sys.stderr)
         results.append(measure(op, pairs))
+        r = results[-1]
+        print(f"    ratio {r['ratio']:.2f} ({r['repro']['median_s']:.2f} s vs {r['peer_result']['median_s']:.2f} s)",
+              file=sys.stderr)
     report = {
         "machine": machine(),
         "scale": scale,
