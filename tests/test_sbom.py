@@ -200,3 +200,26 @@ def test_rpm_sqlite_database(tmp_path):
     zlib = found["pkg:rpm/rocky/zlib@1.2.11-6.el9?arch=x86_64&distro=rocky-9.3"]
     assert ("repro:missing-file", "usr/lib64/gone.so") in {(p["name"], p["value"]) for p in zlib["properties"]}
     assert zlib["licenses"] == [{"expression": "GPL-3.0-or-later"}]
+
+
+def test_pip_installed_packages_are_all_found(tmp_path):
+    """Ground truth from a real pip installation: this test run's own virtualenv, imported as an image,
+    lists every distribution `pip list` knows, with its version."""
+    import subprocess
+    import sys
+
+    site = Path(sys.prefix) / "lib" / f"python{sys.version_info.major}.{sys.version_info.minor}" / "site-packages"
+    listed = json.loads(subprocess.run([sys.executable, "-m", "pip", "list", "--format", "json"],
+                                       capture_output=True, text=True, check=True).stdout)
+    truth = {(p["name"].lower().replace("_", "-"), p["version"]) for p in listed
+             if "editable_project_location" not in p}
+    tree = tmp_path / "tree" / "usr" / "lib" / "python3" / "site-packages"
+    tree.parent.mkdir(parents=True)
+    import shutil
+
+    shutil.copytree(site, tree, symlinks=True, ignore=shutil.ignore_patterns("__pycache__", "*.so"))
+    repro("convert", f"rootfs:{tmp_path}/tree", f"oci:{tmp_path}/layout:pip")
+    doc = sbom(f"oci:{tmp_path}/layout:pip", "cyclonedx-json")
+    found = {(c["name"].lower().replace("_", "-"), c["version"]) for c in doc["components"]
+             if c["purl"].startswith("pkg:pypi/")}
+    assert truth <= found, truth - found
