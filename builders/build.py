@@ -206,6 +206,7 @@ class Builder:
         self.platform = Platform.host()
         self.resolved: dict = {"base": {}, "packages": []}
         self.tree: Path | None = None
+        self.used_keys: list[str] = []  # the cache keys of this build's layers, for --cache-to
         self.snapshot: dict[str, _tree.Node] | None = None
         self._tmp = tempfile.TemporaryDirectory(prefix="repro-build-")
 
@@ -245,6 +246,7 @@ class Builder:
         options = dict(value)
         definition = {"debian": options, "epoch": self.epoch}
         cache_key = _cache.key([], definition, {})
+        self.used_keys.append(cache_key)
         entry = self.cache.get(cache_key)
         if entry is None:
             from builders.debian import bootstrap
@@ -400,6 +402,7 @@ class Builder:
                 if step.kind in ("run", "packages"):
                     definition["env"] = _container_config(self.base_config, self.spec).get("Env")
                 cache_key = _cache.key(parent, definition, inputs)
+                self.used_keys.append(cache_key)
                 entry = self.cache.get(cache_key)
                 cached = entry is not None
                 if entry is not None:
@@ -473,9 +476,17 @@ def build(
     locked: bool = False,
     report=None,
     log=None,
+    cache_from: list[str] | None = None,
+    cache_to: list[str] | None = None,
 ) -> BuildResult:
     builder = Builder(spec, store, executor, use_cache, report, log)
+    for ref in cache_from or []:
+        imported = _cache.import_from(builder.cache, ref)
+        if log:
+            log(f"cache from {ref}: {imported} entries")
     result = builder.build()
+    for ref in cache_to or []:
+        _cache.export_to(builder.cache, result.image, builder.used_keys, ref)
     resolved = _lock.new_lock(builder.resolved["base"], builder.resolved["packages"])
     existing = _lock.read(spec.path)
     if locked:

@@ -70,3 +70,48 @@ def hash_inputs(paths: list[Path]) -> dict[str, str]:
 
 def spec_digest(path: Path) -> str:
     return "sha256:" + hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+CACHE_ANNOTATION = "dev.repro.build-cache"
+
+
+def export_to(cache: Cache, image, keys: list[str], ref: str) -> str:
+    """Share this build's cache through any writable reference (a registry, for CI machines): the
+    built image, with the cache entries for its layers in a manifest annotation."""
+    from repro.blobs import BlobImage
+    from repro.image import Manifest
+    from repro.refs import write_image
+
+    entries = {}
+    for cache_key in keys:
+        path = cache.directory / f"{cache_key}.json"
+        if path.is_file():
+            entries[cache_key] = json.loads(path.read_bytes())
+    manifest = image.manifest
+    annotations = {**manifest.annotations, CACHE_ANNOTATION: canonical_json(entries).decode()}
+    raw = canonical_json(Manifest(manifest.media_type, manifest.config, manifest.layers, annotations).to_json())
+    cache.layout.put_bytes(raw, manifest.media_type)
+    return write_image(BlobImage(image.source, raw, manifest.media_type), ref)
+
+
+def import_from(cache: Cache, ref: str) -> int:
+    """Fetch the layers and cache entries that `export_to` published; returns how many entries."""
+    from converters.oci_layout import copy_into
+    from repro.errors import ReproError
+    from repro.refs import open_image
+
+    image = open_image(ref)
+    text = image.manifest.annotations.get(CACHE_ANNOTATION)
+    if not text:
+        raise ReproError(f"{ref}: has no build cache", "publish one with repro build --cache-to")
+    with cache.layout.transaction():
+        copy_into(cache.layout, image)
+    count = 0
+    for cache_key, entry in json.loads(text).items():
+        descriptor = Descriptor.from_json(entry["descriptor"], f"{ref}: cache entry")
+        if cache.layout.has_blob(descriptor.digest) and not (cache.directory / f"{cache_key}.json").exists():
+            cache.directory.mkdir(exist_ok=True)
+            with atomic_file(cache.directory / f"{cache_key}.json") as out:
+                out.write(canonical_json(entry))
+            count += 1
+    return count

@@ -123,7 +123,8 @@ def cmd_build(args: argparse.Namespace) -> int:
                   markup=False)
 
     result = b.build(spec, store, executor=args.executor, use_cache=not args.no_cache, locked=args.locked,
-                     report=report, log=lambda m: err.print(f"repro: warning: {m}", markup=False))
+                     report=report, log=lambda m: err.print(f"repro: {m}", markup=False),
+                     cache_from=args.cache_from, cache_to=args.cache_to)
     written = [f"oci:{store.path}:{result.tag}"]
     for ref in args.output or []:
         write_image(result.image, ref, _options(args))
@@ -382,6 +383,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--test", action="store_true", help="run the spec's tests against the image")
     p.add_argument("--executor", choices=("chroot", "bwrap", "proot"), help="how run steps execute (default: auto)")
     p.add_argument("--store", help="the local store (an OCI layout; default $REPRO_STORE or ~/.local/share/repro)")
+    p.add_argument("--cache-from", action="append", help="use a build cache published at this reference")
+    p.add_argument("--cache-to", action="append", help="publish this build's cache (e.g. docker://HOST/REPO:cache)")
+    _registry_arguments(p)
     p.add_argument("--compression", choices=("gzip", "zstd", "xz", "lz4"), help="squashfs/SIF compressor")
     p.add_argument("--json", action="store_true", help="print a JSON summary")
 

@@ -257,3 +257,19 @@ def test_multi_platform_index_copied_whole(tmp_path, registry):
     assert index["manifests"][0]["digest"] == index_digest
     single = repro("convert", "--all", f"oci:{layout}:amd64", f"oci:{tmp_path}/x:1", check=False)
     assert single.returncode == 2 and "not a multi-platform index" in single.stderr
+
+
+def test_build_cache_shared_through_a_registry(registry, tmp_path):
+    """CI machine A publishes its build cache; machine B (an empty store) reuses every step."""
+    from tests.test_build import stage_hello
+
+    spec = stage_hello(tmp_path)
+    cache = f"docker://{registry.host}/cache/hello:buildcache"
+    first = json.loads(repro("build", str(spec), "--store", str(tmp_path / "a"), "--json", "--cache-to", cache).stdout)
+    second = json.loads(repro("build", str(spec), "--store", str(tmp_path / "b"), "--json", "--cache-from",
+                              cache).stdout)
+    assert second["digest"] == first["digest"]
+    assert all(step["cached"] for step in second["steps"])
+    missing = repro("build", str(spec), "--store", str(tmp_path / "c"), "--cache-from",
+                    f"docker://{registry.host}/team/busybox:1", check=False)
+    assert missing.returncode == 2 and "has no build cache" in missing.stderr
