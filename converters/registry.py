@@ -30,7 +30,7 @@ from repro.digest import sha256_bytes
 from repro.errors import DigestMismatch, ReproError
 from repro.image import INDEX_TYPES, MANIFEST_TYPES, Descriptor, Image, parse_json
 from repro.refs import Options, Reference
-from repro.transfer import image_blobs
+from repro.transfer import image_blobs, with_progress
 
 ACCEPT = ", ".join(sorted(MANIFEST_TYPES | INDEX_TYPES))
 RETRIES = 5
@@ -316,7 +316,7 @@ def _push_blob_once(client: Client, target: RegistryRef, blob, stats: PushStats,
             final = client.request("PUT", _with_digest(location, digest), scope, ok=(201,),
                                    headers={"Content-Length": "0"})
         else:
-            counting = _Counting(stream, progress)
+            counting = with_progress(stream, progress)
             final = client.request("PUT", _with_digest(location, digest), scope, body=lambda: _Sized(counting, size),
                                    ok=(201,), headers={"Content-Type": "application/octet-stream"})
             stream.finish()  # type: ignore[attr-defined]
@@ -324,17 +324,6 @@ def _push_blob_once(client: Client, target: RegistryRef, blob, stats: PushStats,
     if echoed and echoed != digest:
         raise DigestMismatch(f"{target}: the registry stored blob {digest} as {echoed}", "")
     stats.pushed += 1
-
-
-class _Counting:
-    def __init__(self, stream, progress) -> None:
-        self.stream, self.progress = stream, progress
-
-    def read(self, n: int = -1) -> bytes:
-        data = self.stream.read(n)
-        if self.progress and data:
-            self.progress(len(data))
-        return data
 
 
 def _with_digest(location: str, digest: str) -> str:

@@ -48,6 +48,16 @@ def source_name(image: Image) -> str:
     return f"{base}:{tag}" if tag else base
 
 
+def copy_range(src: int, dst: int, size: int, src_offset: int, dst_offset: int, what: str) -> None:
+    """Copy `size` bytes between files inside the kernel (no pass through Python)."""
+    copied = 0
+    while copied < size:
+        n = os.copy_file_range(src, dst, size - copied, src_offset + copied, dst_offset + copied)
+        if n == 0:
+            raise ReproError(f"{what}: ends {size - copied} bytes early", "the file is truncated")
+        copied += n
+
+
 def _bytes_object(data_type: int, name: str, data: bytes) -> fmt.NewObject:
     def write(out: BinaryIO) -> int:
         out.write(data)
@@ -62,12 +72,7 @@ def _file_object(path: Path, arch: str) -> fmt.NewObject:
         size = path.stat().st_size
         start = out.tell()
         with open(path, "rb") as src:
-            copied = 0
-            while copied < size:
-                n = os.copy_file_range(src.fileno(), out.fileno(), size - copied, copied, start + copied)
-                if n == 0:
-                    raise ReproError(f"{path}: short copy into the SIF", "")
-                copied += n
+            copy_range(src.fileno(), out.fileno(), size, 0, start, str(path))
         out.seek(start + size)
         return size
 
@@ -190,12 +195,7 @@ def read(ref: Reference, options: Options) -> Image:
 
     def produce(tar: TarWriter) -> None:
         with tempfile.NamedTemporaryFile(prefix="repro-sif-", suffix=".sqfs") as tmp, open(path, "rb") as src:
-            copied = 0
-            while copied < part.size:
-                n = os.copy_file_range(src.fileno(), tmp.fileno(), part.size - copied, part.offset + copied, copied)
-                if n == 0:
-                    raise ReproError(f"{ref}: the partition ends early", "the file is truncated")
-                copied += n
+            copy_range(src.fileno(), tmp.fileno(), part.size, part.offset, 0, str(ref))
             tmp.flush()
             with open(tmp.name, "rb") as check:
                 if check.read(4) != b"hsqs":
