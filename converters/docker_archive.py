@@ -32,7 +32,7 @@ from repro.image import (
 from repro.layers import TarWriter, sniff_compression, source_date_epoch
 from repro.refs import Options, Reference
 from repro.tarfiles import TarFiles
-from repro.transfer import with_progress
+from repro.transfer import blob_progress, with_progress
 
 _MEDIA_TYPE = {"": OCI_LAYER, "gzip": OCI_LAYER_GZIP, "zstd": OCI_LAYER_ZSTD}
 
@@ -237,7 +237,7 @@ def write(image: Image, ref: Reference, options: Options, progress=None) -> str:
                 info = tarfile.TarInfo(member)
                 info.mode, info.mtime = 0o644, mtime
                 with content.open_uncompressed() as src:  # type: ignore[attr-defined]
-                    tar.add_stream(info, with_progress(src, progress))
+                    tar.add_stream(info, with_progress(src, blob_progress(progress, content.descriptor, None)))
                     _drain(src)
         tar.close()
     return image.manifest.config.digest

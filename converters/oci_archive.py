@@ -15,7 +15,7 @@ from repro.layers import TarWriter, source_date_epoch
 from repro.refs import Options, Reference
 from repro.store import INDEX_FILE, OCI_LAYOUT_FILE, blob_name, layout_marker
 from repro.tarfiles import TarFiles
-from repro.transfer import image_blobs, manifest_descriptor, with_progress
+from repro.transfer import blob_progress, image_blobs, manifest_descriptor, with_progress
 
 
 def read(ref: Reference, options: Options) -> Image:
@@ -44,7 +44,7 @@ def write(image: Image, ref: Reference, options: Options, progress=None) -> str:
                     continue
                 info = _file_info(blob_name(digest), blob.descriptor.size, mtime)
                 with blob.open() as src:
-                    tar.add(info, with_progress(src, progress))
+                    tar.add(info, with_progress(src, blob_progress(progress, blob.descriptor)))
                     src.finish()
             tar.add_bytes(INDEX_FILE, canonical_json(index.to_json()), mtime=mtime)
             tar.add_bytes(OCI_LAYOUT_FILE, layout_marker(), mtime=mtime)

@@ -17,7 +17,7 @@ from repro.errors import ReproError
 from repro.image import REF_NAME, Descriptor, Image
 from repro.refs import Options, Reference
 from repro.store import INDEX_FILE, OCI_LAYOUT_FILE, Layout, blob_name, layout_marker, parse_json
-from repro.transfer import image_blobs, manifest_descriptor
+from repro.transfer import blob_progress, image_blobs, manifest_descriptor
 
 # image-spec annotations.md: the ref.name grammar, simplified to the characters it allows.
 _TAG_RE = re.compile(r"^[A-Za-z0-9._:@/+-]+$")
@@ -105,7 +105,7 @@ def copy_into(layout: Layout, image: Image, progress=None) -> Descriptor:
     for blob in image_blobs(image):
         if not layout.has_blob(blob.descriptor.digest):
             with blob.open() as src:
-                layout.put_blob(blob.descriptor, src, progress)
+                layout.put_blob(blob.descriptor, src, blob_progress(progress, blob.descriptor))
     layout.put_bytes(image.raw_manifest, image.manifest.media_type)
     return manifest_descriptor(image)
 
@@ -138,3 +138,33 @@ def write(image: Image | IndexImage, ref: Reference, options: Options, progress=
                                 tag)
             (tmp / OCI_LAYOUT_FILE).write_bytes(layout_marker())
     return descriptor.digest
+
+
+def attach_referrer(ref: Reference, options: Options, artifact, subject_digest: str) -> None:
+    """Store an artifact in the layout, listed untagged in index.json (image-spec 1.1's layout referrers)."""
+    layout = Layout.open_existing(ref.split_path()[0])
+    if not layout.has_blob(subject_digest):
+        raise ReproError(f"{ref}: the layout does not hold {subject_digest}", "copy the image into it first")
+    with layout.transaction():
+        for descriptor, data in artifact.blobs:
+            layout.put_bytes(data, descriptor.media_type)
+        layout.put_bytes(artifact.raw, artifact.descriptor.media_type)
+    layout.add_manifest(artifact.descriptor, "")
+
+
+def referrers(ref: Reference, options: Options, subject_digest: str) -> tuple[list[Descriptor], LayoutBlobs]:
+    """The manifests in index.json whose subject is `subject_digest`."""
+    from repro.image import MANIFEST_TYPES, Index, Manifest
+
+    layout = Layout.open_existing(ref.split_path()[0])
+    source = LayoutBlobs(layout, str(ref))
+    found = []
+    for descriptor in Index.parse(layout.read(INDEX_FILE), f"{ref}: index.json").manifests:
+        if descriptor.media_type not in MANIFEST_TYPES or not layout.has_blob(descriptor.digest):
+            continue
+        manifest = Manifest.parse(layout.read(blob_name(descriptor.digest)), f"{ref}: {descriptor.digest}")
+        if manifest.subject is not None and manifest.subject.digest == subject_digest:
+            artifact_type = manifest.artifact_type or manifest.config.media_type
+            found.append(Descriptor(descriptor.media_type, descriptor.digest, descriptor.size,
+                                    dict(manifest.annotations), None, (), artifact_type))
+    return found, source

@@ -28,9 +28,9 @@ from oras.auth import utils as oras_auth
 from repro.blobs import BlobImage, IndexImage, read_index, select_manifest
 from repro.digest import sha256_bytes
 from repro.errors import DigestMismatch, ReproError
-from repro.image import INDEX_TYPES, MANIFEST_TYPES, Descriptor, Image, parse_json
+from repro.image import INDEX_TYPES, MANIFEST_TYPES, OCI_INDEX, Descriptor, Image, Index, canonical_json, parse_json
 from repro.refs import Options, Reference
-from repro.transfer import image_blobs, with_progress
+from repro.transfer import Blob, blob_progress, bytes_reader, image_blobs, with_progress
 
 ACCEPT = ", ".join(sorted(MANIFEST_TYPES | INDEX_TYPES))
 RETRIES = 5
@@ -285,15 +285,20 @@ def _push_blob_once(client: Client, target: RegistryRef, blob, stats: PushStats,
                     chunk_size: int, progress) -> None:
     scope = f"repository:{target.repository}:pull,push"
     digest = blob.descriptor.digest
+    progress = blob_progress(progress, blob.descriptor)
     head = client.request("HEAD", f"{target.repository}/blobs/{digest}", scope, ok=(200,), allow_404=True)
     if head.status_code == 200:
         stats.skipped += 1
+        if progress:
+            progress(blob.descriptor.size)
         return
     if mount_from and mount_from != target.repository:
         mounted = client.request("POST", f"{target.repository}/blobs/uploads/?mount={digest}&from={mount_from}",
                                  scope, ok=(201, 202))
         if mounted.status_code == 201:
             stats.mounted += 1
+            if progress:
+                progress(blob.descriptor.size)
             return
         location = mounted.headers["Location"]
     else:
@@ -330,7 +335,8 @@ def _with_digest(location: str, digest: str) -> str:
     return location + ("&" if "?" in location else "?") + urllib.parse.urlencode({"digest": digest})
 
 
-def _put_manifest(client: Client, target: RegistryRef, reference: str, raw: bytes, media_type: str) -> None:
+def _put_manifest(client: Client, target: RegistryRef, reference: str, raw: bytes,
+                  media_type: str) -> requests.Response:
     scope = f"repository:{target.repository}:pull,push"
     response = client.request("PUT", f"{target.repository}/manifests/{reference}", scope, body=lambda: raw,
                               ok=(201,), headers={"Content-Type": media_type})
@@ -338,6 +344,7 @@ def _put_manifest(client: Client, target: RegistryRef, reference: str, raw: byte
     if echoed and echoed != sha256_bytes(raw):
         raise DigestMismatch(f"{target}: the registry stored the manifest as {echoed}, expected {sha256_bytes(raw)}",
                              "")
+    return response
 
 
 def write(image: Image | IndexImage, ref: Reference, options: Options, progress=None) -> str:
@@ -372,3 +379,51 @@ def _push_image_blobs(client: Client, target: RegistryRef, image: Image, options
             future.result()
     return stats
 
+
+
+def fallback_tag(digest: str) -> str:
+    """distribution-spec's referrers tag schema: `<alg>-<hex>`, cut to the 128 characters a tag may have."""
+    return digest.replace(":", "-")[:128]
+
+
+def attach_referrer(ref: Reference, options: Options, artifact, subject_digest: str) -> None:
+    """Push an artifact by digest. A registry with the referrers API says so with an `OCI-Subject` header;
+    for one without it (Debian's registry 2.8), the index under the fallback tag is updated too."""
+    target = parse_ref(ref)
+    client = Client(target.host, options)
+    stats = PushStats()
+    for descriptor, data in artifact.blobs:
+        blob = Blob(descriptor, lambda d=descriptor, b=data: bytes_reader(b, d))
+        _push_blob(client, target, blob, stats, "", 0, None)
+    response = _put_manifest(client, target, artifact.descriptor.digest, artifact.raw, artifact.descriptor.media_type)
+    if response.headers.get("OCI-Subject") == subject_digest:
+        return
+    tag = fallback_tag(subject_digest)
+    listed = [d for d in _fallback_index(client, target, tag) if d.digest != artifact.descriptor.digest]
+    index = Index((*listed, artifact.descriptor))
+    _put_manifest(client, target, tag, canonical_json(index.to_json()), OCI_INDEX)
+
+
+def _fallback_index(client: Client, target: RegistryRef, tag: str) -> list[Descriptor]:
+    source = RegistrySource(client, target)
+    response = client.request("HEAD", f"{target.repository}/manifests/{tag}", source.scope,
+                              headers={"Accept": ACCEPT}, allow_404=True)
+    if response.status_code == 404:
+        return []
+    raw, media_type = source.manifest(tag)
+    if media_type not in INDEX_TYPES:
+        raise ReproError(f"{target}: the tag {tag} holds a {media_type or 'manifest'}, not a referrers index",
+                         "the tag schema reserves that tag for referrers; remove what is there")
+    return list(Index.parse(raw, f"{target}: {tag}").manifests)
+
+
+def referrers(ref: Reference, options: Options, subject_digest: str) -> tuple[list[Descriptor], RegistrySource]:
+    """The referrers API where the registry has it (200 with an index), else the fallback tag's index."""
+    target = parse_ref(ref)
+    client = Client(target.host, options)
+    source = RegistrySource(client, target)
+    response = client.request("GET", f"{target.repository}/referrers/{subject_digest}", source.scope,
+                              headers={"Accept": OCI_INDEX}, allow_404=True)
+    if response.status_code == 200 and response.headers.get("Content-Type", "").startswith(OCI_INDEX):
+        return list(Index.parse(response.content, f"{target}: referrers of {subject_digest}").manifests), source
+    return _fallback_index(client, target, fallback_tag(subject_digest)), source

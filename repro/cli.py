@@ -57,31 +57,43 @@ def _human(size: int) -> str:
 
 
 def _progress(description: str):
-    """A byte counter on a terminal; nothing in pipelines and CI."""
+    """On a terminal: a line per blob (like skopeo's) under an overall byte counter; nothing in pipelines."""
     if not err.is_terminal:
         import contextlib
 
         return contextlib.nullcontext(None)
-    from rich.progress import DownloadColumn, Progress, SpinnerColumn, TextColumn, TransferSpeedColumn
+    return _Bars(description)
 
-    class _Bar:
-        def __enter__(self) -> Callable[[int], None]:
-            self.progress = Progress(
-                SpinnerColumn(),
-                TextColumn(description),
-                DownloadColumn(),
-                TransferSpeedColumn(),
-                console=err,
-                transient=True,
-            )
-            self.progress.__enter__()
-            task = self.progress.add_task(description, total=None)
-            return lambda n: self.progress.advance(task, n)
 
-        def __exit__(self, *exc) -> None:
-            self.progress.__exit__(*exc)
+class _Bars:
+    """The progress display handed to writers: called with byte counts; `blob()` opens a bar per blob."""
 
-    return _Bar()
+    def __init__(self, description: str) -> None:
+        self.description = description
+
+    def __enter__(self) -> _Bars:
+        from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
+
+        self.bars = Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+                             console=err, transient=True)
+        self.bars.__enter__()
+        self.overall = self.bars.add_task(self.description, total=None)
+        return self
+
+    def __call__(self, n: int) -> None:
+        self.bars.advance(self.overall, n)
+
+    def blob(self, digest: str, size: int | None) -> Callable[[int], None]:
+        task = self.bars.add_task(f"  blob {digest.partition(':')[2][:12]}", total=size)
+
+        def advance(n: int) -> None:
+            self.bars.advance(task, n)
+            self.bars.advance(self.overall, n)
+
+        return advance
+
+    def __exit__(self, *exc) -> None:
+        self.bars.__exit__(*exc)
 
 
 # --- commands -----------------------------------------------------------------------------
@@ -97,10 +109,24 @@ def cmd_convert(args: argparse.Namespace) -> int:
         raise ReproError(f"{args.src}: is a single image, not a multi-platform index", "drop --all")
     with _progress(f"{args.src} -> {args.dst}") as progress:
         written = write_image(image, args.dst, _options(args), progress)
+    copied = []
+    if getattr(args, "referrers", False):
+        from repro import referrers
+
+        copied = referrers.copy(args.src, image, args.dst, _options(args))
     if args.json:
-        _emit_json({"source": args.src, "destination": args.dst, "digest": written, "manifest": image.digest})
+        summary = {"source": args.src, "destination": args.dst, "digest": written, "manifest": image.digest,
+                   "referrers": [a.descriptor.digest for a in copied]}
+        if args.dst.startswith("docker://") and not copy_all:
+            from converters import registry
+
+            stats = registry.write.last_stats  # type: ignore[attr-defined]
+            summary["blobs"] = {"pushed": stats.pushed, "skipped": stats.skipped, "mounted": stats.mounted}
+        _emit_json(summary)
     else:
         out.print(f"{args.dst}  {written}", markup=False)
+        for artifact in copied:
+            out.print(f"  referrer {artifact.descriptor.digest}  {artifact.descriptor.artifact_type}", markup=False)
     return 0
 
 
@@ -195,10 +221,13 @@ def cmd_sbom(args: argparse.Namespace) -> int:
     image = open_image(args.ref, _options(args))
     data = generate(image, args.format, args.ref.partition(":")[2] or args.ref)
     if args.attach:
-        from sbom.attach import attach
+        from repro import referrers
+        from repro.mutate import document_time
+        from sbom.generate import MEDIA_TYPES
 
-        digest = attach(args.ref, image, data, args.format)
-        err.print(f"attached {args.format} to {image.digest} as {digest}", markup=False)
+        artifact = referrers.attach(args.ref, image, data, MEDIA_TYPES[args.format], MEDIA_TYPES[args.format],
+                                    document_time(image), _options(args))
+        err.print(f"attached {args.format} to {image.digest} as {artifact.descriptor.digest}", markup=False)
     if args.output:
         from repro.atomic import atomic_file
 
@@ -284,7 +313,50 @@ def _print_sif(details: dict) -> None:
                   f"{o['type']:<14}{what}", markup=False)
 
 
+def cmd_attach(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from repro import referrers
+    from repro.mutate import document_time
+
+    annotations = dict(_key_value(a, "--annotation") for a in args.annotation or ())
+    image = open_image(args.ref, _options(args))
+    document = Path(args.file).read_bytes()
+    artifact = referrers.attach(args.ref, image, document, args.media_type or args.artifact_type, args.artifact_type,
+                                document_time(image), _options(args), annotations)
+    if args.json:
+        _emit_json({"subject": image.digest, "digest": artifact.descriptor.digest,
+                    "artifactType": args.artifact_type})
+    else:
+        out.print(f"{args.ref}  {artifact.descriptor.digest}", markup=False)
+    return 0
+
+
+def _key_value(text: str, flag: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise ReproError(f"{flag} {text!r}: expected KEY=VALUE", f"e.g. {flag} org.example.note=1")
+    return key, value
+
+
+def _print_referrers(args: argparse.Namespace) -> int:
+    from repro import referrers
+
+    image = open_image(args.ref, _options(args))
+    found, _ = referrers.listing(args.ref, image, _options(args), args.artifact_type or "")
+    if args.json:
+        _emit_json({"subject": image.digest, "referrers": [d.to_json() for d in found]})
+        return 0
+    out.print(f"referrers of {image.digest}: {len(found)}", markup=False)
+    for d in found:
+        created = d.annotations.get(referrers.CREATED, "")
+        out.print(f"  {d.digest}  {_human(d.size):>9}  {d.artifact_type}  {created}", markup=False)
+    return 0
+
+
 def cmd_inspect(args: argparse.Namespace) -> int:
+    if args.referrers:
+        return _print_referrers(args)
     details = _format_details(args.ref)
     info = describe(open_image(args.ref, _options(args)))
     if details is not None:
@@ -404,6 +476,8 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "convert":
             p.add_argument("--all", action="store_true",
                            help="copy a multi-platform index whole (oci: and docker:// on both sides)")
+            p.add_argument("--referrers", action="store_true",
+                           help="also copy the image's OCI referrers (SBOMs, attestations; oci: and docker://)")
 
     p = command("diff", cmd_diff, "what differs between two images, down to the file and the header field")
     p.add_argument("ref1")
@@ -417,13 +491,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("ref")
     p.add_argument("--format", choices=("spdx-json", "cyclonedx-json"), default="spdx-json")
     p.add_argument("-o", "--output", help="write to this file (default: standard output)")
-    p.add_argument("--attach", action="store_true", help="store it as an OCI 1.1 referrer of the image (oci:)")
+    p.add_argument("--attach", action="store_true",
+                   help="store it as an OCI 1.1 referrer of the image (oci: layouts and docker:// registries)")
     p.add_argument("--platform", help="os/arch[/variant] to pick from a multi-platform index")
+    _registry_arguments(p)
+
+    p = command("attach", cmd_attach, "attach a document to an image as an OCI 1.1 referrer (oci:, docker://)")
+    p.add_argument("ref", help="the image, e.g. docker://127.0.0.1:5000/team/img:1")
+    p.add_argument("file", help="the document (an SBOM, a provenance statement, a signature)")
+    p.add_argument("--artifact-type", required=True, help="what the document is, e.g. application/spdx+json")
+    p.add_argument("--media-type", help="the document's media type (default: the artifact type)")
+    p.add_argument("--annotation", action="append", help="KEY=VALUE on the referrer's manifest (repeatable)")
+    p.add_argument("--platform", help="os/arch[/variant] to pick from a multi-platform index")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    _registry_arguments(p)
 
     p = command("inspect", cmd_inspect, "show an image's digest, config, layers and history")
     p.add_argument("ref")
     p.add_argument("--platform", help="os/arch[/variant] to pick from a multi-platform index")
     p.add_argument("--json", action="store_true", help="print JSON")
+    p.add_argument("--referrers", action="store_true", help="list the image's OCI 1.1 referrers instead")
+    p.add_argument("--artifact-type", help="with --referrers: only those of this artifact type")
+    _registry_arguments(p)
 
     p = command("hash", cmd_hash, "print manifest, config and layer digests and diff_ids")
     p.add_argument("ref")
@@ -460,6 +549,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         where = f" {exc.filename}" if exc.filename else ""
         err.print(f"repro: {exc.strerror or exc}:{where}", markup=False)
         return EXIT_BAD_INPUT
+    except Exception as exc:  # a bug of ours: still one line, the traceback with --debug
+        if args.debug:
+            raise
+        err.print(f"repro: internal error: {exc.__class__.__name__}: {exc} (rerun with --debug and report it)",
+                  markup=False)
+        return 70
 
 
 if __name__ == "__main__":

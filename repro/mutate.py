@@ -40,6 +40,17 @@ def rfc3339(epoch: int) -> str:
     return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def document_time(image) -> str:
+    """The time to stamp on a document about `image` (an SBOM, an attestation, a package): SOURCE_DATE_EPOCH
+    when set, else the image's own creation time, so the same image gives the same document bytes."""
+    if os.environ.get("SOURCE_DATE_EPOCH"):
+        from repro.layers import source_date_epoch
+
+        return rfc3339(source_date_epoch())
+    created = image.config.created
+    return created[:19] + "Z" if created and len(created) >= 19 else rfc3339(0)
+
+
 @dataclass(frozen=True, slots=True)
 class NewLayer:
     descriptor: Descriptor

@@ -55,3 +55,12 @@ class with_progress:
         if self._progress is not None and data:
             self._progress(len(data))
         return data
+
+
+def blob_progress(progress: Progress | None, descriptor: Descriptor, total: int | None = -1) -> Progress | None:
+    """The counter for one blob: a bar of its own where the display offers one (`progress.blob`), else the
+    overall counter. `total` is the number of bytes that will pass (default: the blob's size; None: unknown)."""
+    if progress is None:
+        return None
+    start = getattr(progress, "blob", None)
+    return start(descriptor.digest, descriptor.size if total == -1 else total) if start else progress

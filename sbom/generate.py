@@ -6,8 +6,7 @@ import logging
 
 from repro import __version__
 from repro.image import Image
-from repro.layers import source_date_epoch
-from repro.mutate import rfc3339
+from repro.mutate import document_time
 from sbom import cyclonedx, spdx
 from sbom.catalogers import catalog, os_release, wanted
 from sbom.files import scan
@@ -27,18 +26,9 @@ def packages_of(image: Image):
     return catalog(result, os_release(result))
 
 
-def created_time(image: Image) -> str:
-    import os
-
-    if os.environ.get("SOURCE_DATE_EPOCH"):
-        return rfc3339(source_date_epoch())
-    created = image.config.created
-    return created[:19] + "Z" if created and len(created) >= 19 else rfc3339(0)
-
-
 def generate(image: Image, fmt: str, name: str) -> bytes:
     packages = packages_of(image)
-    created = created_time(image)
+    created = document_time(image)
     if fmt == "spdx-json":
         return spdx.document(name, image.digest, created, packages, f"repro-{__version__}")
     return cyclonedx.document(name, image.digest, created, packages, "repro", __version__)

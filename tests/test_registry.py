@@ -273,3 +273,51 @@ def test_build_cache_shared_through_a_registry(registry, tmp_path):
     missing = repro("build", str(spec), "--store", str(tmp_path / "c"), "--cache-from",
                     f"docker://{registry.host}/team/busybox:1", check=False)
     assert missing.returncode == 2 and "has no build cache" in missing.stderr
+
+
+def test_referrers_attach_list_and_copy_with_the_tag_fallback(busybox_layout, registry, tmp_path):
+    """Registry 2.8 has no referrers API: the `sha256-<hex>` tag carries the index, which skopeo reads too."""
+    ref = f"docker://{registry.host}/refs/busybox:1"
+    digest = json.loads(repro("convert", "--json", f"oci:{busybox_layout}:1", ref).stdout)["digest"]
+    repro("sbom", "--attach", "--format", "cyclonedx-json", ref)
+    repro("sbom", "--attach", "--format", "cyclonedx-json", ref)  # the same document again: listed once
+    statement = tmp_path / "provenance.json"
+    statement.write_text('{"_type": "https://in-toto.io/Statement/v1"}')
+    attached = json.loads(repro("attach", "--json", "--artifact-type", "application/vnd.in-toto+json",
+                                "--annotation", "org.example.step=build", ref, str(statement)).stdout)
+    assert attached["subject"] == digest
+    listed = json.loads(repro("inspect", "--referrers", "--json", ref).stdout)
+    assert listed["subject"] == digest
+    types = sorted(d["artifactType"] for d in listed["referrers"])
+    assert types == ["application/vnd.cyclonedx+json", "application/vnd.in-toto+json"]
+    only = json.loads(repro("inspect", "--referrers", "--json", "--artifact-type", "application/vnd.in-toto+json",
+                            ref).stdout)["referrers"]
+    assert [d["digest"] for d in only] == [attached["digest"]]
+    assert only[0]["annotations"]["org.example.step"] == "build"
+
+    fallback = f"docker://{registry.host}/refs/busybox:{digest.replace(':', '-')}"
+    index = json.loads(run("skopeo", "inspect", "--raw", "--tls-verify=false", fallback).stdout)
+    assert sorted(d["digest"] for d in index["manifests"]) == sorted(d["digest"] for d in listed["referrers"])
+    by_digest = f"docker://{registry.host}/refs/busybox@{attached['digest']}"
+    manifest = json.loads(run("skopeo", "inspect", "--raw", "--tls-verify=false", by_digest).stdout)
+    assert manifest["subject"]["digest"] == digest and manifest["artifactType"] == "application/vnd.in-toto+json"
+
+    # copied with the image, into a layout and from there into another repository
+    summary = json.loads(repro("convert", "--json", "--referrers", ref, f"oci:{tmp_path}/copy:1").stdout)
+    assert sorted(summary["referrers"]) == sorted(d["digest"] for d in listed["referrers"])
+    in_layout = json.loads(repro("inspect", "--referrers", "--json", f"oci:{tmp_path}/copy:1").stdout)
+    assert [d["digest"] for d in in_layout["referrers"]] == [d["digest"] for d in listed["referrers"]]
+    copied = tmp_path / "copied-statement.json"
+    repro("convert", "--referrers", f"oci:{tmp_path}/copy:1", f"docker://{registry.host}/refs/again:1")
+    again = json.loads(repro("inspect", "--referrers", "--json", f"docker://{registry.host}/refs/again:1").stdout)
+    assert [d["digest"] for d in again["referrers"]] == [d["digest"] for d in listed["referrers"]]
+    layer = json.loads((tmp_path / "copy" / "blobs" / attached["digest"].replace(":", "/")).read_bytes())["layers"][0]
+    copied.write_bytes((tmp_path / "copy" / "blobs" / layer["digest"].replace(":", "/")).read_bytes())
+    assert copied.read_bytes() == statement.read_bytes()
+
+
+def test_referrers_need_a_store_that_keeps_them(busybox_layout, tmp_path):
+    repro("convert", f"oci:{busybox_layout}:1", f"oci-archive:{tmp_path}/a.tar")
+    proc = repro("sbom", "--attach", f"oci-archive:{tmp_path}/a.tar", check=False)
+    assert proc.returncode == 2 and "oci: layout or a docker:// registry" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
