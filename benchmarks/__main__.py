@@ -15,11 +15,13 @@ import shutil
 import statistics
 import subprocess
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from benchmarks.inputs import TAG, synthetic_image
 from benchmarks.measure import Sample, run
+from benchmarks.registry import LocalRegistry
 
 HERE = Path(__file__).resolve().parent
 REPRO = str(Path(sys.executable).parent / "repro")
@@ -32,13 +34,43 @@ class Operation:
     ours: list[str] | str
     theirs: list[str] | str
     outputs: list[Path] = field(default_factory=list)
+    prepare: Callable[[], None] | None = None  # before every run, untimed (e.g. an empty registry)
 
     def clean(self) -> None:
+        if self.prepare is not None:
+            self.prepare()
         for path in self.outputs:
             if path.is_dir() and not path.is_symlink():
                 shutil.rmtree(path)
             elif path.exists():
                 path.unlink()
+
+
+def registry_operations(image: Path, work: Path, push: LocalRegistry, pull: LocalRegistry) -> list[Operation]:
+    """Push into an empty registry (restarted on empty storage before every run, so neither tool finds a
+    blob there or can mount one), and pull from a second registry into a new layout."""
+    src = f"oci:{image}:{TAG}"
+    out = work / "out"
+    pulled = f"docker://{pull.host}/bench/pulled:1"
+    subprocess.run(["skopeo", "copy", "-q", "--dest-tls-verify=false", src, pulled], check=True)
+    registry = push
+    return [
+        Operation(
+            "push to a local registry",
+            "skopeo copy",
+            [REPRO, "convert", src, f"docker://{registry.host}/bench/ours:1"],
+            ["skopeo", "copy", "-q", "--dest-tls-verify=false", src, f"docker://{registry.host}/bench/peer:1"],
+            [],
+            registry.reset,
+        ),
+        Operation(
+            "pull from a local registry",
+            "skopeo copy",
+            [REPRO, "convert", pulled, f"oci:{out}/pulled-ours:1"],
+            ["skopeo", "copy", "-q", "--src-tls-verify=false", pulled, f"oci:{out}/pulled-peer:1"],
+            [out / "pulled-ours", out / "pulled-peer"],
+        ),
+    ]
 
 
 def operations(image: Path, work: Path) -> list[Operation]:
@@ -265,6 +297,8 @@ def main() -> int:
     work.mkdir(exist_ok=True)
     results = []
     ops = operations(image, work)
+    registries = LocalRegistry(work / "push-registry"), LocalRegistry(work / "pull-registry")
+    ops += registry_operations(image, work, *registries)
     if not args.quick:
         ops += build_operations(args.cache, work)
     for op in ops:
@@ -275,6 +309,8 @@ def main() -> int:
         r = results[-1]
         print(f"    ratio {r['ratio']:.2f} ({r['repro']['median_s']:.2f} s vs {r['peer_result']['median_s']:.2f} s)",
               file=sys.stderr)
+    for registry in registries:
+        registry.stop()
     report = {
         "machine": machine(),
         "scale": scale,

@@ -8,7 +8,6 @@ cache, keyed by the parent chain of diff_ids, the step, and the content of its i
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
 import tarfile
@@ -24,6 +23,7 @@ from builders import tree as _tree
 from builders.spec import Spec, Step, check_copy_source
 from repro import executors
 from repro.blobs import BlobImage
+from repro.container import make_removable
 from repro.errors import CheckFailed, ReproError
 from repro.image import Image, Platform, parse_json
 from repro.layers import TarWriter, source_date_epoch
@@ -454,17 +454,8 @@ class Builder:
             return BuildResult(image, image.digest, self.spec.tag, reports)
         finally:
             if self.tree is not None:
-                _make_removable(self.tree)
+                make_removable(self.tree)
             self._tmp.cleanup()
-
-
-def _make_removable(tree: Path) -> None:
-    for dirpath, dirnames, _ in os.walk(tree):
-        for name in dirnames:
-            path = Path(dirpath) / name
-            if not path.is_symlink():
-                with contextlib.suppress(OSError):
-                    path.chmod(path.stat().st_mode | 0o700)
 
 
 def build(
@@ -520,5 +511,5 @@ def run_tests(spec: Spec, image: Image, executor: str | None = None) -> list[tup
             )
             passed = result.exit_code == test.get("exit", 0) and test.get("output", "") in result.output
             results.append((test, result, passed))
-        _make_removable(root)
+        make_removable(root)
     return results

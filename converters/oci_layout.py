@@ -8,6 +8,7 @@ assembled under a temporary name and renamed into place when complete.
 from __future__ import annotations
 
 import re
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import BinaryIO, Protocol
 
@@ -100,12 +101,20 @@ def read(ref: Reference, options: Options) -> Image:
     return read_from_files(layout, check_tag(tag, ref), options, str(ref))
 
 
+PARALLEL = 3  # blobs copied at once: hashing, socket reads and writes release the GIL
+
+
 def copy_into(layout: Layout, image: Image, progress=None) -> Descriptor:
     """Store every blob of `image` and its manifest in `layout`; returns the manifest descriptor."""
-    for blob in image_blobs(image):
-        if not layout.has_blob(blob.descriptor.digest):
-            with blob.open() as src:
-                layout.put_blob(blob.descriptor, src, blob_progress(progress, blob.descriptor))
+
+    def copy(blob) -> None:
+        with blob.open() as src:
+            layout.put_blob(blob.descriptor, src, blob_progress(progress, blob.descriptor))
+
+    missing = [blob for blob in image_blobs(image) if not layout.has_blob(blob.descriptor.digest)]
+    with ThreadPoolExecutor(max_workers=PARALLEL) as pool:
+        for future in [pool.submit(copy, blob) for blob in missing]:
+            future.result()
     layout.put_bytes(image.raw_manifest, image.manifest.media_type)
     return manifest_descriptor(image)
 

@@ -75,9 +75,13 @@ class BlobLayer:
                 "repro reads tar, tar+gzip and tar+zstd layers",
             ) from None
 
-    def open(self) -> BinaryIO:
-        """The blob as stored, checked against its digest and, as it streams, its diff_id."""
-        if self.compression == "" and self.descriptor.digest == self.diff_id:
+    def open(self, check_diff_id: bool = False) -> BinaryIO:
+        """The blob as stored, checked against its digest and size as it streams: all a copy needs, since
+        the manifest's digest pins every byte (as skopeo and go-containerregistry copy). With
+        `check_diff_id` it is also decompressed on the way and must match the config's diff_id, which
+        costs two to three times the CPU; reading the layer's contents always checks it."""
+        compression = self.compression  # refuses media types repro cannot read
+        if not check_diff_id or (compression == "" and self.descriptor.digest == self.diff_id):
             return open_verified(self.source, self.descriptor)
         what = f"{self.source.name}: layer {self.descriptor.digest}"
         return VerifyingReader(self.source.open_blob(self.descriptor), self.descriptor.digest, self.descriptor.size,

@@ -238,6 +238,121 @@ def cmd_sbom(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_run(args: argparse.Namespace) -> int:
+    from repro import container
+
+    argv = list(args.command or [])
+    binds = []
+    for volume in args.volume or []:
+        host, sep, inside = volume.partition(":")
+        if not sep or not host or not inside.startswith("/"):
+            raise ReproError(f"-v {volume}: expected HOST:/PATH/IN/CONTAINER", "e.g. -v $PWD/data:/data")
+        from pathlib import Path
+
+        if not Path(host).exists():
+            raise ReproError(f"-v {volume}: {host} does not exist", "create it first")
+        binds.append((str(Path(host).resolve()), inside.split(":", 1)[0]))
+    env = tuple(_key_value(e, "-e") for e in args.env or ())
+    image = open_image(args.ref, _options(args))
+    invocation = container.Invocation(argv or None, "", tuple(binds), args.workdir or "", env)
+    with container.session(image, args.executor) as active:
+        return active.run(invocation)
+
+
+class _RecordAction(argparse.Action):
+    """--record CMD starts a recorded run; --output PATH names a file of the run before it."""
+
+    def __call__(self, parser, namespace, value, option_string=None) -> None:
+        from repro.archive import RecordRequest
+
+        runs = list(getattr(namespace, "records", None) or [])
+        if option_string == "--record":
+            runs.append(RecordRequest(value))
+        elif not runs:
+            parser.error("--output names a file of the --record before it")
+        else:
+            last = runs[-1]
+            runs[-1] = RecordRequest(last.command, (*last.outputs, value))
+        namespace.records = runs
+
+
+def cmd_archive(args: argparse.Namespace) -> int:
+    from repro import archive
+
+    renditions = tuple(r.strip() for part in args.with_ or [] for r in part.split(",") if r.strip())
+    image = archive.write(args.ref, args.output, spec=args.spec, records=args.records or [], renditions=renditions,
+                          executor=args.executor, options=_options(args),
+                          log=lambda m: err.print(f"repro: {m}", markup=False))
+    if args.json:
+        _emit_json({"package": args.output, "image": image.digest})
+    else:
+        out.print(f"{args.output}  {image.digest}", markup=False)
+    return 0
+
+
+def _is_image_reference(text: str) -> bool:
+    from repro.refs import TRANSPORTS
+
+    transport, sep, _ = text.partition(":")
+    return bool(sep) and transport in TRANSPORTS and transport != "archive"
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from repro import verify
+
+    rows: list[tuple[str, str]] = []
+    failure: CheckFailed | None = None
+    try:
+        if _is_image_reference(args.target):
+            rows = verify.verify_image(args.target, _options(args), args.deep)[1]
+        else:
+            rows = verify.verify_package(args.target.removeprefix("archive:"), args.deep,
+                                         lambda c, d: rows.append((c, d)))
+    except CheckFailed as exc:
+        failure = exc
+    if args.json:
+        _emit_json({"target": args.target, "ok": failure is None, "checked": [{"check": c, "result": d}
+                                                                            for c, d in rows],
+                    "error": str(failure) if failure else None})
+    else:
+        table = Table(show_header=True, box=None, pad_edge=False)
+        table.add_column("check", style="bold")
+        table.add_column("result")
+        for check, detail in rows:
+            table.add_row(check, f"ok  {detail}")
+        out.print(table)
+    if failure is not None:
+        raise failure
+    return 0
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    from repro.replay import replay
+
+    def report(result) -> None:
+        if args.json:
+            return
+        state = "match   " if result.matches else "MISMATCH"
+        out.print(f"{state} [{result.executor}] {result.record.command}", markup=False)
+        for what, recorded, replayed, same in result.rows:
+            if not same:
+                out.print(f"    {what}: recorded {recorded}, now {replayed}", markup=False)
+
+    results = replay(args.package, args.executor, report)
+    mismatches = sum(not r.matches for r in results)
+    if args.json:
+        _emit_json({"package": args.package, "executor": results[0].executor if results else "",
+                    "runs": [{"command": r.record.command, "matches": r.matches,
+                              "checks": [{"what": w, "recorded": a, "replayed": b, "matches": m}
+                                         for w, a, b, m in r.rows]} for r in results]})
+    else:
+        out.print(f"{len(results) - mismatches} of {len(results)} recorded runs match", markup=False)
+    if mismatches:
+        raise CheckFailed(f"{args.package}: {mismatches} of {len(results)} recorded runs differ",
+                          "see the rows marked MISMATCH")
+    return 0
+
+
 FLAT_TRANSPORTS = ("rootfs", "tar", "squashfs")
 
 
@@ -514,6 +629,46 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--artifact-type", help="with --referrers: only those of this artifact type")
     _registry_arguments(p)
 
+    executors_help = "chroot, bwrap, proot, docker or udocker (default: the first usable of chroot, bwrap, proot)"
+    p = command("run", cmd_run, "run a command in an image (docker run's rules for entrypoint and cmd)")
+    p.add_argument("ref", help="any image reference, e.g. archive:pkg.tar or oci:layout:1")
+    p.add_argument("command", nargs="*", help="-- CMD ARGS... (default: the image's entrypoint and cmd)")
+    p.add_argument("--executor", help=executors_help)
+    p.add_argument("-v", "--volume", action="append", help="HOST:CONTAINER bind mount (repeatable)")
+    p.add_argument("-e", "--env", action="append", help="KEY=VALUE added to the image's environment")
+    p.add_argument("-w", "--workdir", help="working directory inside the image (default: the image's)")
+    p.add_argument("--platform", help="os/arch[/variant] to pick from a multi-platform index")
+    _registry_arguments(p)
+
+    p = command("archive", cmd_archive, "write a preservation package: a BagIt bag with the image, SBOMs, "
+                "provenance, recorded runs and instructions")
+    p.add_argument("ref", help="the image, any reference")
+    p.add_argument("-o", "--output", required=True, help="the package: a new directory, or a file ending in .tar")
+    p.add_argument("--spec", help="the build spec the image came from (adds provenance)")
+    p.add_argument("--record", action=_RecordAction, dest="records", metavar="CMD",
+                   help="run CMD (a shell line) in the image and record its results (repeatable)")
+    p.add_argument("--output-file", "--record-output", action=_RecordAction, dest="records", metavar="PATH",
+                   help="a file the preceding --record writes, hashed too (repeatable)")
+    p.add_argument("--with", dest="with_", action="append", metavar="LIST",
+                   help="renditions to include: sif, rootfs, docker-archive (comma-separated)")
+    p.add_argument("--executor", help=executors_help)
+    p.add_argument("--platform", help="os/arch[/variant] to pick from a multi-platform index")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    _registry_arguments(p)
+
+    p = command("verify", cmd_verify, "check a preservation package (BagIt fixity, OCI digests, SBOM and "
+                "provenance subjects) or an image's blobs")
+    p.add_argument("target", help="a package (directory, .tar or archive:PATH) or an image reference")
+    p.add_argument("--deep", action="store_true", help="also decompress every layer against its diff_id")
+    p.add_argument("--platform", help="os/arch[/variant] to pick from a multi-platform index")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    _registry_arguments(p)
+
+    p = command("replay", cmd_replay, "run a package's recorded commands again and compare exit status and hashes")
+    p.add_argument("package", help="a package made by repro archive (directory or .tar)")
+    p.add_argument("--executor", help=executors_help)
+    p.add_argument("--json", action="store_true", help="print JSON")
+
     p = command("hash", cmd_hash, "print manifest, config and layer digests and diff_ids")
     p.add_argument("ref")
     p.add_argument(
@@ -526,7 +681,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    after: list[str] | None = None
+    if "run" in argv and "--" in argv[argv.index("run"):]:  # `repro run REF [OPTIONS] -- CMD...`, as docker
+        split = argv.index("--", argv.index("run"))
+        argv, after = argv[:split], argv[split + 1:]
     args = parser.parse_args(argv)
+    if after is not None:
+        args.command = [*(args.command or []), *after]
     if not getattr(args, "func", None):
         parser.print_help()
         return EXIT_BAD_INPUT

@@ -272,3 +272,24 @@ def _remove(dir_fd: int, name: str, st: os.stat_result) -> None:
     finally:
         os.close(sub)
     os.rmdir(name, dir_fd=dir_fd)
+
+
+def open_inside(root: Path, path: str) -> BinaryIO:
+    """Open the regular file `path` under `root`, resolving symlinks of its parents inside the root and
+    refusing a symlink at the end: a command run in the root may have left links that point out of it."""
+    extractor = Extractor(root, str(root))
+    try:
+        dir_fd, name = extractor._parent(clean_path(path), create=False)
+        try:
+            fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=dir_fd)
+        finally:
+            os.close(dir_fd)
+    except OSError as exc:
+        raise ReproError(f"{path}: cannot be read in the container ({exc.strerror})",
+                         "name a regular file the command writes") from None
+    finally:
+        extractor.close()
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise ReproError(f"{path}: is not a regular file", "name a regular file the command writes")
+    return os.fdopen(fd, "rb")

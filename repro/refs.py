@@ -23,6 +23,7 @@ TRANSPORTS: dict[str, str] = {
     "sif": "converters.sif",
     "docker": "converters.registry",
     "docker-daemon": "converters.docker_daemon",
+    "archive": "converters.archive",
 }
 
 
@@ -76,5 +77,6 @@ def write_image(image: Image, text: str, options: Options | None = None, progres
     ref = parse(text)
     module = transport_module(ref)
     if not hasattr(module, "write"):
-        raise ReproError(f"{ref}: {ref.transport}: cannot be written", "")
+        hint = "packages are made with repro archive" if ref.transport == "archive" else ""
+        raise ReproError(f"{ref}: {ref.transport}: cannot be written", hint)
     return module.write(image, ref, options or Options(), progress)

@@ -32,3 +32,21 @@ def generate(image: Image, fmt: str, name: str) -> bytes:
     if fmt == "spdx-json":
         return spdx.document(name, image.digest, created, packages, f"repro-{__version__}")
     return cyclonedx.document(name, image.digest, created, packages, "repro", __version__)
+
+
+def subject_digest(document: bytes) -> str:
+    """The image digest an SBOM we wrote is about ("sha256:<hex>"), for checking it against the image."""
+    import json
+
+    obj = json.loads(document)
+    if "spdxVersion" in obj:
+        described = {r["relatedSpdxElement"] for r in obj.get("relationships", [])
+                     if r.get("spdxElementId") == "SPDXRef-DOCUMENT" and r.get("relationshipType") == "DESCRIBES"}
+        for package in obj.get("packages", []):
+            if package.get("SPDXID") in described:
+                for checksum in package.get("checksums", []):
+                    if checksum.get("algorithm") == "SHA256":
+                        return "sha256:" + checksum["checksumValue"]
+        return ""
+    component = (obj.get("metadata") or {}).get("component") or {}
+    return next(("sha256:" + h["content"] for h in component.get("hashes", []) if h.get("alg") == "SHA-256"), "")

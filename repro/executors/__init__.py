@@ -35,6 +35,7 @@ class Command:
     env: dict[str, str]
     workdir: str = "/"
     network: bool = False
+    binds: tuple[tuple[str, str], ...] = ()  # (host path, path inside the root)
 
 
 def _run(argv: list[str], stream_to=None, env: dict[str, str] | None = None) -> Result:
@@ -57,12 +58,14 @@ def _env_args(env: dict[str, str]) -> list[str]:
 
 
 
-def run_chroot(root: Path, command: Command, stream_to=None) -> Result:
-    """unshare + chroot, as root. /proc and /dev are mounted in the private mount namespace only."""
+def chroot_argv(root: Path, command: Command) -> tuple[list[str], dict[str, str] | None]:
+    """unshare + chroot, as root. /proc, /dev and binds are mounted in the private mount namespace only."""
+    binds = "".join(f'mount --rbind "$REPRO_BIND_SRC_{i}" "$root/$REPRO_BIND_DST_{i}"; '
+                    for i in range(len(command.binds)))
     script = (
         'set -e; root="$1"; shift; '
         'mount -t proc proc "$root/proc"; '
-        'mount --rbind /dev "$root/dev"; '
+        'mount --rbind /dev "$root/dev"; ' + binds +
         # Without network a fresh namespace has only loopback, and that starts down (docker brings it up).
         'if [ "$REPRO_NETWORK" != 1 ]; then ip link set lo up 2>/dev/null || true; fi; '
         'if [ "$REPRO_NETWORK" = 1 ] && [ -f /etc/resolv.conf ] && [ -f "$root/etc/resolv.conf" ]; then '
@@ -76,10 +79,13 @@ def run_chroot(root: Path, command: Command, stream_to=None) -> Result:
     unshare_bin = shutil.which("unshare") or "/usr/bin/unshare"
     inner = ["env", "-i", *_env_args(command.env), unshare_bin, f"--root={root}", f"--wd={command.workdir}",
              *command.argv]
+    bind_env = [f"REPRO_BIND_SRC_{i}={src}" for i, (src, _) in enumerate(command.binds)]
+    bind_env += [f"REPRO_BIND_DST_{i}={dst.lstrip('/')}" for i, (_, dst) in enumerate(command.binds)]
     argv = [
         *unshare,
         "env",
         f"REPRO_NETWORK={int(command.network)}",
+        *bind_env,
         "/bin/sh",
         "-c",
         script,
@@ -87,10 +93,10 @@ def run_chroot(root: Path, command: Command, stream_to=None) -> Result:
         str(root),
         *inner,
     ]
-    return _run(argv, stream_to)
+    return argv, None
 
 
-def run_bwrap(root: Path, command: Command, stream_to=None) -> Result:
+def bwrap_argv(root: Path, command: Command) -> tuple[list[str], dict[str, str] | None]:
     argv = [
         "bwrap",
         "--bind",
@@ -114,12 +120,14 @@ def run_bwrap(root: Path, command: Command, stream_to=None) -> Result:
         argv += ["--share-net"]
         if Path("/etc/resolv.conf").is_file() and (root / "etc" / "resolv.conf").is_file():
             argv += ["--ro-bind", "/etc/resolv.conf", "/etc/resolv.conf"]
+    for src, dst in command.binds:
+        argv += ["--bind", src, dst]
     for key, value in sorted(command.env.items()):
         argv += ["--setenv", key, value]
-    return _run([*argv, *command.argv], stream_to)
+    return [*argv, *command.argv], None
 
 
-def run_proot(root: Path, command: Command, stream_to=None) -> Result:
+def proot_argv(root: Path, command: Command) -> tuple[list[str], dict[str, str] | None]:
     """proot -0 (fake root); it has no way to cut the network, so `network: false` is not enforced."""
     argv = [
         shutil.which("proot") or "proot",
@@ -137,13 +145,15 @@ def run_proot(root: Path, command: Command, stream_to=None) -> Result:
     ]
     if command.network and Path("/etc/resolv.conf").is_file():
         argv += ["-b", "/etc/resolv.conf"]
+    for src, dst in command.binds:
+        argv += ["-b", f"{src}:{dst}"]
     env = dict(command.env)
     if "PROOT_TMP_DIR" in os.environ:
         env["PROOT_TMP_DIR"] = os.environ["PROOT_TMP_DIR"]
-    return _run([*argv, *command.argv], stream_to, env=env)
+    return [*argv, *command.argv], env
 
 
-RUNNERS = {"chroot": run_chroot, "bwrap": run_bwrap, "proot": run_proot}
+RUNNERS = {"chroot": chroot_argv, "bwrap": bwrap_argv, "proot": proot_argv}
 
 
 def available(name: str) -> bool:
@@ -175,12 +185,25 @@ def choose(requested: str | None = None) -> str:
     raise ReproError("no executor can run commands here", "install proot (make setup does)")
 
 
-def run(name: str, root: Path, command: Command, stream_to=None) -> Result:
-    """Run `command` inside `root` with executor `name`."""
+def _argv(name: str, root: Path, command: Command) -> tuple[list[str], dict[str, str] | None]:
     for mount_point in ("proc", "dev", "sys"):
         if not (root / mount_point).is_dir():
             raise ReproError(f"{root}: /{mount_point} is missing", "internal: prepare_root() was not called")
-    return RUNNERS[name](root, command, stream_to)
+    for _, inside in command.binds:
+        (root / inside.lstrip("/")).mkdir(parents=True, exist_ok=True)
+    return RUNNERS[name](root, command)
+
+
+def run(name: str, root: Path, command: Command, stream_to=None) -> Result:
+    """Run `command` inside `root` with executor `name`; stdout and stderr together (build logs)."""
+    argv, env = _argv(name, root, command)
+    return _run(argv, stream_to, env=env)
+
+
+def run_attached(name: str, root: Path, command: Command, stdin=None, stdout=None, stderr=None) -> int:
+    """Run with the given standard streams (the caller's terminal by default); returns the exit status."""
+    argv, env = _argv(name, root, command)
+    return subprocess.run(argv, stdin=stdin, stdout=stdout, stderr=stderr, env=env).returncode
 
 
 def prepare_root(root: Path) -> list[Path]:

@@ -1,0 +1,237 @@
+"""An image made runnable: a session that runs commands in it through one executor and reads files back.
+
+Root-filesystem executors (chroot, bwrap, proot) run in a fresh flattened copy of the image; docker and
+udocker get the image loaded into their own stores under a temporary name, removed afterwards. Every
+session runs a command with its standard output and error going to files the caller chose, which is
+what `repro run`, recording and replay need alike.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import subprocess
+import tempfile
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO, Protocol
+
+from repro import executors
+from repro.errors import ReproError
+from repro.image import Image
+
+NAMES = (*executors.NAMES, "docker", "udocker")
+
+
+@dataclass(frozen=True)
+class Invocation:
+    """What to run. `argv` None means the image's entrypoint and cmd; `shell` runs it with /bin/sh -c."""
+
+    argv: Sequence[str] | None = None
+    shell: str = ""
+    binds: tuple[tuple[str, str], ...] = ()
+    workdir: str = ""
+    env: tuple[tuple[str, str], ...] = ()
+
+
+class Session(Protocol):
+    name: str
+
+    def run(self, invocation: Invocation, stdout=None, stderr=None, stdin=None) -> int: ...
+
+    def open_file(self, path: str) -> BinaryIO: ...
+
+
+def image_env(image: Image, extra: Sequence[tuple[str, str]] = ()) -> dict[str, str]:
+    env = dict(e.partition("=")[::2] for e in image.config.env)
+    env.setdefault("PATH", executors.DEFAULT_PATH)
+    env.update(extra)
+    return env
+
+
+def command_line(image: Image, invocation: Invocation) -> list[str]:
+    """docker run's rule: arguments replace CMD and follow ENTRYPOINT; a shell string replaces both."""
+    if invocation.shell:
+        return ["/bin/sh", "-c", invocation.shell]
+    entrypoint = list(image.config.entrypoint or [])
+    argv = list(invocation.argv) if invocation.argv else list(image.config.cmd or [])
+    if not entrypoint and not argv:
+        raise ReproError(f"{image.name}: the image has no entrypoint or cmd", "give the command after --")
+    return entrypoint + argv
+
+
+class RootfsSession:
+    """chroot, bwrap or proot over a flattened copy of the image in a temporary directory."""
+
+    def __init__(self, image: Image, name: str) -> None:
+        self.image, self.name = image, name
+
+    def __enter__(self) -> RootfsSession:
+        from repro.flatten import extract
+
+        self._tmp = tempfile.mkdtemp(prefix="repro-run-")
+        self.root = Path(self._tmp) / "rootfs"
+        self.root.mkdir()
+        try:
+            extract(self.image, self.root)
+            executors.prepare_root(self.root)
+        except BaseException:
+            self.__exit__()
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        make_removable(Path(self._tmp))
+        shutil.rmtree(self._tmp, ignore_errors=True)
+
+    def run(self, invocation: Invocation, stdout=None, stderr=None, stdin=None) -> int:
+        command = executors.Command(command_line(self.image, invocation), image_env(self.image, invocation.env),
+                                    invocation.workdir or self.image.config.workdir or "/", False, invocation.binds)
+        return executors.run_attached(self.name, self.root, command, stdin, stdout, stderr)
+
+    def open_file(self, path: str) -> BinaryIO:
+        from repro.extract import open_inside
+
+        return open_inside(self.root, path)
+
+
+class DockerSession:
+    """The Docker engine at DOCKER_HOST (or the default socket), through the docker CLI users have."""
+
+    def __init__(self, image: Image, name: str = "docker") -> None:
+        self.image, self.name = image, name
+        self.tag = f"repro-run/{image.digest.partition(':')[2][:12]}:{uuid.uuid4().hex[:8]}"
+        self.containers: list[str] = []
+
+    def __enter__(self) -> DockerSession:
+        from repro.refs import write_image
+
+        if not shutil.which("docker"):
+            raise ReproError("--executor docker: the docker command is missing", "install docker.io")
+        write_image(self.image, f"docker-daemon:{self.tag}")
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for container in self.containers:
+            subprocess.run(["docker", "rm", "-f", container], capture_output=True)
+        subprocess.run(["docker", "rmi", "-f", self.tag], capture_output=True)
+
+    def run(self, invocation: Invocation, stdout=None, stderr=None, stdin=None) -> int:
+        container = f"repro-{uuid.uuid4().hex[:12]}"
+        argv = ["docker", "run", "--name", container, "--network", "none"]
+        if stdin is None and os.isatty(0):
+            argv += ["-i"]
+        for src, dst in invocation.binds:
+            argv += ["-v", f"{os.path.abspath(src)}:{dst}"]
+        for key, value in invocation.env:
+            argv += ["-e", f"{key}={value}"]
+        if invocation.workdir:
+            argv += ["-w", invocation.workdir]
+        if invocation.shell:
+            argv += ["--entrypoint", "/bin/sh", self.tag, "-c", invocation.shell]
+        else:
+            argv += [self.tag, *(invocation.argv or ())]
+        self.containers.append(container)
+        return subprocess.run(argv, stdin=stdin, stdout=stdout, stderr=stderr).returncode
+
+    def open_file(self, path: str) -> BinaryIO:
+        """The file from the last container, read through `docker cp`'s tar stream."""
+        import tarfile
+
+        if not self.containers:
+            raise ReproError(f"{path}: no command has run", "internal")
+        proc = subprocess.run(["docker", "cp", f"{self.containers[-1]}:{path}", "-"], capture_output=True)
+        if proc.returncode != 0:
+            raise ReproError(f"{path}: cannot be read in the container ({proc.stderr.decode().strip()})",
+                             "name a regular file the command writes")
+        import io
+
+        with tarfile.open(fileobj=io.BytesIO(proc.stdout)) as tar:
+            member = tar.next()
+            if member is None or not member.isreg():
+                raise ReproError(f"{path}: is not a regular file", "name a regular file the command writes")
+            return io.BytesIO(tar.extractfile(member).read())  # type: ignore[union-attr]
+
+
+class UdockerSession:
+    """udocker (no root, no daemon): the image is loaded from a docker-archive into udocker's own store.
+    udocker refuses to run as root; its tools come from UDOCKER_TARBALL where there is no network."""
+
+    def __init__(self, image: Image, name: str = "udocker") -> None:
+        self.image, self.name = image, name
+        self.tag = f"repro-run/{image.digest.partition(':')[2][:12]}:{uuid.uuid4().hex[:8]}"
+        self.container = f"repro-{uuid.uuid4().hex[:12]}"
+
+    def _udocker(self, *args: str, check: bool = True, **kwargs) -> subprocess.CompletedProcess:
+        proc = subprocess.run(["udocker", "--quiet", *args], **{"capture_output": True, **kwargs})
+        if check and proc.returncode != 0:
+            detail = (proc.stderr or b"").decode(errors="replace").strip().splitlines()
+            raise ReproError(f"udocker {args[0]} failed: {detail[-1] if detail else proc.returncode}",
+                             "check `udocker install` (UDOCKER_TARBALL offline) and that you are not root")
+        return proc
+
+    def __enter__(self) -> UdockerSession:
+        from repro.refs import write_image
+
+        if os.geteuid() == 0:
+            raise ReproError("--executor udocker: udocker refuses to run as root", "run repro as a plain user")
+        if not shutil.which("udocker"):
+            raise ReproError("--executor udocker: the udocker command is missing", "pip install udocker")
+        with tempfile.TemporaryDirectory(prefix="repro-udocker-") as tmp:
+            archive = Path(tmp) / "image.tar"
+            write_image(self.image, f"docker-archive:{archive}:{self.tag}")
+            self._udocker("load", "-i", str(archive))
+        self._udocker("create", f"--name={self.container}", self.tag)
+        root = Path(self._udocker("inspect", "-p", self.container).stdout.decode().strip())
+        # udocker adds the user to copies of the image's passwd and group files and fails without them;
+        # an image without them cannot depend on their content, so the host's do.
+        self.hostauth = not ((root / "etc" / "passwd").is_file() and (root / "etc" / "group").is_file())
+        self.root = root
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._udocker("rm", self.container, check=False)
+        self._udocker("rmi", self.tag, check=False)
+
+    def run(self, invocation: Invocation, stdout=None, stderr=None, stdin=None) -> int:
+        workdir = invocation.workdir or self.image.config.workdir or "/"
+        argv = ["udocker", "--quiet", "run", "--nobanner", f"--workdir={workdir}", *(["--hostauth"] * self.hostauth)]
+        for src, dst in invocation.binds:
+            argv.append(f"--volume={os.path.abspath(src)}:{dst}")
+        for key, value in invocation.env:
+            argv.append(f"--env={key}={value}")
+        if invocation.shell:
+            argv += ["--entrypoint=/bin/sh", self.container, "-c", invocation.shell]
+        else:
+            argv += [self.container, *(invocation.argv or ())]
+        return subprocess.run(argv, stdin=stdin, stdout=stdout, stderr=stderr).returncode
+
+    def open_file(self, path: str) -> BinaryIO:
+        from repro.extract import open_inside
+
+        return open_inside(self.root, path)
+
+
+def session(image: Image, executor: str | None) -> contextlib.AbstractContextManager[Session]:
+    """A session in `image` with the executor asked for, else the first rootfs executor usable here."""
+    if executor == "docker":
+        return DockerSession(image)
+    if executor == "udocker":
+        return UdockerSession(image)
+    if executor and executor not in NAMES:
+        raise ReproError(f"--executor {executor}: unknown", f"use one of {', '.join(NAMES)}")
+    return RootfsSession(image, executors.choose(executor))
+
+
+def make_removable(tree: Path) -> None:
+    """Give the owner rwx on every directory, so a tree with mode-000 directories can be deleted."""
+    for dirpath, dirnames, _ in os.walk(tree):
+        for name in dirnames:
+            path = Path(dirpath) / name
+            if not path.is_symlink():
+                with contextlib.suppress(OSError):
+                    path.chmod(path.stat().st_mode | 0o700)
+

@@ -1,0 +1,209 @@
+"""`repro verify`: prove an image, or a preservation package, is what it says it is.
+
+An image: every blob named by its manifest (config, layers) and the manifest itself match their digests
+and sizes, blobs hashed in parallel; `deep` also decompresses each layer against the config's diff_id.
+A package: BagIt completeness and fixity first; then the OCI layout inside: every blob's name is the
+digest of its content (taken from the bag's own verified hashes, so nothing is read twice), every
+descriptor in index.json and in each manifest points at a blob of that size and kind, the image is the
+one bag-info.txt names; and the SBOMs, the referrers and the provenance are about that image.
+Each check adds a row to the report; the first failure raises CheckFailed naming the file.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import BinaryIO
+
+from repro import bag
+from repro.errors import CheckFailed, ReproError
+from repro.image import INDEX_TYPES, MANIFEST_TYPES, Image, Index, Manifest
+from repro.refs import Options, open_image
+
+Rows = list[tuple[str, str]]
+PARALLEL = 3
+
+
+class Subdirectory:
+    """The files under `prefix` of a package, as an OCI layout reader expects them (LayoutFiles)."""
+
+    def __init__(self, files: bag.PackageFiles, prefix: str) -> None:
+        self.files, self.prefix, self.name = files, prefix, f"{files.name}/{prefix.rstrip('/')}"
+
+    def exists(self, name: str) -> bool:
+        return self.files.exists(self.prefix + name)
+
+    def open(self, name: str) -> BinaryIO:
+        return self.files.open(self.prefix + name)
+
+    def read(self, name: str, limit: int = 64 << 20) -> bytes:
+        return self.files.read(self.prefix + name, limit)
+
+
+def _failed(error: ReproError) -> CheckFailed:
+    return error if isinstance(error, CheckFailed) else CheckFailed(error.message, error.hint)
+
+
+def verify_image(ref: str, options: Options | None = None, deep: bool = False) -> tuple[Image, Rows]:
+    image = open_image(ref, options or Options())
+    rows: Rows = [("manifest", f"{image.digest} ({len(image.raw_manifest)} bytes)")]
+    from repro.transfer import image_blobs
+
+    def check(blob) -> int:
+        with blob.open() as stream:
+            while stream.read(1 << 20):
+                pass
+            stream.finish()
+        return blob.descriptor.size
+
+    def check_layer(layer) -> int:
+        with layer.open(check_diff_id=True) as stream:
+            while stream.read(1 << 20):
+                pass
+            stream.finish()
+        return layer.descriptor.size
+
+    try:
+        blobs = image_blobs(image)
+        with ThreadPoolExecutor(max_workers=PARALLEL) as pool:
+            total = sum(pool.map(check, blobs))
+        rows.append(("blobs", f"{len(blobs)} blobs, {total} bytes, every digest and size matches"))
+        if deep:
+            with ThreadPoolExecutor(max_workers=PARALLEL) as pool:
+                list(pool.map(check_layer, image.layers))
+            rows.append(("layers", f"{len(image.layers)} layers decompress to their diff_ids"))
+    except ReproError as exc:
+        raise _failed(exc) from None
+    return image, rows
+
+
+def verify_package(path: str, deep: bool = False, report: Callable[[str, str], None] | None = None) -> Rows:
+    from repro.archive import LAYOUT_DIR, LAYOUT_TAG, PROVENANCE_FILE, RUNS_FILE, SBOM_FILES
+
+    files = bag.open_package(path)
+    rows: Rows = []
+
+    def add(check: str, detail: str) -> None:
+        rows.append((check, detail))
+        if report:
+            report(check, detail)
+
+    for row in bag.check(files):
+        add(*row)
+    prefix = f"data/{LAYOUT_DIR}/"
+    known = _bag_hashes(files)
+    blobs = 0
+    for name, digest in known.items():
+        if name.startswith(prefix + "blobs/"):
+            algorithm, _, hex_name = name[len(prefix + "blobs/"):].partition("/")
+            if algorithm != "sha256" or hex_name != digest:
+                raise CheckFailed(f"{files.name}: {name} holds content with sha256 {digest}, not what its name says",
+                                  "the image's blob was replaced")
+            blobs += 1
+    add("OCI blobs", f"{blobs} blobs, each named by the sha256 of its content")
+    layout = Subdirectory(files, prefix)
+    where = f"{files.name}: {prefix}index.json"
+    try:
+        index = Index.parse(layout.read("index.json"), where)
+    except ReproError as exc:
+        raise _failed(exc) from None
+    present = {n[len(prefix):] for n in known if n.startswith(prefix)}
+    for number, descriptor in enumerate(index.manifests):
+        _walk(layout, present, descriptor, f"{where}: manifests[{number}]")
+    add("OCI structure", f"index.json and {len(index.manifests)} manifests: every descriptor's blob present, "
+                         "sizes and kinds match")
+    expected = bag.read_info(files).get("External-Identifier", "")
+    try:
+        image = open_image(f"archive:{path}")
+    except ReproError as exc:
+        raise _failed(exc) from None
+    if expected and image.digest != expected:
+        raise CheckFailed(f"{where}: tag {LAYOUT_TAG!r} names {image.digest}, bag-info.txt says {expected}",
+                          "the package's index was edited")
+    add("image", f"{image.digest} is the image bag-info.txt names")
+    if deep:
+        try:
+            for layer in image.layers:
+                with layer.open(check_diff_id=True) as stream:
+                    while stream.read(1 << 20):
+                        pass
+                    stream.finish()
+        except ReproError as exc:
+            raise _failed(exc) from None
+        add("layers", f"{len(image.layers)} layers decompress to their diff_ids")
+    _check_documents(files, layout, index, image, add, SBOM_FILES, PROVENANCE_FILE, RUNS_FILE)
+    return rows
+
+
+def _bag_hashes(files: bag.PackageFiles) -> dict[str, str]:
+    """The payload's sha256 by path, from the bag manifest (bag.check has verified every one)."""
+    out = {}
+    for line in files.read(bag.MANIFEST).decode("utf-8", "replace").splitlines():
+        digest, _, name = line.partition(" ")
+        out[bag.decode_path(name.lstrip(" *"))] = digest.lower()
+    return out
+
+
+def _walk(layout: Subdirectory, present: set[str], descriptor, where: str) -> None:
+    """A descriptor's blob exists with its size; a manifest's or index's children too."""
+    name = f"blobs/{descriptor.digest.replace(':', '/')}"
+    if name not in present:
+        raise CheckFailed(f"{where}: {descriptor.digest} is not in the package ({layout.name}/{name} is missing)",
+                          "the layout is incomplete or its index was edited")
+    size = layout.files.size(layout.prefix + name)
+    if size != descriptor.size:
+        raise CheckFailed(f"{where}: {descriptor.digest} is {size} bytes, the descriptor says {descriptor.size}",
+                          "the layout's index or a manifest was edited")
+    raw = layout.read(name) if descriptor.media_type in MANIFEST_TYPES | INDEX_TYPES else b""
+    try:
+        if descriptor.media_type in INDEX_TYPES:
+            child = Index.parse(raw, f"{layout.name}/{name}")
+            for number, item in enumerate(child.manifests):
+                _walk(layout, present, item, f"{layout.name}/{name}: manifests[{number}]")
+        elif descriptor.media_type in MANIFEST_TYPES:
+            manifest = Manifest.parse(raw, f"{layout.name}/{name}")
+            for number, item in enumerate((manifest.config, *manifest.layers)):
+                _walk(layout, present, item, f"{layout.name}/{name}: blob {number}")
+    except ReproError as exc:
+        raise _failed(exc) from None
+
+
+def _check_documents(files, layout, index, image, add, sbom_files, provenance_file, runs_file) -> None:
+    from repro import provenance
+    from sbom.generate import subject_digest
+
+    for rel in sbom_files.values():
+        name = f"data/{rel}"
+        if not files.exists(name):
+            raise CheckFailed(f"{files.name}: {name} is missing", "the package is incomplete")
+        about = subject_digest(files.read(name))
+        if about != image.digest:
+            raise CheckFailed(f"{files.name}: {name} describes {about or 'no image'}, not {image.digest}",
+                              "the SBOM is not of this image")
+    add("SBOMs", f"{', '.join(sbom_files)} describe {image.digest}")
+    referrers = 0
+    for descriptor in index.manifests:
+        if descriptor.media_type not in MANIFEST_TYPES:
+            continue
+        manifest = Manifest.parse(layout.read(f"blobs/{descriptor.digest.replace(':', '/')}"), descriptor.digest)
+        if manifest.subject is None:
+            continue
+        referrers += 1
+        if manifest.subject.digest != image.digest:
+            raise CheckFailed(f"{layout.name}: referrer {descriptor.digest} is about {manifest.subject.digest}, "
+                              f"not {image.digest}", "the package mixes images")
+    add("referrers", f"{referrers} referrers, all about {image.digest}")
+    name = f"data/{provenance_file}"
+    if files.exists(name):
+        subjects = provenance.subject_digests(files.read(name))
+        if image.digest not in subjects:
+            raise CheckFailed(f"{files.name}: {name} is about {', '.join(subjects) or 'nothing'}, not {image.digest}",
+                              "the provenance is not of this image")
+        add("provenance", f"subject {image.digest}")
+    name = f"data/{runs_file}"
+    try:
+        runs = json.loads(files.read(name))["runs"]
+    except (FileNotFoundError, ValueError, KeyError, TypeError):
+        raise CheckFailed(f"{files.name}: {name} is missing or malformed", "the package is damaged") from None
+    add("recorded runs", f"{len(runs)} runs")
