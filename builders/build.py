@@ -488,7 +488,19 @@ def build(
         result.lock_file = _lock.write(spec.path, resolved)
     else:
         result.lock_file = _lock.lock_path(spec.path)
+    _attach_provenance(spec, store, result)
     return result
+
+
+def _attach_provenance(spec: Spec, store: Layout, result: BuildResult) -> None:
+    """The build's provenance (spec, lock, SOURCE_DATE_EPOCH) as a referrer of the image in the store, so
+    it travels with `convert --referrers` and into `repro archive`. Same build, same statement bytes."""
+    from repro import provenance, referrers
+    from repro.mutate import document_time
+
+    statement = provenance.for_spec(result.image, str(spec.path))
+    referrers.attach(f"oci:{store.path}:{result.tag}", result.image, statement, provenance.MEDIA_TYPE,
+                     provenance.MEDIA_TYPE, document_time(result.image))
 
 
 def run_tests(spec: Spec, image: Image, executor: str | None = None) -> list[tuple[dict, executors.Result, bool]]:

@@ -124,7 +124,7 @@ def _fill(image: Image, source: str, data: Path, spec: str | None, records: list
             referrers.attach(layout_ref, image, document, MEDIA_TYPES[fmt], MEDIA_TYPES[fmt], created)
     statement = None
     if spec:
-        statement = provenance.for_spec(image, name, spec)
+        statement = provenance.for_spec(image, spec)
     else:
         statement = next((a.document for a in copied if a.descriptor.artifact_type == provenance.MEDIA_TYPE), None)
     if statement is not None:

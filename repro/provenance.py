@@ -74,11 +74,13 @@ def subject_digests(document: bytes) -> list[str]:
     return [f"sha256:{s['digest']['sha256']}" for s in obj.get("subject", []) if "sha256" in s.get("digest", {})]
 
 
-def for_spec(image: Image, name: str, spec_file: str) -> bytes:
-    """Provenance from a spec file and the lock beside it (what `--spec` and `repro build` give)."""
+def for_spec(image: Image, spec_file: str) -> bytes:
+    """Provenance from a spec file and the lock beside it: what `repro build` attaches to what it builds
+    (named by the spec's tag, so `repro archive --spec` of the same build gives the same statement)."""
     from builders import lock as _lock
     from builders.spec import load
+    from repro.layers import source_date_epoch
 
     spec = load(spec_file)
-    epoch = spec.raw.get("source_date_epoch")
-    return statement(image, name, spec.path, _lock.read(spec.path), int(epoch) if epoch is not None else None)
+    epoch = source_date_epoch(int(spec.raw.get("source_date_epoch", 0)))
+    return statement(image, spec.tag, spec.path, _lock.read(spec.path), epoch)

@@ -306,3 +306,12 @@ def test_bad_archive_input_is_one_line(hello, tmp_path):
         assert proc.returncode == 2, (args, proc.stderr)
         assert len(proc.stderr.strip().splitlines()) == 1 and message in proc.stderr, (args, proc.stderr)
     assert not (tmp_path / "x").exists() and not list(tmp_path.glob(".x.repro-tmp-*"))
+
+
+def test_an_image_built_by_repro_brings_its_provenance_without_spec(hello, tmp_path):
+    """`repro build` attaches the provenance to what it builds; the package takes it from there."""
+    package = tmp_path / "package"
+    repro("archive", hello["ref"], "-o", str(package))
+    assert (package / "data/provenance.json").read_bytes() == (hello["dir"] / "data/provenance.json").read_bytes()
+    assert runs_of(package) == []
+    repro("verify", str(package))
