@@ -28,4 +28,8 @@ printf '
 $ %s | tail -4
 ' "$repro hash --files oci:$out/layout:hello"
 $repro hash --files "oci:$out/layout:hello" | tail -4
+step $repro archive "oci:$out/store:hello:1.0" -o "$out/hello-package.tar" --record 'cat /etc/motd' --with sif,rootfs
+step $repro verify "$out/hello-package.tar"
+step $repro replay "$out/hello-package.tar"
+step $repro run "archive:$out/hello-package.tar" -- 'echo $GREETING from $(uname -m)'
 printf '\nThe same spec gives the same digest on any machine with the same busybox-static; run `make demo` again.\n'

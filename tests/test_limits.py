@@ -52,8 +52,16 @@ def bomb(tmp_path_factory):
     return path
 
 
-@pytest.mark.parametrize("dst", ["tar", "docker-archive", "oci"])
+@pytest.mark.parametrize("dst", ["tar", "docker-archive", "verify --deep"])
 def test_decompression_bomb_is_refused(bomb, tmp_path, dst):
+    """Refused wherever it would be expanded. A copy to oci: moves the 250 KiB as they are (nothing
+    expands), so the copy is then the input that is refused."""
+    if dst == "verify --deep":
+        repro("convert", f"oci:{bomb}:bomb", f"oci:{tmp_path}/copy:bomb")
+        env = {**os.environ, "REPRO_MAX_EXPANSION": "100"}
+        proc = repro("verify", "--deep", f"oci:{tmp_path}/copy:bomb", check=False, env=env)
+        assert proc.returncode == 1 and "decompression bomb" in proc.stderr
+        return
     env = {**os.environ, "REPRO_MAX_EXPANSION": "100"}
     command = "flatten" if dst == "tar" else "convert"
     proc = repro(command, f"oci:{bomb}:bomb", f"{dst}:{tmp_path}/out", check=False, env=env)
