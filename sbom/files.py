@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import tarfile
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 from repro.digest import CHUNK
 from repro.flatten import clean_path, merged
@@ -46,9 +46,11 @@ class FileRecord:
     xattrs: dict[str, str] | None = None
 
     def to_json(self) -> dict:
-        out = asdict(self)
-        if out["xattrs"] is None:
-            del out["xattrs"]
+        out = {"path": self.path, "type": self.type, "mode": self.mode, "uid": self.uid, "gid": self.gid,
+               "size": self.size, "sha256": self.sha256, "target": self.target, "layer": self.layer,
+               "mtime": self.mtime}
+        if self.xattrs is not None:
+            out["xattrs"] = dict(self.xattrs)
         return out
 
 
@@ -105,7 +107,7 @@ def scan(image: Image, capture=None, with_md5: bool = False) -> Scan:
             m = hashlib.md5(usedforsecurity=False) if with_md5 else None
             keep = capture is not None and info.size <= MAX_CAPTURE and capture(entry.path)
             kept = bytearray() if keep else None
-            while chunk := entry.content.read(CHUNK):
+            while chunk := entry.content.readview(CHUNK):
                 h.update(chunk)
                 if m is not None:
                     m.update(chunk)
