@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import BinaryIO
 
 from repro.image import Image
-from repro.prefetch import PrefetchReader
 from repro.tarstream import Content, TarStream
 
 WHITEOUT_PREFIX = ".wh."
@@ -111,7 +110,7 @@ def merged(image: Image) -> Iterator[MergedEntry]:
         deleted: set[str] = set()
         opaque: set[str] = set()
         what = f"{image.name}: layer {layer.descriptor.digest}"
-        with PrefetchReader(layer.open_uncompressed()) as stream:
+        with layer.open_uncompressed(read_ahead=True) as stream:
             tar = TarStream(stream, what)
             for info in tar:
                 path = clean_path(info.name)

@@ -57,20 +57,31 @@ def _round_up(size: int) -> int:
 
 
 def _text(field: bytes, encoding: str, errors: str) -> str:
+    if not field[0]:
+        return ""
     end = field.find(b"\0")
     return (field if end < 0 else field[:end]).decode(encoding, errors)
 
 
+_known_numbers: dict[bytes, int] = {}  # modes, owners, times and zeros repeat from header to header
+
+
 def _number(field: bytes) -> int:
     """An octal number, or GNU's base-256 form (first byte 0x80, or 0xff for negative numbers)."""
+    value = _known_numbers.get(field)
+    if value is not None:
+        return value
     if field[0] in (0x80, 0xFF):
         value = int.from_bytes(field[1:], "big")
         return value - 256 ** (len(field) - 1) if field[0] == 0xFF else value
     end = field.find(b"\0")
     try:
-        return int((field if end < 0 else field[:end]).decode("ascii").strip() or "0", 8)
+        value = int((field if end < 0 else field[:end]).decode("ascii").strip() or "0", 8)
     except ValueError:
         raise _Invalid("invalid header") from None
+    if len(_known_numbers) < 4096:
+        _known_numbers[field] = value
+    return value
 
 
 def _byte_sum(block: bytes) -> int:
