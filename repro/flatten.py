@@ -38,9 +38,10 @@ def clean_path(name: str) -> str:
 
 def ancestors(path: str) -> Iterator[str]:
     """'a/b/c' -> 'a', 'a/b' (proper ancestors, outermost first)."""
-    parts = path.split("/")
-    for i in range(1, len(parts)):
-        yield "/".join(parts[:i])
+    end = path.find("/")
+    while end > 0:
+        yield path[:end]
+        end = path.find("/", end + 1)
 
 
 DIR, IMPLICIT_DIR, OTHER = "dir", "implicit", "other"

@@ -39,8 +39,17 @@ def text(value: Any, depth: int = 0) -> str:
     if isinstance(value, Mapping):
         if not value:
             return "{}"
-        items = (f"{inner}{_quote(key)}: {_scalar(value[key]) or text(value[key], depth + 1)}" for key in sorted(value))
-        return "{" + ",".join(items) + "\n" + INDENT * depth + "}"
+        parts = []
+        for key in sorted(value):
+            item = value[key]
+            kind = type(item)  # the two common cases inline: this runs for every field of every record
+            if kind is str:
+                parts.append(f"{inner}{_quote(key)}: {_quote(item)}")
+            elif kind is int:
+                parts.append(f"{inner}{_quote(key)}: {int.__repr__(item)}")
+            else:
+                parts.append(f"{inner}{_quote(key)}: {_scalar(item) or text(item, depth + 1)}")
+        return "{" + ",".join(parts) + "\n" + INDENT * depth + "}"
     if isinstance(value, (list, tuple)):
         if not value:
             return "[]"

@@ -28,7 +28,13 @@ _TYPES = {
 
 def printable(path: str) -> str:
     """A path for JSON and terminals: bytes that are not UTF-8 become \\xNN escapes."""
+    if path.isascii():  # the common case, and the same object: no second copy of the path is kept
+        return path
     return path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+_MODES = [f"{mode:04o}" for mode in range(0o10000)]  # one string per mode, shared by all records
+XATTR = "SCHILY.xattr."
 
 
 @dataclass(slots=True)
@@ -91,7 +97,7 @@ def scan(image: Image, capture=None, with_md5: bool = False) -> Scan:
         record = FileRecord(
             path=printable(entry.path),
             type=_TYPES.get(info.type, "other"),
-            mode=f"{info.mode & 0o7777:04o}",
+            mode=_MODES[info.mode & 0o7777],
             uid=info.uid,
             gid=info.gid,
             size=info.size if info.isreg() else 0,
@@ -99,8 +105,8 @@ def scan(image: Image, capture=None, with_md5: bool = False) -> Scan:
             target=printable(info.linkname) if (info.issym() or info.islnk()) else "",
             layer=entry.layer,
             mtime=int(info.mtime),
-            xattrs={k[len("SCHILY.xattr."):]: v for k, v in sorted(info.pax_headers.items())
-                    if k.startswith("SCHILY.xattr.")} or None,
+            xattrs=({k[len(XATTR):]: v for k, v in sorted(info.pax_headers.items()) if k.startswith(XATTR)} or None)
+            if info.pax_headers else None,
         )
         if entry.content is not None:
             h = hashlib.sha256()
