@@ -311,11 +311,13 @@ class Builder:
         from repro.blobs import BlobLayer
         from repro.extract import Extractor
         from repro.flatten import clean_path
+        from repro.tarstream import TarStream
 
         blob_layer = BlobLayer(LayoutBlobs(self.store, self.store.name), layer.descriptor, layer.diff_id)
         extractor = Extractor(self.tree, self.store.name)
         try:
-            with blob_layer.open_uncompressed() as stream, tarfile.open(fileobj=stream, mode="r|") as tar:
+            with blob_layer.open_uncompressed(read_ahead=True) as stream:
+                tar = TarStream(stream, f"{self.store.name}: layer {layer.descriptor.digest}")
                 for info in tar:
                     path = clean_path(info.name)
                     name = path.rpartition("/")[2]
@@ -326,7 +328,8 @@ class Builder:
                         elif target.exists() or target.is_symlink():
                             target.unlink()
                         continue
-                    extractor.add(path, info, tar.extractfile(info) if info.isreg() else None)
+                    extractor.add(path, info, tar.content() if info.isreg() else None)
+                stream.finish()
             extractor.finish()
         finally:
             extractor.close()

@@ -520,7 +520,14 @@ def cmd_hash(args: argparse.Namespace) -> int:
 
         found = scan(image, capture=wanted)
         owner = {path: p.purl for p in catalog(found, os_release(found)) for path in p.files}
-        result["files"] = [{**record.to_json(), "package": owner.get(record.path, "")} for record in found.records]
+        files = ({**record.to_json(), "package": owner.get(record.path, "")} for record in found.records)
+        if args.json:  # tens of thousands of records: written one by one, never all in memory at once
+            from repro import jsonout
+
+            jsonout.write({**result, "files": files}, sys.stdout)
+            sys.stdout.write("\n")
+            return 0
+        result["files"] = list(files)
     if args.json:
         _emit_json(result)
         return 0

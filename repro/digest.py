@@ -62,6 +62,13 @@ class HashingReader(io.RawIOBase):
         self._consume(data)
         return data
 
+    def read1(self, size: int = -1) -> bytes:
+        """What one read of the inner stream gives (see PrefetchReader.read1): no joining, no copy."""
+        read1 = getattr(self._raw, "read1", None)
+        data = read1(size) if read1 is not None else self._raw.read(size)
+        self._consume(data)
+        return data
+
     def _consume(self, data: bytes) -> None:
         if data:
             self.hash.update(data)

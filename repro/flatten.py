@@ -14,10 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
-from repro.errors import ReproError
 from repro.image import Image
-from repro.layers import iter_tar_stream
-from repro.prefetch import PrefetchReader
+from repro.tarstream import Content, TarStream
 
 WHITEOUT_PREFIX = ".wh."
 OPAQUE_WHITEOUT = ".wh..wh..opq"
@@ -40,9 +38,10 @@ def clean_path(name: str) -> str:
 
 def ancestors(path: str) -> Iterator[str]:
     """'a/b/c' -> 'a', 'a/b' (proper ancestors, outermost first)."""
-    parts = path.split("/")
-    for i in range(1, len(parts)):
-        yield "/".join(parts[:i])
+    end = path.find("/")
+    while end > 0:
+        yield path[:end]
+        end = path.find("/", end + 1)
 
 
 DIR, IMPLICIT_DIR, OTHER = "dir", "implicit", "other"
@@ -82,7 +81,7 @@ class MergedEntry:
     layer: int  # index in image.layers, 0 = bottom
     path: str  # clean relative path
     info: tarfile.TarInfo
-    content: BinaryIO | None  # for regular files: readable until the next entry is produced
+    content: Content | None  # for regular files: readable until the next entry is produced
 
 
 def whiteout_target(path: str) -> tuple[str, str] | None:
@@ -112,46 +111,34 @@ def merged(image: Image) -> Iterator[MergedEntry]:
         deleted: set[str] = set()
         opaque: set[str] = set()
         what = f"{image.name}: layer {layer.descriptor.digest}"
-        with PrefetchReader(layer.open_uncompressed()) as stream:
-            try:
-                tar = tarfile.open(  # noqa: SIM115 - closed in the finally below
-                    fileobj=stream, mode="r|", encoding="utf-8", errors="surrogateescape"
-                )
-            except tarfile.TarError as exc:
-                raise ReproError(f"{what}: not a tar stream ({exc})", "the layer is damaged") from None
-            try:
-                for info in iter_tar_stream(tar):
-                    path = clean_path(info.name)
-                    if not path:
-                        continue
-                    kind = whiteout_target(path)
-                    if kind is not None:
-                        if kind[0] == "opaque":
-                            opaque.add(kind[1])
-                        elif kind[0] == "whiteout":
-                            deleted.add(kind[1])
-                        # A whiteout lives in its directory: that directory exists in this layer.
-                        for parent in ancestors(path):
-                            if parent not in claimed and upper.claimed.get(parent) is None:
-                                claimed[parent] = IMPLICIT_DIR
-                        continue
-                    if upper.hides(path, info.isdir()):
-                        continue
-                    if index:  # the bottom layer has nothing below it to hide: remember nothing
-                        claimed[path] = DIR if info.isdir() else OTHER
-                        for parent in ancestors(path):
-                            if parent not in claimed and upper.claimed.get(parent) is None:
-                                claimed[parent] = IMPLICIT_DIR
-                    content = tar.extractfile(info) if info.isreg() else None
-                    yield MergedEntry(index, path, info, content)
-            except tarfile.TarError as exc:
-                raise ReproError(f"{what}: damaged tar stream ({exc})", "the layer is corrupt") from None
-            finally:
-                tar.close()
-            # Drain what tarfile left unread so the digest check at the end of the stream runs.
-            finish = getattr(stream, "finish", None)
-            if finish is not None:
-                finish()
+        with layer.open_uncompressed(read_ahead=True) as stream:
+            tar = TarStream(stream, what)
+            for info in tar:
+                path = clean_path(info.name)
+                if not path:
+                    continue
+                kind = whiteout_target(path)
+                if kind is not None:
+                    if kind[0] == "opaque":
+                        opaque.add(kind[1])
+                    elif kind[0] == "whiteout":
+                        deleted.add(kind[1])
+                    # A whiteout lives in its directory: that directory exists in this layer.
+                    for parent in ancestors(path):
+                        if parent not in claimed and upper.claimed.get(parent) is None:
+                            claimed[parent] = IMPLICIT_DIR
+                    continue
+                if upper.hides(path, info.isdir()):
+                    continue
+                if index:  # the bottom layer has nothing below it to hide: remember nothing
+                    claimed[path] = DIR if info.isdir() else OTHER
+                    for parent in ancestors(path):
+                        if parent not in claimed and upper.claimed.get(parent) is None:
+                            claimed[parent] = IMPLICIT_DIR
+                content = tar.content() if info.isreg() else None
+                yield MergedEntry(index, path, info, content)
+            # Drain what the tar reader left unread so the digest check at the end of the stream runs.
+            stream.finish()
         for path, claim in claimed.items():
             if upper.claimed.get(path) != DIR:
                 upper.claimed[path] = claim

@@ -311,8 +311,9 @@ class Layer(Protocol):
     def open(self) -> BinaryIO:
         """The layer blob as stored (possibly compressed), verified against the descriptor."""
 
-    def open_uncompressed(self) -> BinaryIO:
-        """The layer as a tar stream, verified against the diff_id."""
+    def open_uncompressed(self, read_ahead: bool = False) -> BinaryIO:
+        """The layer as a tar stream, verified against the diff_id; `read_ahead` decompresses in a
+        second thread."""
 
 
 class Image(Protocol):

@@ -16,6 +16,7 @@ import zlib
 from typing import BinaryIO
 
 import zstandard
+from isal import isal_zlib
 
 from repro.errors import ReproError
 
@@ -110,7 +111,7 @@ class _GuardedReader(io.RawIOBase):
             self._out += len(data)
             self._guard.check(self._compressed_so_far(), self._out)
             return data
-        except (EOFError, zlib.error, gzip.BadGzipFile, zstandard.ZstdError) as exc:
+        except (EOFError, zlib.error, isal_zlib.error, gzip.BadGzipFile, zstandard.ZstdError) as exc:
             # A blob that fails its digest explains the damage better than the decompressor can.
             for closer in self._closers:
                 finish = getattr(closer, "finish", None)
@@ -135,12 +136,83 @@ class _GuardedReader(io.RawIOBase):
             super().close()
 
 
+class _Gunzip(io.RawIOBase):
+    """The members of a gzip stream one after another, inflated by ISA-L.
+
+    Reading only: any inflater gives the same bytes, and ISA-L's is about twice as fast as zlib's.
+    Follows gzip.GzipFile's rules: zero bytes after a member are padding, anything else must be
+    another member, and the stream must not end inside one."""
+
+    INPUT = 1 << 18
+
+    def __init__(self, raw: BinaryIO) -> None:
+        self._raw = raw
+        self._inflater = None
+        self._input = b""
+        self._members = 0
+        self._eof = False
+
+    def readable(self) -> bool:
+        return True
+
+    def _next_member(self) -> bool:
+        """Start the next member; False at the end of the stream."""
+        while True:
+            if self._members:
+                self._input = self._input.lstrip(b"\0")
+            if len(self._input) >= 2:
+                break
+            more = self._raw.read(self.INPUT)
+            if not more:
+                if not self._input:
+                    return False
+                raise EOFError("Compressed file ended before the end-of-stream marker was reached")
+            self._input += more
+        if self._input[:2] != GZIP_MAGIC:
+            raise gzip.BadGzipFile(f"Not a gzipped file ({self._input[:2]!r})")
+        self._inflater = isal_zlib.decompressobj(16 + isal_zlib.MAX_WBITS)
+        self._members += 1
+        return True
+
+    def read(self, size: int = -1) -> bytes:
+        if size is None or size < 0:
+            return b"".join(iter(lambda: self.read(1 << 20), b""))
+        while size and not self._eof:
+            if self._inflater is None and not self._next_member():
+                self._eof = True
+                break
+            if not self._input:
+                self._input = self._raw.read(self.INPUT)
+                if not self._input:
+                    raise EOFError("Compressed file ended before the end-of-stream marker was reached")
+            out = self._inflater.decompress(self._input, size)
+            if self._inflater.eof:
+                self._input = self._inflater.unused_data
+                self._inflater = None
+            else:
+                self._input = self._inflater.unconsumed_tail
+            if out:
+                return out
+        return b""
+
+    def readinto(self, buffer) -> int:  # type: ignore[override]
+        data = self.read(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
+
+    def close(self) -> None:
+        try:
+            self._raw.close()
+        finally:
+            super().close()
+
+
 def decompressed(raw: BinaryIO, compression: str, what: str) -> BinaryIO:
     """A reader of the uncompressed bytes of `raw`."""
     if compression == "":
         return raw
     if compression == "gzip":
-        return _GuardedReader(gzip.GzipFile(fileobj=raw, mode="rb"), what, "gzip", (raw,))
+        return _GuardedReader(_Gunzip(raw), what, "gzip", (raw,))
     if compression == "zstd":
         reader = zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True, closefd=True)
         return _GuardedReader(reader, what, "zstd", (raw,))
@@ -164,7 +236,7 @@ class LayerChecker:
         self._error: ReproError | None = None
         self._guard = ExpansionGuard(what)
         self._in = self._out = 0
-        self._gzip = zlib.decompressobj(16 + zlib.MAX_WBITS) if compression == "gzip" else None
+        self._gzip = isal_zlib.decompressobj(16 + isal_zlib.MAX_WBITS) if compression == "gzip" else None
         self._zstd = (
             zstandard.ZstdDecompressor().stream_writer(self, write_size=1 << 20, closefd=False)
             if compression == "zstd" else None
@@ -195,13 +267,13 @@ class LayerChecker:
                 self.write(data)
         except ReproError as exc:
             self._error = exc
-        except (zlib.error, zstandard.ZstdError) as exc:
+        except (zlib.error, isal_zlib.error, zstandard.ZstdError) as exc:
             self._error = self._corrupt(str(exc))
 
     def _feed_gzip(self, data: bytes) -> None:
         while data:
             if self._gzip.eof:  # another gzip member follows
-                self._gzip = zlib.decompressobj(16 + zlib.MAX_WBITS)
+                self._gzip = isal_zlib.decompressobj(16 + isal_zlib.MAX_WBITS)
             self.write(self._gzip.decompress(data, 1 << 20))
             data = self._gzip.unconsumed_tail or (self._gzip.unused_data if self._gzip.eof else b"")
 

@@ -22,7 +22,8 @@ class PrefetchReader(io.RawIOBase):
         self._inner = inner
         self._chunk = chunk
         self._queue: queue.Queue = queue.Queue(maxsize=depth)
-        self._buffer = memoryview(b"")
+        self._item = b""  # the piece being read, from _pos on
+        self._pos = 0
         self._done = False
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._fill, daemon=True)
@@ -60,35 +61,43 @@ class PrefetchReader(io.RawIOBase):
         if isinstance(item, BaseException):
             self._done = True
             raise item
-        self._buffer = memoryview(item)
+        self._item, self._pos = item, 0
         return True
 
+    def read1(self, size: int = -1) -> bytes:
+        """What the producer read next, up to `size` bytes: a whole piece is handed over uncopied."""
+        if self._pos == len(self._item) and not self._next():
+            return b""
+        item, pos = self._item, self._pos
+        if size is None or size < 0 or size >= len(item) - pos:
+            self._item, self._pos = b"", 0
+            return item if pos == 0 else item[pos:]
+        self._pos = pos + size
+        return item[pos : pos + size]
+
     def readinto(self, buffer) -> int:  # type: ignore[override]
-        if not self._buffer and not self._next():
-            return 0
-        n = min(len(buffer), len(self._buffer))
-        buffer[:n] = self._buffer[:n]
-        self._buffer = self._buffer[n:]
-        return n
+        data = self.read1(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
 
     def read(self, size: int = -1) -> bytes:
         if size is None or size < 0:
-            parts = []
-            while self._buffer or self._next():
-                parts.append(bytes(self._buffer))
-                self._buffer = memoryview(b"")
-            return b"".join(parts)
-        out = bytearray()
-        while len(out) < size and (self._buffer or self._next()):
-            n = min(size - len(out), len(self._buffer))
-            out += self._buffer[:n]
-            self._buffer = self._buffer[n:]
-        return bytes(out)
+            return b"".join(iter(self.read1, b""))
+        first = self.read1(size)
+        if len(first) == size or not first:
+            return first
+        parts = [first]
+        size -= len(first)
+        while size and (piece := self.read1(size)):
+            parts.append(piece)
+            size -= len(piece)
+        return b"".join(parts)
 
     def finish(self) -> None:
         """Read to the end, so every check of the inner stream has run."""
+        self._item, self._pos = b"", 0
         while self._next():
-            self._buffer = memoryview(b"")
+            pass
 
     def close(self) -> None:
         self._stop.set()

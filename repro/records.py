@@ -71,8 +71,8 @@ def environment(executor: str) -> dict[str, str]:
 
 def run(session: Session, command: str, outputs: tuple[str, ...] = ()) -> Outcome:
     """Run `command` (a shell line) in the session and hash what it produced."""
-    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
-        code = session.run(Invocation(shell=command), stdout=out, stderr=err, stdin=open(os.devnull, "rb"))  # noqa: SIM115
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err, open(os.devnull, "rb") as nothing:
+        code = session.run(Invocation(shell=command), stdout=out, stderr=err, stdin=nothing)
         out.seek(0)
         err.seek(0)
         stdout_sha, stderr_sha = _sha256_of(out), _sha256_of(err)

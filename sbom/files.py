@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import tarfile
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 from repro.digest import CHUNK
 from repro.flatten import clean_path, merged
@@ -28,7 +28,13 @@ _TYPES = {
 
 def printable(path: str) -> str:
     """A path for JSON and terminals: bytes that are not UTF-8 become \\xNN escapes."""
+    if path.isascii():  # the common case, and the same object: no second copy of the path is kept
+        return path
     return path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+_MODES = [f"{mode:04o}" for mode in range(0o10000)]  # one string per mode, shared by all records
+XATTR = "SCHILY.xattr."
 
 
 @dataclass(slots=True)
@@ -46,9 +52,11 @@ class FileRecord:
     xattrs: dict[str, str] | None = None
 
     def to_json(self) -> dict:
-        out = asdict(self)
-        if out["xattrs"] is None:
-            del out["xattrs"]
+        out = {"path": self.path, "type": self.type, "mode": self.mode, "uid": self.uid, "gid": self.gid,
+               "size": self.size, "sha256": self.sha256, "target": self.target, "layer": self.layer,
+               "mtime": self.mtime}
+        if self.xattrs is not None:
+            out["xattrs"] = dict(self.xattrs)
         return out
 
 
@@ -89,7 +97,7 @@ def scan(image: Image, capture=None, with_md5: bool = False) -> Scan:
         record = FileRecord(
             path=printable(entry.path),
             type=_TYPES.get(info.type, "other"),
-            mode=f"{info.mode & 0o7777:04o}",
+            mode=_MODES[info.mode & 0o7777],
             uid=info.uid,
             gid=info.gid,
             size=info.size if info.isreg() else 0,
@@ -97,15 +105,15 @@ def scan(image: Image, capture=None, with_md5: bool = False) -> Scan:
             target=printable(info.linkname) if (info.issym() or info.islnk()) else "",
             layer=entry.layer,
             mtime=int(info.mtime),
-            xattrs={k[len("SCHILY.xattr."):]: v for k, v in sorted(info.pax_headers.items())
-                    if k.startswith("SCHILY.xattr.")} or None,
+            xattrs=({k[len(XATTR):]: v for k, v in sorted(info.pax_headers.items()) if k.startswith(XATTR)} or None)
+            if info.pax_headers else None,
         )
         if entry.content is not None:
             h = hashlib.sha256()
             m = hashlib.md5(usedforsecurity=False) if with_md5 else None
             keep = capture is not None and info.size <= MAX_CAPTURE and capture(entry.path)
             kept = bytearray() if keep else None
-            while chunk := entry.content.read(CHUNK):
+            while chunk := entry.content.readview(CHUNK):
                 h.update(chunk)
                 if m is not None:
                     m.update(chunk)

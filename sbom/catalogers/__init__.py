@@ -8,6 +8,7 @@ matches what its database recorded.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 
 from license_expression import get_spdx_licensing
@@ -95,14 +96,19 @@ def catalog(scan, distro: dict[str, str]) -> list[Package]:
     return sorted(packages, key=lambda p: (p.ecosystem, p.name, p.version))
 
 
-def wanted(path: str) -> bool:
-    """The files whose content the catalogers read."""
+@functools.cache
+def _wanted_by() -> tuple:
     from sbom.catalogers import apk, dpkg, npm, python, rpm
 
-    return any(module.wanted(path) for module in (dpkg, apk, rpm, python, npm)) or path in (
-        "etc/os-release",
-        "usr/lib/os-release",
-    )
+    return dpkg.wanted, apk.wanted, rpm.wanted, python.wanted, npm.wanted
+
+
+def wanted(path: str) -> bool:
+    """The files whose content the catalogers read (asked for every file of the image)."""
+    if path in ("etc/os-release", "usr/lib/os-release"):
+        return True
+    dpkg, apk, rpm, python, npm = _wanted_by()
+    return dpkg(path) or apk(path) or rpm(path) or python(path) or npm(path)
 
 
 def os_release(scan) -> dict[str, str]:
