@@ -170,6 +170,10 @@ def _record(image: Image, requests: list[RecordRequest], executor: str | None, l
             if log:
                 log(f"recording: {request.command}")
             made.append(records.record(active, request.command, request.outputs))
+            for digest in made[-1].outcome.outputs.values():
+                if digest.startswith("missing"):
+                    raise ReproError(f"--record {request.command!r}: {digest.removeprefix('missing: ')}",
+                                     "name a file the command writes (inside the image)")
     return made
 
 

@@ -269,7 +269,7 @@ class _RecordAction(argparse.Action):
         if option_string == "--record":
             runs.append(RecordRequest(value))
         elif not runs:
-            parser.error("--output names a file of the --record before it")
+            parser.error("--output-file names a file of the --record before it")
         else:
             last = runs[-1]
             runs[-1] = RecordRequest(last.command, (*last.outputs, value))
@@ -282,7 +282,7 @@ def cmd_archive(args: argparse.Namespace) -> int:
     renditions = tuple(r.strip() for part in args.with_ or [] for r in part.split(",") if r.strip())
     image = archive.write(args.ref, args.output, spec=args.spec, records=args.records or [], renditions=renditions,
                           executor=args.executor, options=_options(args),
-                          log=lambda m: err.print(f"repro: {m}", markup=False))
+                          log=(lambda m: err.print(f"repro: {m}", markup=False)) if err.is_terminal else None)
     if args.json:
         _emit_json({"package": args.output, "image": image.digest})
     else:

@@ -86,6 +86,10 @@ def test_package_contents(hello):
     definition = statement["predicate"]["buildDefinition"]
     assert definition["internalParameters"] == {"SOURCE_DATE_EPOCH": 1700000000}
     assert definition["externalParameters"]["spec"]["sha256"] == hashlib.sha256(hello["spec"].read_bytes()).hexdigest()
+    from rocrate.rocrate import ROCrate
+
+    loaded = ROCrate(str(data))  # the library reads back what it helped write
+    assert loaded.root_dataset["identifier"] == hello["digest"] and loaded.dereference("sbom/spdx.json") is not None
     crate = json.loads((data / "ro-crate-metadata.json").read_text())
     graph = {entity["@id"]: entity for entity in crate["@graph"]}
     assert graph["ro-crate-metadata.json"]["conformsTo"]["@id"] == "https://w3id.org/ro/crate/1.1"
@@ -297,6 +301,9 @@ def test_bad_archive_input_is_one_line(hello, tmp_path):
     cases = [
         (["archive", hello["ref"], "-o", str(hello["tar"])], "already exists"),
         (["archive", hello["ref"], "-o", str(tmp_path / "x"), "--with", "floppy"], "unknown rendition"),
+        (["archive", hello["ref"], "-o", str(tmp_path / "x"), "--record", "true", "--output-file", "/nowhere"],
+         "/nowhere: cannot be read in the container"),
+        (["archive", hello["ref"], "-o", str(tmp_path / "x"), "--output-file", "/tmp/a"], "--output-file names"),
         (["verify", str(tmp_path / "nothing")], "does not exist"),
         (["replay", str(tmp_path / "nothing")], "does not exist"),
         (["convert", hello["ref"], f"archive:{tmp_path}/y"], "repro archive"),
