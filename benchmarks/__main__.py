@@ -142,23 +142,26 @@ def operations(image: Path, work: Path) -> list[Operation]:
     ]
 
 
-DEBIAN_PACKAGES = "python3,python3-numpy,perl,git,curl,make,gcc,libc6-dev,less,procps,openssl"
+DEBIAN_PACKAGES = ("python3,python3-numpy,python3-scipy,python3-pandas,python3-matplotlib,perl,git,curl,make,gcc,"
+                   "libc6-dev,less,procps,openssl")
 
 
 def debian_operations(cache: Path, work: Path) -> list[Operation]:
     """An SBOM of a Debian image of a few hundred packages (mmdebstrap, cached), with per-file hashes,
     next to sha256sum over its flattened files."""
-    base_tar = cache / "debian-sbom.tar"
+    import hashlib
+
+    base_tar = cache / f"debian-sbom-{hashlib.sha256(DEBIAN_PACKAGES.encode()).hexdigest()[:12]}.tar"
     if not base_tar.exists():
         subprocess.run(["mmdebstrap", "--variant=minbase", "--format=tar", "--quiet",
                         f"--include={DEBIAN_PACKAGES}", "bookworm", str(base_tar) + ".tmp",
                         "http://deb.debian.org/debian"],
                        check=True, env={**os.environ, "SOURCE_DATE_EPOCH": "1700000000"})
         os.replace(str(base_tar) + ".tmp", base_tar)
-    layout = work / "debian-sbom"
+    layout = work / base_tar.stem
     if not layout.exists():
         subprocess.run([REPRO, "convert", f"tar:{base_tar}", f"oci:{layout}:1"], check=True, stdout=subprocess.DEVNULL)
-    flat = work / "debian-sbom-rootfs"
+    flat = work / f"{base_tar.stem}-rootfs"
     if not flat.exists():
         subprocess.run([REPRO, "flatten", f"oci:{layout}:1", f"rootfs:{flat}"], check=True, stdout=subprocess.DEVNULL)
     return [
