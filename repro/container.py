@@ -9,9 +9,11 @@ what `repro run`, recording and replay need alike.
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import shutil
 import subprocess
+import tarfile
 import tempfile
 import uuid
 from collections.abc import Sequence
@@ -138,22 +140,50 @@ class DockerSession:
         return subprocess.run(argv, stdin=stdin, stdout=stdout, stderr=stderr).returncode
 
     def open_file(self, path: str) -> BinaryIO:
-        """The file from the last container, read through `docker cp`'s tar stream."""
-        import tarfile
-
+        """The file from the last container, streamed out of `docker cp`'s tar (never held whole)."""
         if not self.containers:
             raise ReproError(f"{path}: no command has run", "internal")
-        proc = subprocess.run(["docker", "cp", f"{self.containers[-1]}:{path}", "-"], capture_output=True)
-        if proc.returncode != 0:
-            raise ReproError(f"{path}: cannot be read in the container ({proc.stderr.decode().strip()})",
-                             "name a regular file the command writes")
-        import io
+        return _DockerCopy(self.containers[-1], path)
 
-        with tarfile.open(fileobj=io.BytesIO(proc.stdout)) as tar:
-            member = tar.next()
-            if member is None or not member.isreg():
-                raise ReproError(f"{path}: is not a regular file", "name a regular file the command writes")
-            return io.BytesIO(tar.extractfile(member).read())  # type: ignore[union-attr]
+
+class _DockerCopy(io.RawIOBase):
+    """A reader of one regular file inside a container, from the tar stream `docker cp C:PATH -` writes."""
+
+    def __init__(self, container: str, path: str) -> None:
+        self.proc = subprocess.Popen(["docker", "cp", f"{container}:{path}", "-"], stdout=subprocess.PIPE,
+                                     stderr=subprocess.PIPE)
+        try:
+            self.tar = tarfile.open(fileobj=self.proc.stdout, mode="r|")  # noqa: SIM115 - closed in close()
+            member = self.tar.next()
+        except tarfile.TarError:
+            detail = self._stop()
+            raise ReproError(f"{path}: cannot be read in the container ({detail or 'no such file'})",
+                             "name a regular file the command writes") from None
+        if member is None or not member.isreg():
+            self._stop()
+            raise ReproError(f"{path}: is not a regular file", "name a regular file the command writes")
+        self.content = self.tar.extractfile(member)
+
+    def _stop(self) -> str:
+        self.proc.kill()
+        _, err = self.proc.communicate()
+        return err.decode(errors="replace").strip()
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, size: int = -1) -> bytes:
+        return self.content.read(size)  # type: ignore[union-attr]
+
+    def readinto(self, buffer) -> int:
+        data = self.read(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
+
+    def close(self) -> None:
+        if not self.closed:
+            self._stop()
+        super().close()
 
 
 class UdockerSession:
