@@ -110,15 +110,17 @@ def write(source: str, output: str, *, spec: str | None = None, records: list[Re
 def _fill(image: Image, source: str, data: Path, spec: str | None, records: list[RecordRequest],
           renditions: tuple[str, ...], executor: str | None, options: Options, log) -> None:
     from repro import provenance
-    from sbom.generate import MEDIA_TYPES, generate
+    from sbom.generate import MEDIA_TYPES, generate_many
 
     created = document_time(image)
     layout_ref = f"oci:{data / LAYOUT_DIR}:{LAYOUT_TAG}"
     write_image(image, layout_ref, options)
     copied = _copy_referrers(source, image, layout_ref, options)
+    image = open_image(layout_ref)  # everything below reads the local copy, not the source again
     name = docker_name(source, image)
+    documents = generate_many(image, tuple(SBOM_FILES), name)
     for fmt, rel in SBOM_FILES.items():
-        document = generate(image, fmt, name)
+        document = documents[fmt]
         _put(data / rel, document)
         if not any(a.descriptor.artifact_type == MEDIA_TYPES[fmt] for a in copied):
             referrers.attach(layout_ref, image, document, MEDIA_TYPES[fmt], MEDIA_TYPES[fmt], created)

@@ -27,11 +27,20 @@ def packages_of(image: Image):
 
 
 def generate(image: Image, fmt: str, name: str) -> bytes:
+    return generate_many(image, (fmt,), name)[fmt]
+
+
+def generate_many(image: Image, formats: tuple[str, ...], name: str) -> dict[str, bytes]:
+    """Several formats from one pass over the image."""
     packages = packages_of(image)
     created = document_time(image)
-    if fmt == "spdx-json":
-        return spdx.document(name, image.digest, created, packages, f"repro-{__version__}")
-    return cyclonedx.document(name, image.digest, created, packages, "repro", __version__)
+    out = {}
+    for fmt in formats:
+        if fmt == "spdx-json":
+            out[fmt] = spdx.document(name, image.digest, created, packages, f"repro-{__version__}")
+        else:
+            out[fmt] = cyclonedx.document(name, image.digest, created, packages, "repro", __version__)
+    return out
 
 
 def subject_digest(document: bytes) -> str:
