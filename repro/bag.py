@@ -7,19 +7,18 @@ tests). Checking works on a directory or on a tar holding one, read in place (`P
 
 from __future__ import annotations
 
-import hashlib
 import os
 from collections.abc import Iterable
 from pathlib import Path
 from typing import BinaryIO, Protocol
 
+from repro.digest import sha256_stream
 from repro.errors import CheckFailed, ReproError
 
 ALGORITHM = "sha256"
 MANIFEST = f"manifest-{ALGORITHM}.txt"
 TAG_MANIFEST = f"tagmanifest-{ALGORITHM}.txt"
 BAGIT_TXT = b"BagIt-Version: 1.0\nTag-File-Character-Encoding: UTF-8\n"
-CHUNK = 1 << 20
 
 
 class PackageFiles(Protocol):
@@ -123,11 +122,7 @@ def decode_path(name: str) -> str:
 
 
 def file_hash(stream: BinaryIO) -> tuple[str, int]:
-    digest, size = hashlib.new(ALGORITHM), 0
-    while chunk := stream.read(CHUNK):
-        digest.update(chunk)
-        size += len(chunk)
-    return digest.hexdigest(), size
+    return sha256_stream(stream)
 
 
 def _manifest_text(entries: Iterable[tuple[str, str]]) -> bytes:

@@ -34,6 +34,15 @@ def sha256_bytes(data: bytes) -> str:
     return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
+def sha256_stream(stream: BinaryIO) -> tuple[str, int]:
+    """The hex sha256 and the size of what `stream` yields, read in chunks."""
+    digest, size = hashlib.sha256(), 0
+    while chunk := stream.read(CHUNK):
+        digest.update(chunk)
+        size += len(chunk)
+    return digest.hexdigest(), size
+
+
 def hasher_for(digest: str) -> hashlib._Hash:
     return hashlib.new(algorithm_and_hex(digest)[0])
 

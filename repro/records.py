@@ -7,7 +7,6 @@ stream from temporary files, so a large output costs disk, not memory.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import platform
 import tempfile
@@ -15,9 +14,8 @@ from dataclasses import dataclass, field
 
 from repro import __version__
 from repro.container import Invocation, Session
+from repro.digest import sha256_stream
 from repro.errors import ReproError
-
-CHUNK = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -57,10 +55,7 @@ class Record:
 
 
 def _sha256_of(stream) -> str:
-    digest = hashlib.sha256()
-    while chunk := stream.read(CHUNK):
-        digest.update(chunk)
-    return digest.hexdigest()
+    return sha256_stream(stream)[0]
 
 
 def environment(executor: str) -> dict[str, str]:

@@ -50,32 +50,27 @@ def verify_image(ref: str, options: Options | None = None, deep: bool = False) -
     rows: Rows = [("manifest", f"{image.digest} ({len(image.raw_manifest)} bytes)")]
     from repro.transfer import image_blobs
 
-    def check(blob) -> int:
-        with blob.open() as stream:
-            while stream.read(1 << 20):
-                pass
-            stream.finish()
-        return blob.descriptor.size
-
-    def check_layer(layer) -> int:
-        with layer.open(check_diff_id=True) as stream:
-            while stream.read(1 << 20):
-                pass
-            stream.finish()
-        return layer.descriptor.size
-
     try:
         blobs = image_blobs(image)
         with ThreadPoolExecutor(max_workers=PARALLEL) as pool:
-            total = sum(pool.map(check, blobs))
+            total = sum(pool.map(lambda blob: _drain(blob.open(), blob.descriptor.size), blobs))
         rows.append(("blobs", f"{len(blobs)} blobs, {total} bytes, every digest and size matches"))
         if deep:
             with ThreadPoolExecutor(max_workers=PARALLEL) as pool:
-                list(pool.map(check_layer, image.layers))
+                list(pool.map(lambda layer: _drain(layer.open(check_diff_id=True), 0), image.layers))
             rows.append(("layers", f"{len(image.layers)} layers decompress to their diff_ids"))
     except ReproError as exc:
         raise _failed(exc) from None
     return image, rows
+
+
+def _drain(stream, size: int) -> int:
+    """Read a verifying stream to its end, so every check it carries has run; returns `size`."""
+    with stream:
+        while stream.read(1 << 20):
+            pass
+        stream.finish()
+    return size
 
 
 def verify_package(path: str, deep: bool = False, report: Callable[[str, str], None] | None = None) -> Rows:
@@ -125,10 +120,7 @@ def verify_package(path: str, deep: bool = False, report: Callable[[str, str], N
     if deep:
         try:
             for layer in image.layers:
-                with layer.open(check_diff_id=True) as stream:
-                    while stream.read(1 << 20):
-                        pass
-                    stream.finish()
+                _drain(layer.open(check_diff_id=True), 0)
         except ReproError as exc:
             raise _failed(exc) from None
         add("layers", f"{len(image.layers)} layers decompress to their diff_ids")
