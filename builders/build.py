@@ -9,7 +9,6 @@ cache, keyed by the parent chain of diff_ids, the step, and the content of its i
 from __future__ import annotations
 
 import os
-import shutil
 import tarfile
 import tempfile
 import time
@@ -21,15 +20,19 @@ from builders import cache as _cache
 from builders import lock as _lock
 from builders import tree as _tree
 from builders.spec import Spec, Step, check_copy_source
+from converters.oci_layout import LayoutBlobs
 from repro import executors
-from repro.blobs import BlobImage
-from repro.container import make_removable
+from repro.blobs import BlobImage, BlobLayer
+from repro.confined import clean_path, remove_tree
 from repro.errors import CheckFailed, ReproError
+from repro.extract import Extractor, Policy
+from repro.flatten import extract, whiteout_target
 from repro.image import Image, Platform, parse_json
 from repro.layers import TarWriter, source_date_epoch
 from repro.mutate import NewLayer, commit, new_config, rfc3339, write_layer
 from repro.refs import Options, open_image
 from repro.store import Layout
+from repro.tarstream import TarStream
 from repro.transfer import manifest_descriptor
 
 DEFAULT_ENV_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -208,7 +211,9 @@ class Builder:
         self.tree: Path | None = None
         self.used_keys: list[str] = []  # the cache keys of this build's layers, for --cache-to
         self.snapshot: dict[str, _tree.Node] | None = None
-        self._tmp = tempfile.TemporaryDirectory(prefix="repro-build-")
+        self._tmp = Path(tempfile.mkdtemp(prefix="repro-build-"))
+        self.executor = ""
+        self.policy = Policy()
 
     # --- base ---------------------------------------------------------------------------
     def _base(self, reports: list[StepReport], total: int) -> None:
@@ -290,55 +295,49 @@ class Builder:
     def _materialize(self) -> Path:
         if self.tree is not None:
             return self.tree
-        tree = Path(self._tmp.name) / "rootfs"
-        tree.mkdir()
+        self.executor = executors.choose(self.executor_name)
+        self.policy = Policy(id_offset=executors.id_offset(self.executor))
+        tree = executors.new_root(self._tmp, self.executor)
         if self.layers:
-            from repro.flatten import extract
-
             image = self._commit(tag="")
-            stats = extract(image, tree)
+            stats = extract(image, tree, self.policy)
             if stats.skipped_devices and self.log:
-                self.log(f"skipped {stats.skipped_devices} device nodes in the working tree (not root)")
+                self.log(f"left {stats.skipped_devices} device nodes out of the working tree (runs get a minimal /dev)")
         self.tree = tree
-        self.snapshot = _tree.snapshot(tree)
+        self.snapshot = _tree.snapshot(tree, id_offset=self.policy.id_offset)
         return tree
 
     def _apply_to_tree(self, layer: NewLayer) -> None:
-        """Keep the working tree current after a copy/file step (or a cached step)."""
+        """Keep the working tree current after a copy/file step (or a cached step): the layer's
+        entries and whiteouts go through the one extractor, confined to the tree."""
         if self.tree is None:
             return
-        from converters.oci_layout import LayoutBlobs
-        from repro.blobs import BlobLayer
-        from repro.extract import Extractor
-        from repro.flatten import clean_path
-        from repro.tarstream import TarStream
-
         blob_layer = BlobLayer(LayoutBlobs(self.store, self.store.name), layer.descriptor, layer.diff_id)
-        extractor = Extractor(self.tree, self.store.name)
+        what = f"{self.store.name}: layer {layer.descriptor.digest}"
+        extractor = Extractor(self.tree, what, self.policy)
         try:
             with blob_layer.open_uncompressed(read_ahead=True) as stream:
-                tar = TarStream(stream, f"{self.store.name}: layer {layer.descriptor.digest}")
+                tar = TarStream(stream, what)
                 for info in tar:
                     path = clean_path(info.name)
-                    name = path.rpartition("/")[2]
-                    if name.startswith(".wh."):
-                        target = self.tree / path.rpartition("/")[0] / name[4:]
-                        if target.is_dir() and not target.is_symlink():
-                            shutil.rmtree(target)
-                        elif target.exists() or target.is_symlink():
-                            target.unlink()
-                        continue
-                    extractor.add(path, info, tar.content() if info.isreg() else None)
+                    kind = whiteout_target(path)
+                    if kind is None:
+                        extractor.add(path, info, tar.content() if info.isreg() else None)
+                    elif kind[0] == "whiteout":
+                        extractor.whiteout(kind[1])
+                    elif kind[0] == "opaque":
+                        extractor.opaque(kind[1])
+                    else:
+                        raise ReproError(f"{what}: {info.name!r} is not a valid whiteout",
+                                         "the layer is damaged or hostile")
                 stream.finish()
             extractor.finish()
         finally:
             extractor.close()
-        self.snapshot = _tree.snapshot(self.tree, self.snapshot)
+        self.snapshot = _tree.snapshot(self.tree, self.snapshot, self.policy.id_offset)
 
     def _run_step(self, step: Step) -> tuple[NewLayer, list[str], list[dict]]:
         tree = self._materialize()
-        name = executors.choose(self.executor_name)
-        made = executors.prepare_root(tree)
         before = self.snapshot or {}
         env = dict(e.partition("=")[::2] for e in _container_config(self.base_config, self.spec).get("Env", []))
         env.setdefault("PATH", DEFAULT_ENV_PATH)
@@ -353,9 +352,7 @@ class Builder:
         else:
             script = step.value
         argv = list(script) if isinstance(script, list) else ["/bin/sh", "-c", script]
-        result = executors.run(name, tree, executors.Command(argv, env, "/", step.network))
-        for path in made:
-            shutil.rmtree(path, ignore_errors=True)
+        result = executors.run(self.executor, tree, executors.Command(argv, env, "/", step.network))
         if result.exit_code != 0:
             failure = CheckFailed(
                 f"{self.spec.path}:{step.line}: steps[{step.index}] ({_title(step)}) exited {result.exit_code}; "
@@ -365,7 +362,7 @@ class Builder:
             raise failure
         packages = _installed_packages(tree) if step.kind == "packages" else []
         normalized = _tree.apply_hygiene(tree, before)
-        after = _tree.snapshot(tree, before)
+        after = _tree.snapshot(tree, before, self.policy.id_offset)
         changed, deleted = _tree.changes(before, after)
         layer = write_layer(
             self.store, lambda tar: _tree.write_changes(tar, tree, after, changed, deleted, self.epoch), "gzip"
@@ -456,9 +453,7 @@ class Builder:
             image = self._commit(self.spec.tag)
             return BuildResult(image, image.digest, self.spec.tag, reports)
         finally:
-            if self.tree is not None:
-                make_removable(self.tree)
-            self._tmp.cleanup()
+            remove_tree(self._tmp)
 
 
 def build(
@@ -508,15 +503,12 @@ def _attach_provenance(spec: Spec, store: Layout, result: BuildResult) -> None:
 
 def run_tests(spec: Spec, image: Image, executor: str | None = None) -> list[tuple[dict, executors.Result, bool]]:
     """Run the spec's tests in the flattened image; returns (test, result, passed) for each."""
-    from repro.flatten import extract
-
     results = []
-    with tempfile.TemporaryDirectory(prefix="repro-test-") as tmp:
-        root = Path(tmp) / "rootfs"
-        root.mkdir()
-        extract(image, root)
-        name = executors.choose(executor)
-        executors.prepare_root(root)
+    name = executors.choose(executor)
+    tmp = Path(tempfile.mkdtemp(prefix="repro-test-"))
+    try:
+        root = executors.new_root(tmp, name)
+        extract(image, root, Policy(id_offset=executors.id_offset(name)))
         config = image.config
         env = dict(e.partition("=")[::2] for e in config.env)
         env.setdefault("PATH", DEFAULT_ENV_PATH)
@@ -526,5 +518,6 @@ def run_tests(spec: Spec, image: Image, executor: str | None = None) -> list[tup
             )
             passed = result.exit_code == test.get("exit", 0) and test.get("output", "") in result.output
             results.append((test, result, passed))
-        make_removable(root)
+    finally:
+        remove_tree(tmp)
     return results

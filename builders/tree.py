@@ -11,12 +11,12 @@ from __future__ import annotations
 import fnmatch
 import hashlib
 import os
-import shutil
 import stat
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from repro.confined import Tree
 from repro.digest import CHUNK
 from repro.flatten import WHITEOUT_PREFIX
 from repro.layers import TarWriter
@@ -59,62 +59,72 @@ def _kind(mode: int) -> str:
     return "other"
 
 
-def _sha256(path: bytes) -> str:
+def _sha256(dir_fd: int, name: bytes) -> str:
     h = hashlib.sha256()
-    with open(path, "rb") as f:
+    with open(os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=dir_fd), "rb") as f:
         while chunk := f.read(CHUNK):
             h.update(chunk)
     return h.hexdigest()
 
 
-def snapshot(root: Path, previous: dict[str, Node] | None = None) -> dict[str, Node]:
-    """Every path under root (relative, '/'-separated) with its metadata and content hash."""
+def snapshot(root: Path, previous: dict[str, Node] | None = None, id_offset: int = 0) -> dict[str, Node]:
+    """Every path under root (relative, '/'-separated) with its metadata and content hash.
+
+    Ids are the image's: a tree run in a user namespace is stored shifted by `id_offset` on the host.
+    The walk never follows a symlink (os.fwalk), and files are opened relative to their directory."""
     previous = previous or {}
     out: dict[str, Node] = {}
     base = os.fsencode(root)
-    for dirpath, dirnames, filenames in os.walk(base):
+
+    def image_id(host_id: int) -> int:
+        return host_id - id_offset if id_offset <= host_id < id_offset + 65536 else host_id
+
+    for dirpath, dirnames, filenames, dir_fd in os.fwalk(base):
         for name in dirnames + filenames:
-            full = os.path.join(dirpath, name)
-            rel = os.fsdecode(os.path.relpath(full, base))
-            st = os.lstat(full)
+            rel = os.fsdecode(os.path.relpath(os.path.join(dirpath, name), base))
+            st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
             kind = _kind(st.st_mode)
             key = (st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_size)
             sha = link = ""
             if kind == "file":
                 old = previous.get(rel)
-                sha = old.sha256 if old is not None and old.stat_key == key else _sha256(full)
+                sha = old.sha256 if old is not None and old.stat_key == key else _sha256(dir_fd, name)
             elif kind == "symlink":
-                link = os.fsdecode(os.readlink(full))
-            out[rel] = Node(kind, stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid,
+                link = os.fsdecode(os.readlink(name, dir_fd=dir_fd))
+            out[rel] = Node(kind, stat.S_IMODE(st.st_mode), image_id(st.st_uid), image_id(st.st_gid),
                             st.st_size if kind == "file" else 0, link, sha, key, st.st_ino, st.st_nlink,
                             st.st_rdev if kind in ("char", "block") else 0)
     return out
 
 
 def apply_hygiene(root: Path, before: dict[str, Node]) -> list[str]:
-    """Remove what changes on every run; returns the paths that were normalized."""
+    """Remove what changes on every run; returns the paths that were normalized.
+
+    Nothing here follows a symlink: an image whose /var/log or /tmp is a link to the host's is
+    normalized inside its own tree or not at all."""
     done: list[str] = []
-    for pattern in HYGIENE_REMOVE:
-        for path in sorted(root.glob(pattern)):
-            rel = str(path.relative_to(root))
-            if rel in HYGIENE_KEEP or (path.is_dir() and not path.is_symlink()):
-                continue
-            path.unlink()
-            done.append(rel)
-    for rel in HYGIENE_EMPTY:
-        path = root / rel
-        if path.is_file() and not path.is_symlink() and path.stat().st_size:
-            path.write_bytes(b"")
-            done.append(rel)
-    for dirpath, dirnames, _ in os.walk(root):
-        for name in list(dirnames):
-            if name == "__pycache__":
-                full = Path(dirpath) / name
-                rel = str(full.relative_to(root))
-                if rel not in before:
-                    shutil.rmtree(full)
+    with Tree(root) as tree:
+        for pattern in HYGIENE_REMOVE:
+            for rel in tree.glob(pattern):
+                st = tree.lstat(rel, follow=False)
+                if rel in HYGIENE_KEEP or st is None or stat.S_ISDIR(st.st_mode):
+                    continue
+                tree.remove(rel, follow=False)
+                done.append(rel)
+        for rel in HYGIENE_EMPTY:
+            if tree.truncate(rel):
+                done.append(rel)
+        pycache = []
+        for dirpath, dirnames, _, _ in os.fwalk(root):
+            for name in list(dirnames):
+                if name == "__pycache__":
+                    rel = os.path.relpath(os.path.join(dirpath, name), root)
                     dirnames.remove(name)
-                    done.append(rel)
+                    if rel not in before:
+                        pycache.append(rel)
+        for rel in pycache:
+            tree.remove(rel, follow=False)
+            done.append(rel)
     return done
 
 
@@ -153,48 +163,54 @@ def write_changes(tar: TarWriter, root: Path, after: dict[str, Node], changed: l
     me = (os.getuid(), os.getgid())
     first_of_inode: dict[int, str] = {}
     count = 0
-    for path, is_whiteout in entries:
-        if is_whiteout:
-            parent, _, name = path.rpartition("/")
-            info = tarfile.TarInfo(f"{parent}/{WHITEOUT_PREFIX}{name}" if parent else f"{WHITEOUT_PREFIX}{name}")
-            info.mtime = mtime_limit
-            tar.add(info, None)
-            count += 1
-            continue
-        node = after[path]
-        info = tarfile.TarInfo(path)
-        info.mode, info.uid, info.gid = node.mode, node.uid, node.gid
-        if me[0] != 0:
-            info.uid = 0 if node.uid == me[0] else node.uid
-            info.gid = 0 if node.gid == me[1] else node.gid
-        info.mtime = min(node.stat_key[0] // 1_000_000_000, mtime_limit)
-        content = None
-        if node.kind == "dir":
-            info.type = tarfile.DIRTYPE
-        elif node.kind == "symlink":
-            info.type, info.linkname = tarfile.SYMTYPE, node.link
-        elif node.kind == "file":
-            if node.nlink > 1 and node.ino in first_of_inode:
-                info.type, info.linkname = tarfile.LNKTYPE, first_of_inode[node.ino]
-            else:
-                if node.nlink > 1:
-                    first_of_inode[node.ino] = path
-                info.size = node.size
-                content = open(root / path, "rb")  # noqa: SIM115 - closed below
-        elif node.kind in ("char", "block"):
-            info.type = tarfile.CHRTYPE if node.kind == "char" else tarfile.BLKTYPE
-            info.devmajor, info.devminor = os.major(node.rdev), os.minor(node.rdev)
-        elif node.kind == "fifo":
-            info.type = tarfile.FIFOTYPE
-        else:
-            continue
-        try:
-            tar.add(info, content)
-        finally:
-            if content is not None:
-                content.close()
-        count += 1
+    with Tree(root) as tree:
+        for path, is_whiteout in entries:
+            count += _write_entry(tar, tree, path, is_whiteout, after, me, first_of_inode, mtime_limit)
     return count
+
+
+def _write_entry(tar: TarWriter, tree: Tree, path: str, is_whiteout: bool, after: dict[str, Node],
+                 me: tuple[int, int], first_of_inode: dict[int, str], mtime_limit: int) -> int:
+    """One entry of a step's layer; returns how many were written (0 for kinds a layer cannot hold)."""
+    if is_whiteout:
+        parent, _, name = path.rpartition("/")
+        info = tarfile.TarInfo(f"{parent}/{WHITEOUT_PREFIX}{name}" if parent else f"{WHITEOUT_PREFIX}{name}")
+        info.mtime = mtime_limit
+        tar.add(info, None)
+        return 1
+    node = after[path]
+    info = tarfile.TarInfo(path)
+    info.mode, info.uid, info.gid = node.mode, node.uid, node.gid
+    if me[0] != 0:
+        info.uid = 0 if node.uid == me[0] else node.uid
+        info.gid = 0 if node.gid == me[1] else node.gid
+    info.mtime = min(node.stat_key[0] // 1_000_000_000, mtime_limit)
+    content = None
+    if node.kind == "dir":
+        info.type = tarfile.DIRTYPE
+    elif node.kind == "symlink":
+        info.type, info.linkname = tarfile.SYMTYPE, node.link
+    elif node.kind == "file":
+        if node.nlink > 1 and node.ino in first_of_inode:
+            info.type, info.linkname = tarfile.LNKTYPE, first_of_inode[node.ino]
+        else:
+            if node.nlink > 1:
+                first_of_inode[node.ino] = path
+            info.size = node.size
+            content = tree.open_file(path, follow=False)
+    elif node.kind in ("char", "block"):
+        info.type = tarfile.CHRTYPE if node.kind == "char" else tarfile.BLKTYPE
+        info.devmajor, info.devminor = os.major(node.rdev), os.minor(node.rdev)
+    elif node.kind == "fifo":
+        info.type = tarfile.FIFOTYPE
+    else:
+        return 0
+    try:
+        tar.add(info, content)
+    finally:
+        if content is not None:
+            content.close()
+    return 1
 
 
 def is_hygiene_path(path: str) -> bool:

@@ -575,7 +575,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-cache", action="store_true", help="rebuild every step")
     p.add_argument("--check", action="store_true", help="build twice in empty stores and compare the digests")
     p.add_argument("--test", action="store_true", help="run the spec's tests against the image")
-    p.add_argument("--executor", choices=("chroot", "bwrap", "proot"), help="how run steps execute (default: auto)")
+    p.add_argument("--executor", choices=("runc", "bwrap", "proot"),
+                   help="how run steps execute (default: runc for root, else bwrap or proot)")
     p.add_argument("--store", help="the local store (an OCI layout; default $REPRO_STORE or ~/.local/share/repro)")
     p.add_argument("--cache-from", action="append", help="use a build cache published at this reference")
     p.add_argument("--cache-to", action="append", help="publish this build's cache (e.g. docker://HOST/REPO:cache)")
@@ -636,7 +637,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--artifact-type", help="with --referrers: only those of this artifact type")
     _registry_arguments(p)
 
-    executors_help = "chroot, bwrap, proot, docker or udocker (default: the first usable of chroot, bwrap, proot)"
+    executors_help = "runc, bwrap, proot, docker or udocker (default: runc for root, else bwrap or proot)"
     p = command("run", cmd_run, "run a command in an image (docker run's rules for entrypoint and cmd)")
     p.add_argument("ref", help="any image reference, e.g. archive:pkg.tar or oci:layout:1")
     p.add_argument("command", nargs="*", help="-- CMD ARGS... (default: the image's entrypoint and cmd)")

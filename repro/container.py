@@ -1,6 +1,6 @@
 """An image made runnable: a session that runs commands in it through one executor and reads files back.
 
-Root-filesystem executors (chroot, bwrap, proot) run in a fresh flattened copy of the image; docker and
+Root-filesystem executors (runc, bwrap, proot) run in a fresh flattened copy of the image; docker and
 udocker get the image loaded into their own stores under a temporary name, removed afterwards. Every
 session runs a command with its standard output and error going to files the caller chose, which is
 what `repro run`, recording and replay need alike.
@@ -22,7 +22,10 @@ from pathlib import Path
 from typing import BinaryIO, Protocol
 
 from repro import executors
+from repro.confined import remove_tree
 from repro.errors import ReproError
+from repro.extract import Policy, open_inside
+from repro.flatten import extract
 from repro.image import Image
 
 NAMES = (*executors.NAMES, "docker", "udocker")
@@ -66,28 +69,23 @@ def command_line(image: Image, invocation: Invocation) -> list[str]:
 
 
 class RootfsSession:
-    """chroot, bwrap or proot over a flattened copy of the image in a temporary directory."""
+    """runc, bwrap or proot over a flattened copy of the image in a temporary directory."""
 
     def __init__(self, image: Image, name: str) -> None:
         self.image, self.name = image, name
 
     def __enter__(self) -> RootfsSession:
-        from repro.flatten import extract
-
-        self._tmp = tempfile.mkdtemp(prefix="repro-run-")
-        self.root = Path(self._tmp) / "rootfs"
-        self.root.mkdir()
+        self._tmp = Path(tempfile.mkdtemp(prefix="repro-run-"))
         try:
-            extract(self.image, self.root)
-            executors.prepare_root(self.root)
+            self.root = executors.new_root(self._tmp, self.name)
+            extract(self.image, self.root, Policy(id_offset=executors.id_offset(self.name)))
         except BaseException:
             self.__exit__()
             raise
         return self
 
     def __exit__(self, *exc) -> None:
-        make_removable(Path(self._tmp))
-        shutil.rmtree(self._tmp, ignore_errors=True)
+        remove_tree(self._tmp)
 
     def run(self, invocation: Invocation, stdout=None, stderr=None, stdin=None) -> int:
         command = executors.Command(command_line(self.image, invocation), image_env(self.image, invocation.env),
@@ -95,8 +93,6 @@ class RootfsSession:
         return executors.run_attached(self.name, self.root, command, stdin, stdout, stderr)
 
     def open_file(self, path: str) -> BinaryIO:
-        from repro.extract import open_inside
-
         return open_inside(self.root, path)
 
 
@@ -240,8 +236,6 @@ class UdockerSession:
         return subprocess.run(argv, stdin=stdin, stdout=stdout, stderr=stderr).returncode
 
     def open_file(self, path: str) -> BinaryIO:
-        from repro.extract import open_inside
-
         return open_inside(self.root, path)
 
 
@@ -254,14 +248,3 @@ def session(image: Image, executor: str | None) -> contextlib.AbstractContextMan
     if executor and executor not in NAMES:
         raise ReproError(f"--executor {executor}: unknown", f"use one of {', '.join(NAMES)}")
     return RootfsSession(image, executors.choose(executor))
-
-
-def make_removable(tree: Path) -> None:
-    """Give the owner rwx on every directory, so a tree with mode-000 directories can be deleted."""
-    for dirpath, dirnames, _ in os.walk(tree):
-        for name in dirnames:
-            path = Path(dirpath) / name
-            if not path.is_symlink():
-                with contextlib.suppress(OSError):
-                    path.chmod(path.stat().st_mode | 0o700)
-

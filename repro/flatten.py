@@ -14,26 +14,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
+from repro.confined import clean_path
+from repro.errors import ReproError
 from repro.image import Image
 from repro.tarstream import Content, TarStream
 
 WHITEOUT_PREFIX = ".wh."
 OPAQUE_WHITEOUT = ".wh..wh..opq"
-
-
-def clean_path(name: str) -> str:
-    """A tar member name as a relative path inside the root: '.', '..' and '/' resolved lexically,
-    never above the root ('../../etc/x' -> 'etc/x')."""
-    parts: list[str] = []
-    for part in name.split("/"):
-        if part in ("", "."):
-            continue
-        if part == "..":
-            if parts:
-                parts.pop()
-            continue
-        parts.append(part)
-    return "/".join(parts)
 
 
 def ancestors(path: str) -> Iterator[str]:
@@ -119,6 +106,9 @@ def merged(image: Image) -> Iterator[MergedEntry]:
                     continue
                 kind = whiteout_target(path)
                 if kind is not None:
+                    if kind[0] == "invalid":
+                        raise ReproError(f"{what}: {info.name!r} is not a valid whiteout",
+                                         "the layer is damaged or hostile; do not use this image")
                     if kind[0] == "opaque":
                         opaque.add(kind[1])
                     elif kind[0] == "whiteout":
@@ -161,11 +151,11 @@ def flat_entries(image: Image) -> Iterator[tuple[tarfile.TarInfo, BinaryIO | Non
     yield from ((info, None) for info in links)
 
 
-def extract(image: Image, root: Path):
+def extract(image: Image, root: Path, policy=None):
     """Flatten `image` into the existing directory `root`; returns the extraction statistics."""
-    from repro.extract import Extractor
+    from repro.extract import Extractor, Policy
 
-    extractor = Extractor(root, image.name)
+    extractor = Extractor(root, image.name, policy or Policy())
     try:
         for entry in merged(image):
             extractor.add(entry.path, entry.info, entry.content)

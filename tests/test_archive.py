@@ -100,7 +100,7 @@ def test_package_contents(hello):
     assert runs[0]["stdout_sha256"] == hashlib.sha256(motd).hexdigest() and runs[0]["exit_code"] == 0
     count = runs[1]["outputs"][0]
     assert count["path"] == "/tmp/count.txt" and len(count["sha256"]) == 64
-    assert runs[0]["environment"]["executor"] in ("chroot", "bwrap", "proot")
+    assert runs[0]["environment"]["executor"] in ("runc", "bwrap", "proot")
 
 
 def test_same_inputs_give_the_same_package_bytes(hello, tmp_path):

@@ -47,7 +47,7 @@ def public_dir():
 def test_hello_is_reproducible_as_root_and_as_a_user(public_dir):
     spec = stage_hello(public_dir)
     subprocess.run(["chmod", "-R", "a+rwX", str(public_dir)], check=True)
-    as_root = digest_of(build(spec, public_dir / "store-root", "--executor", "chroot", "--no-cache"))
+    as_root = digest_of(build(spec, public_dir / "store-root", "--executor", "runc", "--no-cache"))
     user = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", REPRO, "build", str(spec),
                            "--store", str(public_dir / "store-user"), "--executor", "proot", "--json"],
                           capture_output=True, text=True, env={**os.environ, "HOME": str(public_dir)})

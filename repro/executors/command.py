@@ -1,0 +1,24 @@
+"""What an executor runs, and what comes back."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+@dataclass(frozen=True)
+class Result:
+    exit_code: int
+    output: str  # stdout and stderr together
+    tail: str  # the last 20 lines, for error messages
+
+
+@dataclass(frozen=True)
+class Command:
+    argv: list[str]
+    env: dict[str, str]
+    workdir: str = "/"
+    network: bool = False
+    binds: tuple[tuple[str, str], ...] = ()  # (host path, clean symlink-free path inside the root)
+    resolv_conf: str = ""  # with network: the image's own /etc/resolv.conf, resolved in the tree, to bind over

@@ -1,0 +1,115 @@
+"""runc, the standard OCI runtime, for root: the step runs as root in a user namespace that maps it to
+an unprivileged range of host ids, so root inside is nobody outside.
+
+The bundle is made for one run: pid, ipc, uts, mount, cgroup and user namespaces (network too unless
+asked for), pivot_root into the tree, a fresh /proc with the kernel's sensitive files masked, a tmpfs
+/dev holding only null, zero, full, random, urandom, tty, pts and shm, no_new_privs and docker's
+default capabilities, which in a user namespace are powers over that namespace only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import stat
+import subprocess
+import tempfile
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+from repro.errors import ReproError
+from repro.executors.command import Command
+
+ID_BASE = 100000  # host uid and gid of root inside
+ID_COUNT = 65536  # ids 0..65535 inside map to ID_BASE..ID_BASE+65535 outside
+
+CAPABILITIES = [
+    "CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_FSETID", "CAP_FOWNER", "CAP_MKNOD", "CAP_NET_RAW", "CAP_SETGID",
+    "CAP_SETUID", "CAP_SETFCAP", "CAP_SETPCAP", "CAP_NET_BIND_SERVICE", "CAP_SYS_CHROOT", "CAP_KILL",
+    "CAP_AUDIT_WRITE",
+]
+MASKED = [
+    "/proc/acpi", "/proc/asound", "/proc/kcore", "/proc/keys", "/proc/latency_stats", "/proc/timer_list",
+    "/proc/timer_stats", "/proc/sched_debug", "/proc/scsi", "/sys/firmware", "/sys/devices/virtual/powercap",
+]
+READ_ONLY = ["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"]
+
+
+def available() -> bool:
+    return os.geteuid() == 0 and shutil.which("runc") is not None
+
+
+def config(root: Path, command: Command) -> dict:
+    """The OCI runtime configuration of one run (runtime-spec config.json)."""
+    mounts = [
+        {"destination": "/proc", "type": "proc", "source": "proc", "options": ["nosuid", "noexec", "nodev"]},
+        {"destination": "/dev", "type": "tmpfs", "source": "tmpfs",
+         "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]},
+        {"destination": "/dev/pts", "type": "devpts", "source": "devpts",
+         "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620"]},
+        {"destination": "/dev/shm", "type": "tmpfs", "source": "shm",
+         "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"]},
+    ]
+    namespaces = ["pid", "ipc", "uts", "mount", "cgroup", "user"]
+    if command.resolv_conf:
+        mounts.append({"destination": "/" + command.resolv_conf, "type": "bind", "source": "/etc/resolv.conf",
+                       "options": ["rbind", "ro", "nosuid", "nodev", "noexec"]})
+    if not command.network:
+        namespaces.append("network")
+        # sysfs can be mounted only by the owner of the network namespace.
+        mounts.append({"destination": "/sys", "type": "sysfs", "source": "sysfs",
+                       "options": ["nosuid", "noexec", "nodev", "ro"]})
+    for source, destination in command.binds:
+        mounts.append({"destination": "/" + destination, "type": "bind", "source": source,
+                       "options": ["rbind", "nosuid", "nodev"]})
+    mapping = [{"containerID": 0, "hostID": ID_BASE, "size": ID_COUNT}]
+    return {
+        "ociVersion": "1.0.2",
+        "process": {
+            "terminal": False,
+            "user": {"uid": 0, "gid": 0},
+            "args": list(command.argv),
+            "env": [f"{k}={v}" for k, v in sorted(command.env.items())],
+            "cwd": command.workdir or "/",
+            "noNewPrivileges": True,
+            "capabilities": {kind: CAPABILITIES for kind in ("bounding", "effective", "permitted")},
+        },
+        "root": {"path": str(root), "readonly": False},
+        "hostname": "repro",
+        "mounts": mounts,
+        "linux": {
+            "namespaces": [{"type": kind} for kind in namespaces],
+            "uidMappings": mapping,
+            "gidMappings": mapping,
+            "maskedPaths": MASKED,
+            "readonlyPaths": READ_ONLY,
+        },
+    }
+
+
+def _check_reachable(root: Path) -> None:
+    """runc sets the root up as root inside; that id must be able to reach the tree."""
+    for directory in [root, *root.parents]:
+        st = directory.stat()
+        if not st.st_mode & stat.S_IXOTH and st.st_uid != ID_BASE:
+            raise ReproError(f"{root}: root in the container (host uid {ID_BASE}) cannot enter {directory}",
+                             "set TMPDIR to a directory all users can enter, like /tmp")
+
+
+@contextlib.contextmanager
+def launch(root: Path, command: Command) -> Iterator[tuple[list[str], dict[str, str] | None]]:
+    """The runc command line of one run; its bundle and state exist while the context lasts."""
+    _check_reachable(root)
+    bundle = Path(tempfile.mkdtemp(prefix="repro-runc-"))
+    state = bundle / "state"
+    name = f"repro-{uuid.uuid4().hex[:16]}"
+    try:
+        (bundle / "config.json").write_text(json.dumps(config(root, command)))
+        yield ["runc", "--root", str(state), "run", "--bundle", str(bundle), name], None
+    finally:
+        if state.exists():  # still there when runc was stopped before it cleaned up
+            subprocess.run(["runc", "--root", str(state), "delete", "--force", name], capture_output=True)
+        shutil.rmtree(bundle, ignore_errors=True)
