@@ -26,7 +26,7 @@ from repro.blobs import BlobImage, BlobLayer
 from repro.confined import clean_path, remove_tree
 from repro.errors import CheckFailed, ReproError
 from repro.extract import Extractor, Policy
-from repro.flatten import extract, whiteout_target
+from repro.flatten import WHITEOUT_PREFIX, extract, whiteout_target
 from repro.image import Image, Platform, parse_json
 from repro.layers import TarWriter, source_date_epoch
 from repro.mutate import NewLayer, commit, new_config, rfc3339, write_layer
@@ -98,17 +98,18 @@ def _copy_entries(spec: Spec, step: Step, epoch: int) -> Callable[[TarWriter], N
         from repro.mutate import directory_entries
 
         if source.is_dir():
-            base = dst.strip("/")
+            base = clean_path(dst)
             items = list(directory_entries(source, epoch))
         else:
             target = dst.rstrip("/") + "/" + source.name if dst.endswith("/") else dst
-            base = target.strip("/").rpartition("/")[0]
+            base = clean_path(target).rpartition("/")[0]
             st = source.stat()
-            info = tarfile.TarInfo(target.strip("/").rpartition("/")[2])
+            info = tarfile.TarInfo(clean_path(target).rpartition("/")[2])
             info.size, info.mode, info.mtime = st.st_size, st.st_mode & 0o7777, min(int(st.st_mtime), epoch)
             items = [(info, source)]
         for info, path in items:
             info.name = f"{base}/{info.name}" if base else info.name
+            _refuse_whiteout(info.name, spec, step)
             if info.islnk():
                 info.linkname = f"{base}/{info.linkname}" if base else info.linkname
             info.uid, info.gid = uid, gid
@@ -123,12 +124,20 @@ def _copy_entries(spec: Spec, step: Step, epoch: int) -> Callable[[TarWriter], N
     return produce
 
 
-def _file_entry(step: Step, epoch: int) -> Callable[[TarWriter], None]:
+def _refuse_whiteout(name: str, spec: Spec, step: Step) -> None:
+    """A name that a layer would read as a whiteout deletes files instead of adding one."""
+    if name.rpartition("/")[2].startswith(WHITEOUT_PREFIX):
+        raise spec.error(f"steps[{step.index}].{step.kind}", f"{name!r}: names starting with {WHITEOUT_PREFIX} are "
+                         "whiteouts in a layer (they delete files)", "rename the file")
+
+
+def _file_entry(spec: Spec, step: Step, epoch: int) -> Callable[[TarWriter], None]:
     def produce(tar: TarWriter) -> None:
         import io
 
         data = step.value["content"].encode()
-        info = tarfile.TarInfo(step.value["dst"].strip("/"))
+        info = tarfile.TarInfo(clean_path(step.value["dst"]))
+        _refuse_whiteout(info.name, spec, step)
         info.size, info.mtime = len(data), epoch
         info.mode = int(step.value.get("mode") or "0644", 8)
         info.uid, info.gid = _owner(step.value)
@@ -417,7 +426,7 @@ class Builder:
                     produce = (
                         _copy_entries(self.spec, step, self.epoch)
                         if step.kind == "copy"
-                        else _file_entry(step, self.epoch)
+                        else _file_entry(self.spec, step, self.epoch)
                     )
                     layer = write_layer(self.store, produce, "gzip")
                     history = {"created": self.created, "created_by": f"repro {_title(step)}"}

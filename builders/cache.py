@@ -9,11 +9,23 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from pathlib import Path
 
 from repro.atomic import atomic_file
-from repro.image import Descriptor, canonical_json
+from repro.errors import ReproError
+from repro.image import Descriptor, canonical_json, parse_json
 from repro.store import Layout
+
+KEY_PATTERN = re.compile(r"[0-9a-f]{64}")
+
+
+def check_key(cache_key: str, where: str) -> str:
+    """A cache key names a file in the cache: only the exact sha256 hex form may become one."""
+    if not isinstance(cache_key, str) or not KEY_PATTERN.fullmatch(cache_key):
+        raise ReproError(f"{where}: cache key {str(cache_key)[:80]!r} is not a sha256 hex key",
+                         "the build cache is damaged or hostile; do not use it")
+    return cache_key
 
 
 def key(parent_diff_ids: list[str], definition: dict, inputs: dict[str, str]) -> str:
@@ -30,7 +42,7 @@ class Cache:
     def get(self, cache_key: str) -> dict | None:
         if not self.enabled:
             return None
-        path = self.directory / f"{cache_key}.json"
+        path = self.directory / f"{check_key(cache_key, str(self.directory))}.json"
         if not path.is_file():
             return None
         try:
@@ -48,7 +60,7 @@ class Cache:
     ) -> None:
         self.directory.mkdir(exist_ok=True)
         entry = {"descriptor": descriptor.to_json(), "diff_id": diff_id, "history": history, **(extra or {})}
-        with atomic_file(self.directory / f"{cache_key}.json") as out:
+        with atomic_file(self.directory / f"{check_key(cache_key, str(self.directory))}.json") as out:
             out.write(canonical_json(entry))
 
 
@@ -73,6 +85,7 @@ def spec_digest(path: Path) -> str:
 
 
 CACHE_ANNOTATION = "dev.repro.build-cache"
+DIGEST_PATTERN = re.compile(r"sha256:[0-9a-f]{64}")
 
 
 def export_to(cache: Cache, image, keys: list[str], ref: str) -> str:
@@ -97,18 +110,29 @@ def export_to(cache: Cache, image, keys: list[str], ref: str) -> str:
 def import_from(cache: Cache, ref: str) -> int:
     """Fetch the layers and cache entries that `export_to` published; returns how many entries."""
     from converters.oci_layout import copy_into
-    from repro.errors import ReproError
     from repro.refs import open_image
 
     image = open_image(ref)
     text = image.manifest.annotations.get(CACHE_ANNOTATION)
     if not text:
         raise ReproError(f"{ref}: has no build cache", "publish one with repro build --cache-to")
+    entries = parse_json(text.encode(), f"{ref}: {CACHE_ANNOTATION} annotation")
+    if not isinstance(entries, dict):
+        raise ReproError(f"{ref}: {CACHE_ANNOTATION} annotation is not a JSON object", "publish it again")
+    checked = {}
+    for cache_key, entry in entries.items():
+        where = f"{ref}: cache entry {str(cache_key)[:80]!r}"
+        check_key(cache_key, ref)
+        if not isinstance(entry, dict) or not isinstance(entry.get("history"), dict):
+            raise ReproError(f"{where}: not a cache entry", "the build cache is damaged or hostile; do not use it")
+        descriptor = Descriptor.from_json(entry.get("descriptor"), where)
+        if not isinstance(entry.get("diff_id"), str) or not DIGEST_PATTERN.fullmatch(entry["diff_id"]):
+            raise ReproError(f"{where}: diff_id is not a sha256 digest", "the build cache is damaged or hostile")
+        checked[cache_key] = (descriptor, entry)
     with cache.layout.transaction():
         copy_into(cache.layout, image)
     count = 0
-    for cache_key, entry in json.loads(text).items():
-        descriptor = Descriptor.from_json(entry["descriptor"], f"{ref}: cache entry")
+    for cache_key, (descriptor, entry) in checked.items():
         if cache.layout.has_blob(descriptor.digest) and not (cache.directory / f"{cache_key}.json").exists():
             cache.directory.mkdir(exist_ok=True)
             with atomic_file(cache.directory / f"{cache_key}.json") as out:

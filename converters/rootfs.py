@@ -7,12 +7,14 @@ hardlinks kept. It is assembled in a private temporary store that lives as long 
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import tempfile
 import weakref
 from pathlib import Path
 
 from repro.errors import ReproError
+from repro.extract import Policy
 from repro.image import Image, Platform
 from repro.layers import source_date_epoch
 from repro.mutate import add_directory, commit, new_config, rfc3339, write_layer
@@ -63,10 +65,16 @@ def write(image: Image, ref: Reference, options: Options, progress=None) -> str:
     target = Path(ref.body)
     if target.exists():
         raise ReproError(f"{ref}: {target} already exists", "flatten into a new directory")
+    policy = Policy(devices=bool(options.extra.get("preserve_devices")),
+                    setid=bool(options.extra.get("preserve_setuid")))
     with atomic_dir(target) as tmp:
-        stats = extract(image, tmp)
+        stats = extract(image, tmp, policy)
     if stats.skipped_devices:
-        log.warning("%s: skipped %d device nodes (creating them needs root)", ref, stats.skipped_devices)
+        how = "creating them needs root" if os.geteuid() else "--preserve-devices creates them"
+        log.warning("%s: left out %d device nodes (%s)", ref, stats.skipped_devices, how)
+    if stats.dropped_setid:
+        log.warning("%s: dropped the setuid/setgid bits of %d files (--preserve-setuid keeps them)", ref,
+                    stats.dropped_setid)
     if stats.skipped_xattrs:
         log.warning("%s: %d extended attributes could not be set here", ref, stats.skipped_xattrs)
     if stats.unresolved_links:

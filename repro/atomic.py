@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
+from repro.confined import remove_tree
 from repro.errors import ReproError
 
 
@@ -71,7 +71,7 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
             ) from None
         fsync_dir(path.parent)
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        remove_tree(tmp)  # an image's mode-000 directories and links included
         raise
 
 

@@ -40,6 +40,10 @@ def _options(args: argparse.Namespace) -> Options:
         extra["chunk_size"] = args.chunk_size
     if getattr(args, "all", False):
         extra["all"] = True
+    if getattr(args, "preserve_devices", False):
+        extra["preserve_devices"] = True
+    if getattr(args, "preserve_setuid", False):
+        extra["preserve_setuid"] = True
     return Options(Platform.parse(args.platform) if getattr(args, "platform", None) else None, extra)
 
 
@@ -595,6 +599,10 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--platform", help="os/arch[/variant] to pick from a multi-platform index (default: host)")
         p.add_argument("--compression", choices=("gzip", "zstd", "xz", "lz4"), help="squashfs/SIF compressor (gzip)")
         p.add_argument("--json", action="store_true", help="print a JSON summary")
+        p.add_argument("--preserve-devices", action="store_true",
+                       help="rootfs: as root, create the image's device nodes (default: left out, with a warning)")
+        p.add_argument("--preserve-setuid", action="store_true",
+                       help="rootfs: keep setuid/setgid bits of files (default: dropped, with a warning)")
         _registry_arguments(p)
         if name == "convert":
             p.add_argument("--all", action="store_true",

@@ -137,6 +137,7 @@ class Extractor:
                 os.mkdir(name, 0o700, dir_fd=dir_fd)
             self._dir_meta[path] = info
             return
+        self._dir_meta.pop(path, None)  # a later entry of the same name replaces a directory
         if info.islnk():
             self._pending_links.append((path, clean_path(info.linkname)))
             return
