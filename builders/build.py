@@ -23,7 +23,7 @@ from builders.spec import Spec, Step, check_copy_source
 from converters.oci_layout import LayoutBlobs
 from repro import executors
 from repro.blobs import BlobImage, BlobLayer
-from repro.confined import clean_path, remove_tree
+from repro.confined import Tree, clean_path, remove_tree
 from repro.errors import CheckFailed, ReproError
 from repro.extract import Extractor, Policy
 from repro.flatten import WHITEOUT_PREFIX, extract, whiteout_target
@@ -175,12 +175,21 @@ def _container_config(base: dict, spec: Spec) -> dict:
     return {k: v for k, v in out.items() if v not in (None, [], {})}
 
 
+MAX_DPKG_STATUS = 256 << 20
+
+
 def _installed_packages(root: Path) -> list[dict]:
-    status = root / "var" / "lib" / "dpkg" / "status"
-    if not status.exists():
+    """dpkg's status file in the tree, read inside it (a step may have made it a link to the host's)."""
+    try:
+        with Tree(root) as tree, tree.open_file("var/lib/dpkg/status") as status:
+            text = status.read(MAX_DPKG_STATUS + 1).decode(errors="replace")
+    except (FileNotFoundError, NotADirectoryError):
         return []
+    if len(text) > MAX_DPKG_STATUS:
+        raise ReproError(f"{root}: /var/lib/dpkg/status is larger than {MAX_DPKG_STATUS >> 20} MiB",
+                         "the image is damaged or hostile")
     out = []
-    for block in status.read_text(errors="replace").split("\n\n"):
+    for block in text.split("\n\n"):
         fields = dict(line.split(": ", 1) for line in block.splitlines() if ": " in line and not line.startswith(" "))
         if fields.get("Status", "").endswith(" installed") and "Package" in fields:
             out.append(

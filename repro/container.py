@@ -12,6 +12,7 @@ import contextlib
 import io
 import os
 import shutil
+import stat
 import subprocess
 import tarfile
 import tempfile
@@ -22,7 +23,7 @@ from pathlib import Path
 from typing import BinaryIO, Protocol
 
 from repro import executors
-from repro.confined import remove_tree
+from repro.confined import Tree, remove_tree
 from repro.errors import ReproError
 from repro.extract import Policy, open_inside
 from repro.flatten import extract
@@ -214,7 +215,9 @@ class UdockerSession:
         root = Path(self._udocker("inspect", "-p", self.container).stdout.decode().strip())
         # udocker adds the user to copies of the image's passwd and group files and fails without them;
         # an image without them cannot depend on their content, so the host's do.
-        self.hostauth = not ((root / "etc" / "passwd").is_file() and (root / "etc" / "group").is_file())
+        with Tree(root) as tree:
+            present = [tree.lstat(name) for name in ("etc/passwd", "etc/group")]
+        self.hostauth = not all(st is not None and stat.S_ISREG(st.st_mode) for st in present)
         self.root = root
         return self
 
