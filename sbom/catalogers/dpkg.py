@@ -7,6 +7,7 @@ import re
 
 from packageurl import PackageURL
 
+from repro.confined import clean_path
 from sbom.catalogers import Package, spdx_expression
 
 STATUS = "var/lib/dpkg/status"
@@ -70,7 +71,7 @@ def catalog(scan, distro: dict[str, str]) -> list[Package]:
             )
             if listing:
                 for line in listing.decode(errors="replace").splitlines():
-                    path = line.strip().lstrip("/")
+                    path = clean_path(line.strip())
                     record = records.get(path)
                     if path and (record is None or record.type != "dir"):
                         package.files.append(path)

@@ -9,6 +9,7 @@ import re
 
 from packageurl import PackageURL
 
+from repro.confined import clean_path
 from sbom.catalogers import Package, spdx_expression
 
 _CLASSIFIER = re.compile(r"^License :: (?:OSI Approved :: )?(.+)$")
@@ -61,7 +62,7 @@ def catalog(scan, distro: dict[str, str]) -> list[Package]:
             for row in csv.reader(io.StringIO(scan.contents[record_path].decode(errors="replace"))):
                 if not row or not row[0]:
                     continue
-                file_path = f"{site}/{row[0]}" if not row[0].startswith("/") else row[0].lstrip("/")
+                file_path = clean_path(row[0] if row[0].startswith("/") else f"{site}/{row[0]}")
                 package.files.append(file_path)
                 if len(row) > 1 and row[1].startswith("sha256="):
                     expected = base64.urlsafe_b64decode(row[1][7:] + "==").hex()

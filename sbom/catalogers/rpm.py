@@ -14,6 +14,7 @@ import tempfile
 
 from packageurl import PackageURL
 
+from repro.confined import clean_path
 from sbom.catalogers import Package, spdx_expression
 
 SQLITE_DB = "var/lib/rpm/rpmdb.sqlite"
@@ -90,7 +91,7 @@ def catalog(scan, distro: dict[str, str]) -> list[Package]:
         package.licenses, package.license_text = spdx_expression([str(tags.get(TAG_LICENSE, ""))])
         dirs = tags.get(TAG_DIRNAMES) or []
         for base, index in zip(tags.get(TAG_BASENAMES) or [], tags.get(TAG_DIRINDEXES) or [], strict=False):
-            path = f"{dirs[index]}{base}".lstrip("/")  # type: ignore[index]
+            path = clean_path(f"{dirs[index]}{base}")  # type: ignore[index]
             package.files.append(path)
             if path not in records:
                 package.missing.append(path)
