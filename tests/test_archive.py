@@ -210,7 +210,7 @@ def test_replay_reports_an_altered_record(hello, tmp_path):
     runs = json.loads((package / "data/runs.json").read_text())
     runs["runs"][1]["outputs"][0]["sha256"] = "0" * 64
     (package / "data/runs.json").write_text(json.dumps(runs))
-    proc = repro("replay", "--executor", "proot", str(package), check=False)
+    proc = repro("replay", "--executor", "runc", str(package), check=False)
     assert proc.returncode == 1
     assert "MISMATCH" in proc.stdout and "/tmp/count.txt" in proc.stdout and "1 of 2 recorded runs match" in proc.stdout
     assert "recorded runs differ" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
@@ -250,10 +250,13 @@ def test_archive_reference_restores_and_runs_the_image(hello, dockerd, tmp_path)
     host = tmp_path / "shared"
     host.mkdir()
     (host / "in.txt").write_text("from the host\n")
+    readonly = repro("run", f"archive:{hello['tar']}", "-v", f"{host}:/data", "--", "touch /data/x", check=False)
+    assert readonly.returncode == 1 and "cannot write" in readonly.stderr  # root inside is uid 100000 outside
+    os.chown(host, 100000, 100000)  # what the warning says to do
     proc = repro("run", f"archive:{hello['tar']}", "-v", f"{host}:/data", "-e", "EXTRA=1", "--",
                  "cat /data/in.txt; echo $GREETING $EXTRA; pwd > /data/out.txt")
     assert proc.stdout == "from the host\nhello 1\n"
-    assert (host / "out.txt").read_text() == "/\n"
+    assert (host / "out.txt").read_text() == "/\n" and (host / "out.txt").stat().st_uid == 100000
     exit_code = repro("run", f"archive:{hello['tar']}", "--", "exit 3", check=False)
     assert exit_code.returncode == 3
     default = repro("run", "--executor", "docker", f"archive:{hello['tar']}", env=dockerd)

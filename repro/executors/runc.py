@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import shutil
 import stat
@@ -23,6 +24,7 @@ from pathlib import Path
 from repro.errors import ReproError
 from repro.executors.command import Command
 
+log = logging.getLogger(__name__)
 ID_BASE = 100000  # host uid and gid of root inside
 ID_COUNT = 65536  # ids 0..65535 inside map to ID_BASE..ID_BASE+65535 outside
 
@@ -99,10 +101,26 @@ def _check_reachable(root: Path) -> None:
                              "set TMPDIR to a directory all users can enter, like /tmp")
 
 
+def _warn_unwritable(source: str) -> None:
+    """Root inside is an unprivileged id outside: a host directory it cannot write is worth one line."""
+    st = os.stat(source)
+    mode = st.st_mode
+    if not stat.S_ISDIR(mode):
+        return
+    mapped = range(ID_BASE, ID_BASE + ID_COUNT)
+    if (mode & stat.S_IWOTH or (st.st_uid in mapped and mode & stat.S_IWUSR)
+            or (st.st_gid in mapped and mode & stat.S_IWGRP)):
+        return
+    log.warning("-v %s: root in the container is host uid %d and cannot write there (chown %d:%d %s, "
+                "or run repro as a plain user)", source, ID_BASE, ID_BASE, ID_BASE, source)
+
+
 @contextlib.contextmanager
 def launch(root: Path, command: Command) -> Iterator[tuple[list[str], dict[str, str] | None]]:
     """The runc command line of one run; its bundle and state exist while the context lasts."""
     _check_reachable(root)
+    for source, _ in command.binds:
+        _warn_unwritable(source)
     bundle = Path(tempfile.mkdtemp(prefix="repro-runc-"))
     state = bundle / "state"
     name = f"repro-{uuid.uuid4().hex[:16]}"
