@@ -13,9 +13,10 @@ import tarfile
 from functools import cached_property
 from typing import BinaryIO
 
+from converters.oci_archive import refuse_link
 from repro.atomic import atomic_file
 from repro.blobs import BlobImage
-from repro.digest import CHUNK, sha256_bytes
+from repro.digest import CHUNK, MAX_DOCUMENT_SIZE, sha256_bytes
 from repro.errors import ReproError
 from repro.image import (
     OCI_CONFIG,
@@ -89,7 +90,7 @@ class DockerArchiveImage(BlobImage):
     @cached_property
     def raw_config(self) -> bytes:
         member = self._member(self.entry.get("Config"), "config")
-        data = self.files.read(member)
+        data = _document(self.files, member)
         digest = sha256_bytes(data)
         stem = member.rsplit("/", 1)[-1].removesuffix(".json")
         if len(stem) == 64 and all(c in "0123456789abcdef" for c in stem) and stem != digest[7:]:
@@ -132,6 +133,13 @@ class DockerArchiveImage(BlobImage):
         return Descriptor(_MEDIA_TYPE[compression], digest, size)
 
 
+def _document(files: TarFiles, member: str) -> bytes:
+    """A JSON member, capped, and a link there is refused. Layers may stay links (docker save links a layer
+    that appears twice to its first copy): TarFiles resolves them only to regular members of the archive."""
+    refuse_link(files, member)
+    return files.read(member, MAX_DOCUMENT_SIZE)
+
+
 def _hash_member(files: TarFiles, member: str) -> str:
     h = hashlib.sha256()
     with files.open(member) as f:
@@ -145,7 +153,7 @@ def read(ref: Reference, options: Options) -> Image:
     files = TarFiles(path, str(ref))
     if not files.exists("manifest.json"):
         raise ReproError(f"{ref}: {path} has no manifest.json", "it is not a docker save archive")
-    entries = parse_json(files.read("manifest.json"), f"{ref}: manifest.json")
+    entries = parse_json(_document(files, "manifest.json"), f"{ref}: manifest.json")
     if not isinstance(entries, list) or not entries or not all(isinstance(e, dict) for e in entries):
         raise ReproError(
             f"{ref}: manifest.json must be a non-empty list of images", "the archive is not valid"

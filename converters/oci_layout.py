@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import BinaryIO, Protocol
 
 from repro.atomic import atomic_dir
-from repro.blobs import BlobImage, IndexImage, read_index, select_manifest
+from repro.blobs import BlobImage, IndexImage, read_document, read_index, select_manifest
 from repro.errors import ReproError
 from repro.image import REF_NAME, Descriptor, Image
 from repro.refs import Options, Reference
@@ -171,7 +171,7 @@ def referrers(ref: Reference, options: Options, subject_digest: str) -> tuple[li
     for descriptor in Index.parse(layout.read(INDEX_FILE), f"{ref}: index.json").manifests:
         if descriptor.media_type not in MANIFEST_TYPES or not layout.has_blob(descriptor.digest):
             continue
-        manifest = Manifest.parse(layout.read(blob_name(descriptor.digest)), f"{ref}: {descriptor.digest}")
+        manifest = Manifest.parse(read_document(source, descriptor), f"{ref}: {descriptor.digest}")
         if manifest.subject is not None and manifest.subject.digest == subject_digest:
             artifact_type = manifest.artifact_type or manifest.config.media_type
             found.append(Descriptor(descriptor.media_type, descriptor.digest, descriptor.size,

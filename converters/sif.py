@@ -14,6 +14,7 @@ import io
 import json
 import os
 import shutil
+import stat
 import subprocess
 import tarfile
 import tempfile
@@ -27,6 +28,7 @@ from converters.rootfs import image_from_layer_writer
 from converters.squashfs import COMPRESSORS, run_tar2sqfs
 from converters.tarball import copy_tar_stream
 from repro.atomic import atomic_file
+from repro.digest import MAX_DOCUMENT_SIZE
 from repro.errors import ReproError
 from repro.flatten import flat_entries
 from repro.image import Image, Platform, canonical_json, parse_json
@@ -147,11 +149,17 @@ def write(image: Image, ref: Reference, options: Options, progress=None) -> str:
 def _open_checked(path: Path, ref: Reference) -> tuple[fmt.Header, list[fmt.Descriptor]]:
     if not ref.body:
         raise ReproError(f"{ref}: missing file name", "write it as sif:FILE")
-    if not path.is_file():
-        raise ReproError(f"{ref}: {path} does not exist" if not path.exists() else f"{ref}: {path} is not a file",
-                         "check the path")
-    with open(path, "rb") as f:
-        return fmt.read(f, path.stat().st_size, str(ref))
+    try:  # O_NONBLOCK: a FIFO given as the file is refused below instead of blocking the open
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise ReproError(f"{ref}: {path} does not exist", "check the path") from None
+    except OSError as exc:
+        raise ReproError(f"{ref}: {path} cannot be read ({exc.strerror})", "check the path") from None
+    with os.fdopen(fd, "rb") as f:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise ReproError(f"{ref}: {path} is not a regular file", "give the path of a SIF file")
+        return fmt.read(f, st.st_size, str(ref))
 
 
 def describe(ref: Reference) -> dict:
@@ -180,10 +188,13 @@ def read(ref: Reference, options: Options) -> Image:
     part = fmt.primary_partition(descriptors, str(ref))
     oci_config: dict | None = None
     for d in descriptors:
-        if d.data_type == fmt.DATA_GENERIC_JSON and d.name == "oci-config.json" and d.size < (4 << 20):
+        if d.data_type == fmt.DATA_GENERIC_JSON and d.name == "oci-config.json":
+            if d.size > MAX_DOCUMENT_SIZE:
+                raise ReproError(f"{ref}: oci-config.json is {d.size} bytes", f"documents over {MAX_DOCUMENT_SIZE} "
+                                 "bytes are refused; the file is corrupt or hostile")
             with open(path, "rb") as f:
                 f.seek(d.offset)
-                loaded = parse_json(f.read(d.size), f"{ref}: oci-config.json")
+                loaded = parse_json(f.read(d.size), f"{ref}: oci-config.json")  # at most MAX_DOCUMENT_SIZE
             if isinstance(loaded, dict):
                 oci_config = loaded
     wanted = {f"{sd.SD}/env/10-docker2singularity.sh", f"{sd.SD}/runscript", f"{sd.SD}/labels.json"}

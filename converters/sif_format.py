@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import BinaryIO
 
+from repro.digest import MAX_DOCUMENT_SIZE
 from repro.errors import ReproError
 
 LAUNCH_SCRIPT = b"#!/usr/bin/env run-singularity\n"
@@ -165,14 +166,19 @@ def read(f: BinaryIO, file_size: int, what: str) -> tuple[Header, list[Descripto
     if version != VERSION:
         shown = version.rstrip(bytes(1)).decode(errors="replace")
         raise ReproError(f"{what}: unsupported SIF version {shown!r}", "repro reads SIF version 01")
-    if total < 0 or total > 1 << 20 or d_size != total * DESCRIPTOR.size or d_off < HEADER.size:
+    if total < 0 or d_size != total * DESCRIPTOR.size or d_off < HEADER.size:
         raise ReproError(f"{what}: descriptor table is malformed ({total} descriptors, {d_size} bytes)", "")
+    if d_size > MAX_DOCUMENT_SIZE:  # read whole: Apptainer writes 48 descriptors, this allows some 7000
+        raise ReproError(f"{what}: descriptor table is {d_size} bytes ({total} descriptors)",
+                         f"tables over {MAX_DOCUMENT_SIZE} bytes are refused; the file is corrupt or hostile")
     if d_off + d_size > file_size:
         raise ReproError(f"{what}: descriptor table runs past the end of the file (truncated?)", "")
     header = Header(launch.rstrip(b"\0"), ARCH_NAMES.get(arch[:2], "unknown"), uuid.UUID(bytes=ident), created,
                     modified, free, total, d_off, d_size, data_off, data_size)
     f.seek(d_off)
-    table = f.read(d_size)
+    table = f.read(d_size)  # at most MAX_DOCUMENT_SIZE, checked above
+    if len(table) != d_size:
+        raise ReproError(f"{what}: descriptor table ends early (truncated?)", "the file is corrupt")
     descriptors = []
     for i in range(total):
         (data_type, used, ident, group, link, offset, size, padded, d_created, d_modified, _uid, _gid, name,

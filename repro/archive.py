@@ -189,6 +189,7 @@ def _write_tar(root: Path, target: Path) -> None:
     import tarfile
 
     from repro.layers import TarWriter, source_date_epoch
+    from repro.store import open_regular
 
     mtime = source_date_epoch()
     with atomic_file(target) as out:
@@ -198,9 +199,8 @@ def _write_tar(root: Path, target: Path) -> None:
             rel = os.path.relpath(dirpath, root.parent)
             tar.add_dir(rel, mtime=mtime)
             for name in sorted(filenames):
-                path = Path(dirpath) / name
                 info = tarfile.TarInfo(f"{rel}/{name}")
-                info.size, info.mode, info.mtime = path.stat().st_size, 0o644, mtime
-                with open(path, "rb") as src:
+                with open_regular(root.parent, info.name, str(target), "package") as src:  # never a link's target
+                    info.size, info.mode, info.mtime = os.fstat(src.fileno()).st_size, 0o644, mtime
                     tar.add(info, src)
         tar.close()

@@ -8,12 +8,15 @@ tests). Checking works on a directory or on a tar holding one, read in place (`P
 from __future__ import annotations
 
 import os
+import stat
+import tarfile
 from collections.abc import Iterable
 from pathlib import Path
 from typing import BinaryIO, Protocol
 
-from repro.digest import sha256_stream
+from repro.digest import MAX_DOCUMENT_SIZE, read_bounded, sha256_stream
 from repro.errors import CheckFailed, ReproError
+from repro.store import not_regular, open_regular, regular_file_exists
 
 ALGORITHM = "sha256"
 MANIFEST = f"manifest-{ALGORITHM}.txt"
@@ -38,6 +41,9 @@ class PackageFiles(Protocol):
 
 
 class DirectoryFiles:
+    """A bag in a directory. Every file is opened without following a symlink, its parents' included: a
+    package is input like any other, and a link in it could point at /dev/zero or at a host file."""
+
     def __init__(self, root: Path) -> None:
         self.root, self.name = Path(root), str(root)
 
@@ -46,31 +52,33 @@ class DirectoryFiles:
         for dirpath, dirnames, filenames in os.walk(self.root):
             dirnames.sort()
             rel = os.path.relpath(dirpath, self.root)
-            out += [name if rel == "." else f"{rel}/{name}" for name in filenames]
+            for name in [*dirnames, *filenames]:
+                path = name if rel == "." else f"{rel}/{name}"
+                st = os.lstat(os.path.join(dirpath, name))
+                if stat.S_ISREG(st.st_mode):
+                    out.append(path)
+                elif not stat.S_ISDIR(st.st_mode):
+                    raise not_regular(self.name, path, st, "package")
         return sorted(out)
 
     def exists(self, name: str) -> bool:
-        return (self.root / name).is_file()
+        return regular_file_exists(self.root, name, self.name, "package")
 
     def size(self, name: str) -> int:
-        return (self.root / name).stat().st_size
+        with self.open(name) as f:
+            return os.fstat(f.fileno()).st_size
 
     def open(self, name: str) -> BinaryIO:
-        path = self.root / name
-        if path.is_symlink():
-            raise ReproError(f"{self.name}: {name} is a symlink", "a bag holds regular files only")
-        return open(path, "rb")
+        return open_regular(self.root, name, self.name, "package")
 
-    def read(self, name: str, limit: int = 64 << 20) -> bytes:
+    def read(self, name: str, limit: int = MAX_DOCUMENT_SIZE) -> bytes:
         with self.open(name) as f:
-            data = f.read(limit + 1)
-        if len(data) > limit:
-            raise ReproError(f"{self.name}: {name} is larger than {limit} bytes", "the package is not valid")
-        return data
+            return read_bounded(f, limit, f"{self.name}: {name}", "the package is not valid")
 
 
 class TarPackageFiles:
-    """The bag inside a tar: one top-level directory holding bagit.txt (RFC 8493's serialization)."""
+    """The bag inside a tar: one top-level directory holding bagit.txt (RFC 8493's serialization). Its
+    members are taken as they are: a link is refused, never followed to another member."""
 
     def __init__(self, path: Path) -> None:
         from repro.tarfiles import TarFiles
@@ -83,23 +91,38 @@ class TarPackageFiles:
         self.prefix = tops.pop() + "/"
 
     def names(self) -> list[str]:
-        return sorted(n[len(self.prefix):] for n, info in self.tar.members.items()
-                      if info.isreg() and n.startswith(self.prefix))
+        return sorted(n[len(self.prefix):] for n in self.tar.members
+                      if n.startswith(self.prefix) and self._member(n[len(self.prefix):]) is not None)
+
+    def _member(self, name: str) -> tarfile.TarInfo | None:
+        info = self.tar.members.get(self.prefix + name)
+        if info is not None and not info.isreg():
+            if info.isdir():
+                return None
+            shape = "is a symlink" if info.issym() else "is a hardlink" if info.islnk() else "is not a regular file"
+            raise ReproError(f"{self.name}: {name} {shape}",
+                             "a bag holds regular files only; the package is damaged or hostile")
+        return info
 
     def exists(self, name: str) -> bool:
-        info = self.tar.members.get(self.prefix + name)
-        return info is not None and info.isreg()
+        return self._member(name) is not None
 
     def size(self, name: str) -> int:
-        return self.tar.size(self.prefix + name)
+        info = self._member(name)
+        if info is None:
+            raise FileNotFoundError(name)
+        return info.size
 
     def open(self, name: str) -> BinaryIO:
-        if not self.exists(name):
+        if self._member(name) is None:
             raise FileNotFoundError(name)
         return self.tar.open(self.prefix + name)
 
-    def read(self, name: str, limit: int = 64 << 20) -> bytes:
-        return self.tar.read(self.prefix + name, limit)
+    def read(self, name: str, limit: int = MAX_DOCUMENT_SIZE) -> bytes:
+        if self.size(name) > limit:
+            raise ReproError(f"{self.name}: {name} is larger than {limit} bytes", "the package is not valid")
+        with self.open(name) as f:
+            return read_bounded(f, limit, f"{self.name}: {name}", "the package is not valid")
 
 
 def open_package(path: str | os.PathLike) -> PackageFiles:

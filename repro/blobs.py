@@ -11,7 +11,7 @@ from functools import cached_property
 from typing import BinaryIO, Protocol
 
 from repro import layers as _layers
-from repro.digest import VerifyingReader, sha256_bytes
+from repro.digest import MAX_DOCUMENT_SIZE, VerifyingReader, read_bounded, sha256_bytes
 from repro.errors import ReproError
 from repro.image import (
     INDEX_TYPES,
@@ -25,7 +25,7 @@ from repro.image import (
 )
 from repro.prefetch import PrefetchReader
 
-MAX_DOCUMENT = 4 << 20  # manifests, indexes and configs are small; refuse to hold a huge one
+MAX_DOCUMENT = MAX_DOCUMENT_SIZE  # manifests, indexes and configs are small; refuse to hold a huge one
 
 
 class BlobSource(Protocol):
@@ -52,7 +52,7 @@ def read_document(source: BlobSource, descriptor: Descriptor) -> bytes:
             f"documents over {MAX_DOCUMENT} bytes are refused",
         )
     with open_verified(source, descriptor) as reader:
-        data = reader.read()
+        data = read_bounded(reader, descriptor.size, f"{source.name}: blob {descriptor.digest}")
         reader.finish()
     return data
 

@@ -15,6 +15,7 @@ from typing import BinaryIO
 from repro.errors import DigestMismatch, ReproError
 
 CHUNK = 1 << 20
+MAX_DOCUMENT_SIZE = 4 << 20  # manifests, indexes, configs, layout and package metadata are held whole: capped
 _DIGEST_RE = re.compile(r"^sha256:[a-f0-9]{64}$|^sha512:[a-f0-9]{128}$")
 
 
@@ -41,6 +42,20 @@ def sha256_stream(stream: BinaryIO) -> tuple[str, int]:
         digest.update(chunk)
         size += len(chunk)
     return digest.hexdigest(), size
+
+
+def read_bounded(stream: BinaryIO, limit: int, what: str, hint: str = "the input is damaged or hostile") -> bytes:
+    """All of `stream` if it holds at most `limit` bytes, else ReproError: a document that is a link to
+    /dev/zero or a huge sparse file costs `limit` bytes of memory, never its own size."""
+    parts: list[bytes] = []
+    size = 0
+    while size <= limit:
+        chunk = stream.read(min(CHUNK, limit + 1 - size))
+        if not chunk:
+            return b"".join(parts)
+        parts.append(chunk)
+        size += len(chunk)
+    raise ReproError(f"{what} is larger than {limit} bytes", hint)
 
 
 def hasher_for(digest: str) -> hashlib._Hash:
@@ -108,6 +123,16 @@ class VerifyingReader(HashingReader):
         self.what = what
         self.verified = False
         self.also = also  # a further check fed the same bytes (repro.layers.LayerChecker)
+
+    def read(self, size: int = -1) -> bytes:
+        """As HashingReader.read, but "all of it" means at most one byte past the declared size, in
+        chunks: an endless stream fails there instead of filling memory."""
+        if (size is None or size < 0) and self.expected_size is not None:
+            parts = []
+            while chunk := super().read(min(CHUNK, max(self.expected_size - self.size, 0) + 1)):
+                parts.append(chunk)
+            return b"".join(parts)
+        return super().read(size)
 
     def _consume(self, data: bytes) -> None:
         super()._consume(data)

@@ -17,6 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import BinaryIO
 
 from repro import bag
+from repro.digest import MAX_DOCUMENT_SIZE
 from repro.errors import CheckFailed, ReproError
 from repro.image import INDEX_TYPES, MANIFEST_TYPES, Image, Index, Manifest
 from repro.refs import Options, open_image
@@ -37,7 +38,7 @@ class Subdirectory:
     def open(self, name: str) -> BinaryIO:
         return self.files.open(self.prefix + name)
 
-    def read(self, name: str, limit: int = 64 << 20) -> bytes:
+    def read(self, name: str, limit: int = MAX_DOCUMENT_SIZE) -> bytes:
         return self.files.read(self.prefix + name, limit)
 
 
@@ -147,8 +148,9 @@ def _walk(layout: Subdirectory, present: set[str], descriptor, where: str) -> No
     if size != descriptor.size:
         raise CheckFailed(f"{where}: {descriptor.digest} is {size} bytes, the descriptor says {descriptor.size}",
                           "the layout's index or a manifest was edited")
-    raw = layout.read(name) if descriptor.media_type in MANIFEST_TYPES | INDEX_TYPES else b""
     try:
+        if descriptor.media_type in INDEX_TYPES | MANIFEST_TYPES:
+            raw = layout.read(name, min(descriptor.size, MAX_DOCUMENT_SIZE))
         if descriptor.media_type in INDEX_TYPES:
             child = Index.parse(raw, f"{layout.name}/{name}")
             for number, item in enumerate(child.manifests):
@@ -163,13 +165,14 @@ def _walk(layout: Subdirectory, present: set[str], descriptor, where: str) -> No
 
 def _check_documents(files, layout, index, image, add, sbom_files, provenance_file, runs_file) -> None:
     from repro import provenance
+    from repro.referrers import MAX_DOCUMENT as MAX_ATTACHED  # SBOMs and provenance are referrers too
     from sbom.generate import subject_digest
 
     for rel in sbom_files.values():
         name = f"data/{rel}"
         if not files.exists(name):
             raise CheckFailed(f"{files.name}: {name} is missing", "the package is incomplete")
-        about = subject_digest(files.read(name))
+        about = subject_digest(files.read(name, MAX_ATTACHED))
         if about != image.digest:
             raise CheckFailed(f"{files.name}: {name} describes {about or 'no image'}, not {image.digest}",
                               "the SBOM is not of this image")
@@ -178,7 +181,8 @@ def _check_documents(files, layout, index, image, add, sbom_files, provenance_fi
     for descriptor in index.manifests:
         if descriptor.media_type not in MANIFEST_TYPES:
             continue
-        manifest = Manifest.parse(layout.read(f"blobs/{descriptor.digest.replace(':', '/')}"), descriptor.digest)
+        name = f"blobs/{descriptor.digest.replace(':', '/')}"
+        manifest = Manifest.parse(layout.read(name, min(descriptor.size, MAX_DOCUMENT_SIZE)), descriptor.digest)
         if manifest.subject is None:
             continue
         referrers += 1
@@ -188,7 +192,7 @@ def _check_documents(files, layout, index, image, add, sbom_files, provenance_fi
     add("referrers", f"{referrers} referrers, all about {image.digest}")
     name = f"data/{provenance_file}"
     if files.exists(name):
-        subjects = provenance.subject_digests(files.read(name))
+        subjects = provenance.subject_digests(files.read(name, MAX_ATTACHED))
         if image.digest not in subjects:
             raise CheckFailed(f"{files.name}: {name} is about {', '.join(subjects) or 'nothing'}, not {image.digest}",
                               "the provenance is not of this image")
