@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import signal
 import sys
 from collections.abc import Callable, Sequence
 
@@ -258,7 +259,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         binds.append((str(Path(host).resolve()), inside.split(":", 1)[0]))
     env = tuple(_key_value(e, "-e") for e in args.env or ())
     image = open_image(args.ref, _options(args))
-    invocation = container.Invocation(argv or None, "", tuple(binds), args.workdir or "", env)
+    invocation = container.Invocation(argv or None, "", tuple(binds), args.workdir or "", env, args.stop_timeout)
     with container.session(image, args.executor) as active:
         return active.run(invocation)
 
@@ -653,6 +654,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-v", "--volume", action="append", help="HOST:CONTAINER bind mount (repeatable)")
     p.add_argument("-e", "--env", action="append", help="KEY=VALUE added to the image's environment")
     p.add_argument("-w", "--workdir", help="working directory inside the image (default: the image's)")
+    p.add_argument("--stop-timeout", type=float, default=10.0, metavar="SECONDS",
+                   help="after SIGTERM/SIGINT/SIGHUP/SIGQUIT, wait this long before killing the command (10)")
     p.add_argument("--platform", help="os/arch[/variant] to pick from a multi-platform index")
     _registry_arguments(p)
 
@@ -695,6 +698,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class Terminated(BaseException):
+    """A batch system's stop signal: raised where repro is, so that every `finally` still cleans up."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _terminate(signum: int, _frame) -> None:
+    raise Terminated(signum)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -709,8 +724,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return EXIT_BAD_INPUT
     logging.basicConfig(format="repro: warning: %(message)s", level=logging.WARNING, stream=sys.stderr)
+    for signum in (signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT):
+        signal.signal(signum, _terminate)
     try:
         return args.func(args)
+    except Terminated as exc:
+        err.print(f"repro: stopped by signal {exc.signum}", markup=False)
+        return 128 + exc.signum
     except ReproError as exc:
         if args.debug:
             raise

@@ -41,6 +41,7 @@ class Invocation:
     binds: tuple[tuple[str, str], ...] = ()
     workdir: str = ""
     env: tuple[tuple[str, str], ...] = ()
+    stop_timeout: float = executors.STOP_TIMEOUT  # after a stop signal, seconds before the command is killed
 
 
 class Session(Protocol):
@@ -91,7 +92,7 @@ class RootfsSession:
     def run(self, invocation: Invocation, stdout=None, stderr=None, stdin=None) -> int:
         command = executors.Command(command_line(self.image, invocation), image_env(self.image, invocation.env),
                                     invocation.workdir or self.image.config.workdir or "/", False, invocation.binds)
-        return executors.run_attached(self.name, self.root, command, stdin, stdout, stderr)
+        return executors.run_attached(self.name, self.root, command, stdin, stdout, stderr, invocation.stop_timeout)
 
     def open_file(self, path: str) -> BinaryIO:
         return open_inside(self.root, path)

@@ -11,9 +11,12 @@ As root only runc is used: bwrap and proot would run the image with root's power
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import stat
 import subprocess
+import time
 from collections import deque
 from pathlib import Path
 
@@ -107,6 +110,43 @@ def _unprepare(root: Path, made: list[str]) -> None:
             tree.remove(mount_point, follow=False)
 
 
+FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT)
+STOP_TIMEOUT = 10.0  # seconds between a forwarded signal and SIGKILL, as docker stop
+
+
+class _Supervisor:
+    """While a contained command runs, the batch system's signals go to it rather than killing repro:
+    repro must outlive it to remove the container and the unpacked tree. One that has not exited
+    `stop_timeout` seconds after the first signal is killed (runc's container then by `runc delete`)."""
+
+    def __init__(self, proc: subprocess.Popen, stop_timeout: float) -> None:
+        self.proc, self.stop_timeout = proc, stop_timeout
+        self.received: list[int] = []
+        self.deadline = 0.0
+
+    def _forward(self, signum: int, _frame) -> None:
+        if not self.received:
+            self.deadline = time.monotonic() + self.stop_timeout
+        self.received.append(signum)
+        with contextlib.suppress(ProcessLookupError):
+            self.proc.send_signal(signum)
+
+    def wait(self) -> int:
+        previous = {s: signal.signal(s, self._forward) for s in FORWARDED}
+        try:
+            while True:
+                try:
+                    code = self.proc.wait(timeout=0.2)  # short: a signal handler cannot end a blocking wait
+                    break
+                except subprocess.TimeoutExpired:
+                    if self.received and time.monotonic() > self.deadline:
+                        self.proc.kill()
+        finally:
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
+        return 128 - code if code < 0 else code  # killed by signal N: 128+N, as shells and docker say
+
+
 def run(name: str, root: Path, command: Command, stream_to=None) -> Result:
     """Run `command` inside `root` with executor `name`; stdout and stderr together (build logs)."""
     made, command = _prepare(root, name, command)
@@ -116,23 +156,31 @@ def run(name: str, root: Path, command: Command, stream_to=None) -> Result:
                                     stdin=subprocess.DEVNULL, env=env)
             lines: deque[str] = deque(maxlen=20)
             chunks = []
-            for raw in proc.stdout:  # type: ignore[union-attr]
-                text = raw.decode(errors="replace")
-                chunks.append(text)
-                lines.append(text)
-                if stream_to is not None:
-                    stream_to(text)
-            code = proc.wait()
+            supervisor = _Supervisor(proc, STOP_TIMEOUT)
+            previous = {s: signal.signal(s, supervisor._forward) for s in FORWARDED}
+            try:
+                for raw in proc.stdout:  # type: ignore[union-attr]
+                    text = raw.decode(errors="replace")
+                    chunks.append(text)
+                    lines.append(text)
+                    if stream_to is not None:
+                        stream_to(text)
+            finally:
+                for signum, handler in previous.items():
+                    signal.signal(signum, handler)
+            code = supervisor.wait()
     finally:
         _unprepare(root, made)
     return Result(code, "".join(chunks), "".join(lines))
 
 
-def run_attached(name: str, root: Path, command: Command, stdin=None, stdout=None, stderr=None) -> int:
+def run_attached(name: str, root: Path, command: Command, stdin=None, stdout=None, stderr=None,
+                 stop_timeout: float = STOP_TIMEOUT) -> int:
     """Run with the given standard streams (the caller's terminal by default); returns the exit status."""
     made, command = _prepare(root, name, command)
     try:
         with MODULES[name].launch(root, command) as (argv, env):
-            return subprocess.run(argv, stdin=stdin, stdout=stdout, stderr=stderr, env=env).returncode
+            proc = subprocess.Popen(argv, stdin=stdin, stdout=stdout, stderr=stderr, env=env)
+            return _Supervisor(proc, stop_timeout).wait()
     finally:
         _unprepare(root, made)

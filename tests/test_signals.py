@@ -1,0 +1,73 @@
+"""A batch system stays in control: its stop signals reach the contained command, nothing of the run
+survives repro, and the exit status is the command's (128+N when a signal ended it)."""
+
+from __future__ import annotations
+
+import glob
+import signal
+import subprocess
+import time
+
+import pytest
+
+from tests.conftest import REPRO, busybox_layers
+from tests.imagekit import make_image
+
+
+@pytest.fixture(scope="module")
+def image(tmp_path_factory) -> str:
+    layout = tmp_path_factory.mktemp("signals") / "layout"
+    make_image(layout, "1", busybox_layers(), config={"Env": ["PATH=/bin"]})
+    return f"oci:{layout}:1"
+
+
+def leftovers() -> set[str]:
+    return set(glob.glob("/tmp/repro-run-*") + glob.glob("/tmp/repro-runc-*"))
+
+
+def running(marker: str) -> list[str]:
+    """Contained processes whose command line has `marker` (repro's own command line has it too)."""
+    out = subprocess.run(["pgrep", "-f", f"^/bin/[^ ]+ .*{marker}"], capture_output=True, text=True).stdout
+    return out.split()
+
+
+def start(image: str, *command: str, stop_timeout: str = "10") -> subprocess.Popen:
+    proc = subprocess.Popen([REPRO, "run", "--stop-timeout", stop_timeout, image, "--", *command],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while not running(command[-1][-12:]) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert running(command[-1][-12:]), proc.communicate()
+    return proc
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT])
+def test_a_stop_signal_reaches_the_command_and_its_status_is_reported(image, signum):
+    before = leftovers()
+    # The shell is the container's first process: it gets the signal only through a handler.
+    name = signal.Signals(signum).name[3:]
+    script = f"trap 'exit 42' {name}; while :; do /bin/busybox sleep 1; done; : marker-{signum}"
+    proc = start(image, "/bin/sh", "-c", script)
+    proc.send_signal(signum)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 42, err
+    assert running(f"marker-{signum}") == []
+    assert leftovers() == before
+
+
+def test_a_command_that_ignores_the_signal_is_killed_after_the_stop_timeout(image):
+    before = leftovers()
+    proc = start(image, "/bin/busybox", "sleep", "7777", stop_timeout="1")
+    started = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    proc.communicate(timeout=30)
+    assert proc.returncode == 128 + signal.SIGKILL
+    assert time.monotonic() - started < 15
+    assert running("sleep 7777") == []
+    assert leftovers() == before
+
+
+def test_the_exit_status_is_the_command_s(image):
+    for code in (0, 3, 77):
+        proc = subprocess.run([REPRO, "run", image, "--", "/bin/sh", "-c", f"exit {code}"], capture_output=True)
+        assert proc.returncode == code
