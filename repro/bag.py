@@ -14,9 +14,10 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import BinaryIO, Protocol
 
+from repro.confined import not_regular
 from repro.digest import MAX_DOCUMENT_SIZE, read_bounded, sha256_stream
 from repro.errors import CheckFailed, ReproError
-from repro.store import not_regular, open_regular, regular_file_exists
+from repro.store import open_regular, regular_file_exists
 
 ALGORITHM = "sha256"
 MANIFEST = f"manifest-{ALGORITHM}.txt"

@@ -42,6 +42,13 @@ class SymlinkInPath(ReproError):
     """A symlink where `follow=False` allows none."""
 
 
+def not_regular(what: str, name: str, st: os.stat_result | None, kind: str = "tree") -> ReproError:
+    """The one refusal of a symlink or special file met where a regular file belongs."""
+    shape = "is a symlink" if st is not None and stat.S_ISLNK(st.st_mode) else "is not a regular file"
+    return ReproError(f"{what}: {name} {shape}",
+                      f"the {kind} is damaged or hostile; repro reads only regular files in it")
+
+
 class Tree:
     """A directory descriptor of a tree's root and lookups confined to it."""
 
@@ -93,7 +100,7 @@ class Tree:
                         raise NotADirectoryError(errno.ENOTDIR, f"{where} is not a directory") from None
                     if not follow:
                         raise SymlinkInPath(f"{self.what}: {where} is a symlink",
-                                            "the tree is not what this step expects") from None
+                                            "it is damaged or hostile; repro follows no link in it") from None
                     followed += 1
                     if followed > MAX_SYMLINKS:
                         raise ReproError(f"{self.what}: too many symlinks resolving {path}",
@@ -142,17 +149,30 @@ class Tree:
         finally:
             os.close(dir_fd)
 
-    def open_file(self, path: str, follow: bool = True) -> BinaryIO:
-        """The regular file `path`, read-only; a symlink or anything else at the end is refused."""
+    def open_file(self, path: str, follow: bool = True, kind: str = "tree") -> BinaryIO:
+        """The regular file `path`, read-only; a symlink or anything else at the end is refused, and
+        checked before it is opened (opening a device or a FIFO may do something). Missing: FileNotFoundError."""
         dir_fd, name = self.parent(path, follow=follow)
         try:
+            st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+            if not stat.S_ISREG(st.st_mode):
+                raise not_regular(self.what, path, st, kind)
             fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=dir_fd)
         finally:
             os.close(dir_fd)
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
+        if not stat.S_ISREG(os.fstat(fd).st_mode):  # replaced between the check and the open
             os.close(fd)
-            raise ReproError(f"{self.what}: {path} is not a regular file", "name a regular file")
+            raise not_regular(self.what, path, None, kind)
         return os.fdopen(fd, "rb")
+
+    def is_regular(self, path: str, follow: bool = True, kind: str = "tree") -> bool:
+        """Whether the regular file `path` is there; a symlink or special file there is an error."""
+        st = self.lstat(path, follow)
+        if st is None:
+            return False
+        if not stat.S_ISREG(st.st_mode):
+            raise not_regular(self.what, path, st, kind)
+        return True
 
     # --- changes --------------------------------------------------------------------------
     def remove(self, path: str, follow: bool = True) -> bool:

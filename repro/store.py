@@ -13,13 +13,13 @@ import errno
 import fcntl
 import hashlib
 import os
-import stat
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
 from repro.atomic import atomic_file, fsync_dir
+from repro.confined import Tree
 from repro.digest import CHUNK, MAX_DOCUMENT_SIZE, VerifyingReader, algorithm_and_hex, read_bounded
 from repro.errors import ReproError
 from repro.image import OCI_INDEX, Descriptor, Index, canonical_json, parse_json
@@ -43,78 +43,24 @@ def empty_index() -> Index:
     return Index((), {}, OCI_INDEX)
 
 
-# --- files inside a layout or package, never through a symlink ------------------------------------
-_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-
-
-def not_regular(what: str, name: str, st: os.stat_result | None, kind: str = "layout") -> ReproError:
-    """The one refusal of a symlink or special file met where a blob or document belongs."""
-    shape = "is a symlink" if st is not None and stat.S_ISLNK(st.st_mode) else "is not a regular file"
-    return ReproError(f"{what}: {name} {shape}",
-                      f"the {kind} is damaged or hostile; repro reads only regular files in it")
-
-
-def _parent_fd(root: Path, name: str, what: str, kind: str) -> tuple[int, str]:
-    """A descriptor of the directory holding `name` under `root`, reached one component at a time with
-    O_NOFOLLOW: `blobs/sha256` itself may be a link out of the layout. Missing: FileNotFoundError."""
-    parts = name.split("/")
-    if any(part in ("", ".", "..") for part in parts):
+def _plain(name: str, what: str, kind: str) -> str:
+    """Names inside a layout or package come from digests and fixed names: '..' or '/' means hostile."""
+    if any(part in ("", ".", "..") for part in name.split("/")):
         raise ReproError(f"{what}: {name!r} is not a plain relative path", f"the {kind} is damaged or hostile")
-    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        for number, part in enumerate(parts[:-1], 1):
-            try:
-                new = os.open(part, _DIR_FLAGS, dir_fd=fd)
-            except OSError as exc:
-                if isinstance(exc, FileNotFoundError):
-                    raise
-                st = os.stat(part, dir_fd=fd, follow_symlinks=False)
-                raise not_regular(what, "/".join(parts[:number]), st, kind) from None
-            os.close(fd)
-            fd = new
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd, parts[-1]
+    return name
 
 
 def regular_file_exists(root: Path, name: str, what: str, kind: str = "layout") -> bool:
     """Whether `name` is under `root`; a symlink or special file there, or on the way, is an error."""
-    try:
-        fd, last = _parent_fd(root, name, what, kind)
-    except FileNotFoundError:
-        return False
-    try:
-        st = os.stat(last, dir_fd=fd, follow_symlinks=False)
-    except FileNotFoundError:
-        return False
-    finally:
-        os.close(fd)
-    if not stat.S_ISREG(st.st_mode):
-        raise not_regular(what, name, st, kind)
-    return True
+    with Tree(root, what) as tree:
+        return tree.is_regular(_plain(name, what, kind), follow=False, kind=kind)
 
 
 def open_regular(root: Path, name: str, what: str, kind: str = "layout") -> BinaryIO:
-    """Open the regular file `name` under `root` for reading, following no symlink on the way: a blob or
-    document that links to /dev/zero or to a host file is refused, never read. Missing: FileNotFoundError."""
-    dir_fd, last = _parent_fd(root, name, what, kind)
-    try:
-        st = os.stat(last, dir_fd=dir_fd, follow_symlinks=False)
-        if not stat.S_ISREG(st.st_mode):  # checked before opening: opening a device may do something
-            raise not_regular(what, name, st, kind)
-        try:
-            fd = os.open(last, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=dir_fd)
-        except OSError as exc:
-            if isinstance(exc, FileNotFoundError):
-                raise
-            raise not_regular(what, name, os.stat(last, dir_fd=dir_fd, follow_symlinks=False), kind) from None
-    finally:
-        os.close(dir_fd)
-    if not stat.S_ISREG(os.fstat(fd).st_mode):  # replaced between the check and the open
-        os.close(fd)
-        raise not_regular(what, name, None, kind)
-    return os.fdopen(fd, "rb")
+    """Open the regular file `name` under `root`, following no symlink on the way (repro.confined): a
+    blob or document that links to /dev/zero or to a host file is refused, never read."""
+    with Tree(root, what) as tree:
+        return tree.open_file(_plain(name, what, kind), follow=False, kind=kind)
 
 
 class Layout:
@@ -188,7 +134,8 @@ class Layout:
     def _temp_blob(self, algorithm: str) -> Iterator[tuple[BinaryIO, Callable[[str], None]]]:
         directory = self.path / "blobs" / algorithm
         directory.mkdir(parents=True, exist_ok=True)
-        os.close(_parent_fd(self.path, f"blobs/{algorithm}/{TEMP_PREFIX}", self.name, "layout")[0])  # no link out
+        with Tree(self.path, self.name) as tree:  # no link out of the layout
+            os.close(tree.open_dir(f"blobs/{algorithm}", follow=False))
         fd, tmp = tempfile.mkstemp(prefix=TEMP_PREFIX, dir=directory)
         committed = False
 
