@@ -151,6 +151,7 @@ class Extractor:
                 if content is not None:
                     while chunk := content.read(CHUNK):
                         out.write(chunk)
+                out.flush()  # a write after the times are set would set them again
                 self._set_meta(out.fileno(), info)
             self.stats.files += 1
         elif info.issym():
