@@ -8,7 +8,6 @@ cache, keyed by the parent chain of diff_ids, the step, and the content of its i
 
 from __future__ import annotations
 
-import os
 import tarfile
 import tempfile
 import time
@@ -38,8 +37,6 @@ from repro.transfer import manifest_descriptor
 DEFAULT_ENV_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
-def default_store() -> Path:
-    return Path(os.environ.get("REPRO_STORE") or Path.home() / ".local" / "share" / "repro" / "store")
 
 
 def open_store(path: Path) -> Layout:

@@ -12,6 +12,7 @@ import logging
 import signal
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
@@ -20,6 +21,7 @@ from repro import __version__
 from repro.errors import EXIT_BAD_INPUT, CheckFailed, ReproError
 from repro.image import Image, Platform
 from repro.refs import Options, open_image, write_image
+from repro.store import default_store
 
 out = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 250)
 err = Console(stderr=True, highlight=False, soft_wrap=True, width=None if sys.stderr.isatty() else 250)
@@ -260,8 +262,23 @@ def cmd_run(args: argparse.Namespace) -> int:
     env = tuple(_key_value(e, "-e") for e in args.env or ())
     image = open_image(args.ref, _options(args))
     invocation = container.Invocation(argv or None, "", tuple(binds), args.workdir or "", env, args.stop_timeout)
-    with container.session(image, args.executor) as active:
+    store = None if args.fresh else Path(args.store) if args.store else default_store()
+    with container.session(image, args.executor, store) as active:
         return active.run(invocation)
+
+
+def cmd_prune(args: argparse.Namespace) -> int:
+    from repro import unpacked
+
+    store = Path(args.store) if args.store else default_store()
+    removed = unpacked.prune(store, args.days)
+    if args.json:
+        _emit_json({"removed": [{"path": str(p.path), "age_days": round(p.age_days, 2)} for p in removed]})
+    else:
+        for pruned in removed:
+            out.print(f"removed {pruned.path}  (unused for {pruned.age_days:.1f} days)", markup=False)
+        out.print(f"{len(removed)} unpacked images removed", markup=False)
+    return 0
 
 
 class _RecordAction(argparse.Action):
@@ -654,10 +671,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-v", "--volume", action="append", help="HOST:CONTAINER bind mount (repeatable)")
     p.add_argument("-e", "--env", action="append", help="KEY=VALUE added to the image's environment")
     p.add_argument("-w", "--workdir", help="working directory inside the image (default: the image's)")
+    p.add_argument("--fresh", action="store_true",
+                   help="unpack into a private copy for this run (default: the image unpacked once in the store, "
+                        "under a throw-away overlay)")
+    p.add_argument("--store", help="the store holding unpacked images (default $REPRO_STORE or ~/.local/share/repro)")
     p.add_argument("--stop-timeout", type=float, default=10.0, metavar="SECONDS",
                    help="after SIGTERM/SIGINT/SIGHUP/SIGQUIT, wait this long before killing the command (10)")
     p.add_argument("--platform", help="os/arch[/variant] to pick from a multi-platform index")
     _registry_arguments(p)
+
+    p = command("prune", cmd_prune, "remove images unpacked by repro run that were not used for some days")
+    p.add_argument("--days", type=float, default=30.0, help="unused for at least this many days (default 30)")
+    p.add_argument("--store", help="the store (default $REPRO_STORE or ~/.local/share/repro)")
+    p.add_argument("--json", action="store_true", help="print JSON")
 
     p = command("archive", cmd_archive, "write a preservation package: a BagIt bag with the image, SBOMs, "
                 "provenance, recorded runs and instructions")

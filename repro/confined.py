@@ -70,10 +70,13 @@ class Tree:
         self.close()
 
     # --- lookups --------------------------------------------------------------------------
-    def walk_dir(self, path: str, create: bool = False, follow: bool = True, mode: int = 0o755) -> tuple[int, str]:
+    def walk_dir(self, path: str, create: bool = False, follow: bool = True, mode: int = 0o755,
+                 partial: bool = False) -> tuple[int, str]:
         """(descriptor, resolved clean path) of the directory `path`; the caller closes the descriptor.
 
-        Missing directories are made with `mode` when `create`; FileNotFoundError otherwise."""
+        Missing directories are made with `mode` when `create`; FileNotFoundError otherwise, unless
+        `partial`: then the descriptor is the deepest existing directory and the path is the resolved
+        part followed by the missing rest."""
         todo = [p for p in clean_path(path).split("/") if p]
         done: list[str] = []
         fd = os.dup(self.fd)
@@ -84,6 +87,8 @@ class Tree:
                 try:
                     new = os.open(name, _DIR_FLAGS, dir_fd=fd)
                 except FileNotFoundError:
+                    if partial:
+                        return fd, "/".join([*done, name, *todo])
                     if not create:
                         raise
                     os.mkdir(name, mode, dir_fd=fd)
@@ -133,6 +138,14 @@ class Tree:
     def resolve_dir(self, path: str, create: bool = False) -> str:
         """The clean path, free of symlinks, of directory `path` inside the tree (made if `create`)."""
         fd, resolved = self.walk_dir(path, create)
+        os.close(fd)
+        return resolved
+
+    def resolve_existing(self, path: str) -> str:
+        """`path` with every symlink of its existing part resolved inside the tree (a link's missing
+        target too) and the missing rest appended: where a mount point will be made in a view of this
+        tree, such as an overlay on it."""
+        fd, resolved = self.walk_dir(path, partial=True)
         os.close(fd)
         return resolved
 
@@ -269,9 +282,10 @@ def remove_at(dir_fd: int, name: str, st: os.stat_result) -> None:
     if not stat.S_ISDIR(st.st_mode):
         os.unlink(name, dir_fd=dir_fd)
         return
+    if st.st_mode & 0o700 != 0o700:  # a mode-000 directory must still be emptied (st says it is no link)
+        os.chmod(name, stat.S_IMODE(st.st_mode) | 0o700, dir_fd=dir_fd)
     sub = os.open(name, _DIR_FLAGS, dir_fd=dir_fd)
     try:
-        os.fchmod(sub, stat.S_IMODE(st.st_mode) | 0o700)  # a mode-000 directory must still be emptied
         for entry in os.listdir(sub):
             remove_at(sub, entry, os.stat(entry, dir_fd=sub, follow_symlinks=False))
     finally:

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Protocol
 
-from repro import executors
+from repro import executors, unpacked
 from repro.confined import Tree, remove_tree
 from repro.errors import ReproError
 from repro.extract import Policy, open_inside
@@ -71,16 +71,23 @@ def command_line(image: Image, invocation: Invocation) -> list[str]:
 
 
 class RootfsSession:
-    """runc, bwrap or proot over a flattened copy of the image in a temporary directory."""
+    """runc, bwrap or proot over a flattened copy of the image in a temporary directory, or (`store`
+    given) over the image unpacked once in the store and seen through a throw-away overlay."""
 
-    def __init__(self, image: Image, name: str) -> None:
+    def __init__(self, image: Image, name: str, store: Path | None = None) -> None:
         self.image, self.name = image, name
+        self.store = store if store is not None and executors.can_overlay(name) else None
+        self.runs = 0
 
     def __enter__(self) -> RootfsSession:
         self._tmp = Path(tempfile.mkdtemp(prefix="repro-run-"))
         try:
-            self.root = executors.new_root(self._tmp, self.name)
-            extract(self.image, self.root, Policy(id_offset=executors.id_offset(self.name)))
+            if self.store is not None:
+                self.root = unpacked.tree(self.store, self.image, self.name)
+                os.chmod(self._tmp, 0o711)  # the runs' overlays are made below it
+            else:
+                self.root = executors.new_root(self._tmp, self.name)
+                extract(self.image, self.root, Policy(id_offset=executors.id_offset(self.name)))
         except BaseException:
             self.__exit__()
             raise
@@ -92,9 +99,17 @@ class RootfsSession:
     def run(self, invocation: Invocation, stdout=None, stderr=None, stdin=None) -> int:
         command = executors.Command(command_line(self.image, invocation), image_env(self.image, invocation.env),
                                     invocation.workdir or self.image.config.workdir or "/", False, invocation.binds)
-        return executors.run_attached(self.name, self.root, command, stdin, stdout, stderr, invocation.stop_timeout)
+        self.runs += 1
+        scratch = None
+        if self.store is not None:
+            scratch = self._tmp / f"scratch-{self.runs}"
+            scratch.mkdir()
+        return executors.run_attached(self.name, self.root, command, stdin, stdout, stderr, invocation.stop_timeout,
+                                      scratch)
 
     def open_file(self, path: str) -> BinaryIO:
+        if self.store is not None:
+            raise ReproError(f"{path}: a run over the shared unpacked image keeps no files", "internal: use a copy")
         return open_inside(self.root, path)
 
 
@@ -243,12 +258,14 @@ class UdockerSession:
         return open_inside(self.root, path)
 
 
-def session(image: Image, executor: str | None) -> contextlib.AbstractContextManager[Session]:
-    """A session in `image` with the executor asked for, else the first rootfs executor usable here."""
+def session(image: Image, executor: str | None, store: Path | None = None
+            ) -> contextlib.AbstractContextManager[Session]:
+    """A session in `image` with the executor asked for, else the first rootfs executor usable here.
+    With `store`, runc and bwrap start from the image unpacked once there (see repro.unpacked)."""
     if executor == "docker":
         return DockerSession(image)
     if executor == "udocker":
         return UdockerSession(image)
     if executor and executor not in NAMES:
         raise ReproError(f"--executor {executor}: unknown", f"use one of {', '.join(NAMES)}")
-    return RootfsSession(image, executors.choose(executor))
+    return RootfsSession(image, executors.choose(executor), store)

@@ -43,6 +43,11 @@ def empty_index() -> Index:
     return Index((), {}, OCI_INDEX)
 
 
+def default_store() -> Path:
+    """The local store: $REPRO_STORE, else ~/.local/share/repro/store."""
+    return Path(os.environ.get("REPRO_STORE") or Path.home() / ".local" / "share" / "repro" / "store")
+
+
 def _plain(name: str, what: str, kind: str) -> str:
     """Names inside a layout or package come from digests and fixed names: '..' or '/' means hostile."""
     if any(part in ("", ".", "..") for part in name.split("/")):

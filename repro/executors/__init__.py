@@ -12,10 +12,13 @@ As root only runc is used: bwrap and proot would run the image with root's power
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
+import shutil
 import signal
 import stat
 import subprocess
+import tempfile
 import time
 from collections import deque
 from pathlib import Path
@@ -30,6 +33,7 @@ __all__ = ["DEFAULT_PATH", "NAMES", "Command", "Result", "choose", "id_offset", 
 MODULES = {"runc": runc, "bwrap": bwrap, "proot": proot}
 NAMES = tuple(MODULES)
 MOUNT_POINTS = ("proc", "dev", "sys")
+OVERLAY_EXECUTORS = ("runc", "bwrap")  # proot cannot mount; it runs in a fresh copy
 
 
 def available(name: str) -> bool:
@@ -73,17 +77,22 @@ def new_root(parent: Path, name: str) -> Path:
     return root
 
 
-def _prepare(root: Path, name: str, command: Command) -> tuple[list[str], Command]:
+def _prepare(root: Path, name: str, command: Command, overlay: bool = False) -> tuple[list[str], Command]:
     """Make the mount points a run needs inside the tree, and resolve bind targets there (never through
-    a symlink out of it). Returns the mount points that were made, for `_unprepare`."""
+    a symlink out of it). Returns the mount points that were made, for `_unprepare`.
+
+    With `overlay` the tree is the read-only lower layer: nothing is made in it, targets are resolved
+    as far as they exist and the runtime makes the rest in the overlay."""
     made = []
     offset = id_offset(name)
     with Tree(root, owner=offset or None) as tree:
-        for mount_point in MOUNT_POINTS:
-            if tree.lstat(mount_point) is None:
-                tree.resolve_dir(mount_point, create=True)
-                made.append(mount_point)
-        binds = tuple((source, _bind_target(tree, source, inside)) for source, inside in command.binds)
+        if not overlay:
+            for mount_point in MOUNT_POINTS:
+                if tree.lstat(mount_point) is None:
+                    tree.resolve_dir(mount_point, create=True)
+                    made.append(mount_point)
+        binds = tuple((source, tree.resolve_existing(inside) if overlay else _bind_target(tree, source, inside))
+                      for source, inside in command.binds)
         resolv_conf = ""
         if command.network and Path("/etc/resolv.conf").is_file():
             st = tree.lstat("etc/resolv.conf")
@@ -102,6 +111,48 @@ def _bind_target(tree: Tree, source: str, inside: str) -> str:
         return tree.resolve_dir(inside.rpartition("/")[0]) + "/" + name
     finally:
         os.close(dir_fd)
+
+
+def can_overlay(name: str) -> bool:
+    """Whether runs of `name` can see a shared tree through an overlay here: runc as root always; a
+    plain user needs a kernel that lets a user namespace mount overlayfs (Linux 5.11 and later)."""
+    if name not in OVERLAY_EXECUTORS:
+        return False
+    return os.geteuid() == 0 or _user_overlay_works()
+
+
+@functools.cache
+def _user_overlay_works() -> bool:
+    with tempfile.TemporaryDirectory(prefix="repro-probe-") as tmp:
+        for part in ("lower", "upper", "work", "merged"):
+            os.mkdir(f"{tmp}/{part}")
+        option = f"lowerdir={tmp}/lower,upperdir={tmp}/upper,workdir={tmp}/work"
+        probe = subprocess.run(["unshare", "--user", "--map-root-user", "--mount", "mount", "-t", "overlay",
+                                "repro", "-o", option, f"{tmp}/merged"], capture_output=True)
+        return probe.returncode == 0
+
+
+def _overlay(lower: Path, scratch: Path, name: str) -> tuple[Path, list[str]]:
+    """(the merged root, the command prefix that mounts it): a private mount namespace in which an
+    overlay puts the throw-away `scratch` over the unpacked tree. Mounted by the host's root (or, for a
+    plain user, by the user as root of a new user namespace), it is gone with that namespace."""
+    upper, work, merged = scratch / "upper", scratch / "work", scratch / "merged"
+    for path in (upper, work, merged):
+        path.mkdir()
+    lower_root = lower.stat()
+    os.chmod(upper, stat.S_IMODE(lower_root.st_mode))  # the merged root takes the upper root's attributes
+    if os.geteuid() == 0:
+        os.chown(upper, lower_root.st_uid, lower_root.st_gid)
+        os.chmod(scratch, 0o711)  # runc's root inside must reach the merged tree
+    for path in (lower, upper, work):
+        if any(c in str(path) for c in ",:\\"):
+            raise ReproError(f"{path}: an overlay cannot use a path with ',' ':' or '\\'",
+                             "set REPRO_STORE and TMPDIR to plain paths")
+    prefix = [shutil.which("unshare") or "unshare", "--mount", "--propagation", "private"]
+    if os.geteuid() != 0:
+        prefix += ["--user", "--map-root-user"]
+    script = 'mount -t overlay repro -o "lowerdir=$1,upperdir=$2,workdir=$3" "$4" && shift 4 && exec "$@"'
+    return merged, [*prefix, "/bin/sh", "-c", script, "repro-overlay", str(lower), str(upper), str(work), str(merged)]
 
 
 def _unprepare(root: Path, made: list[str]) -> None:
@@ -175,12 +226,20 @@ def run(name: str, root: Path, command: Command, stream_to=None) -> Result:
 
 
 def run_attached(name: str, root: Path, command: Command, stdin=None, stdout=None, stderr=None,
-                 stop_timeout: float = STOP_TIMEOUT) -> int:
-    """Run with the given standard streams (the caller's terminal by default); returns the exit status."""
-    made, command = _prepare(root, name, command)
+                 stop_timeout: float = STOP_TIMEOUT, scratch: Path | None = None) -> int:
+    """Run with the given standard streams (the caller's terminal by default); returns the exit status.
+
+    With `scratch` (an empty directory), `root` is an unpacked tree that must not change: the command
+    sees it through an overlay whose changes land in `scratch` (runc and bwrap; see `_overlay`)."""
+    if scratch is not None and name not in OVERLAY_EXECUTORS:
+        raise ReproError(f"--executor {name}: cannot run a shared unpacked image", "use a fresh copy (--fresh)")
+    made, command = _prepare(root, name, command, overlay=scratch is not None)
+    prefix: list[str] = []
+    if scratch is not None:
+        root, prefix = _overlay(root, scratch, name)
     try:
         with MODULES[name].launch(root, command) as (argv, env):
-            proc = subprocess.Popen(argv, stdin=stdin, stdout=stdout, stderr=stderr, env=env)
+            proc = subprocess.Popen([*prefix, *argv], stdin=stdin, stdout=stdout, stderr=stderr, env=env)
             return _Supervisor(proc, stop_timeout).wait()
     finally:
         _unprepare(root, made)
