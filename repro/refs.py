@@ -24,6 +24,7 @@ TRANSPORTS: dict[str, str] = {
     "docker": "converters.registry",
     "docker-daemon": "converters.docker_daemon",
     "archive": "converters.archive",
+    "bundle": "converters.bundle",
 }
 
 

@@ -44,7 +44,14 @@ def available() -> bool:
     return os.geteuid() == 0 and shutil.which("runc") is not None
 
 
-def config(root: Path, command: Command) -> dict:
+def id_mappings() -> list[dict]:
+    """Root inside is ID_BASE outside (as root); a plain user's own id is root inside (rootless)."""
+    if os.geteuid() == 0:
+        return [{"containerID": 0, "hostID": ID_BASE, "size": ID_COUNT}]
+    return [{"containerID": 0, "hostID": os.geteuid(), "size": 1}]
+
+
+def config(root: Path | str, command: Command, user: tuple[int, int] = (0, 0)) -> dict:
     """The OCI runtime configuration of one run (runtime-spec config.json)."""
     mounts = [
         {"destination": "/proc", "type": "proc", "source": "proc", "options": ["nosuid", "noexec", "nodev"]},
@@ -67,12 +74,13 @@ def config(root: Path, command: Command) -> dict:
     for source, destination in command.binds:
         mounts.append({"destination": "/" + destination, "type": "bind", "source": source,
                        "options": ["rbind", "nosuid", "nodev"]})
-    mapping = [{"containerID": 0, "hostID": ID_BASE, "size": ID_COUNT}]
+    uid_map = id_mappings()
+    gid_map = [{**uid_map[0], "hostID": os.getegid()}] if os.geteuid() else uid_map
     return {
         "ociVersion": "1.0.2",
         "process": {
             "terminal": False,
-            "user": {"uid": 0, "gid": 0},
+            "user": {"uid": user[0], "gid": user[1]},
             "args": list(command.argv),
             "env": [f"{k}={v}" for k, v in sorted(command.env.items())],
             "cwd": command.workdir or "/",
@@ -84,8 +92,8 @@ def config(root: Path, command: Command) -> dict:
         "mounts": mounts,
         "linux": {
             "namespaces": [{"type": kind} for kind in namespaces],
-            "uidMappings": mapping,
-            "gidMappings": mapping,
+            "uidMappings": uid_map,
+            "gidMappings": gid_map,
             "maskedPaths": MASKED,
             "readonlyPaths": READ_ONLY,
         },
