@@ -29,6 +29,7 @@ from repro.flatten import WHITEOUT_PREFIX, extract, whiteout_target
 from repro.image import Image, Platform, parse_json
 from repro.layers import TarWriter, source_date_epoch
 from repro.mutate import NewLayer, commit, new_config, rfc3339, write_layer
+from repro.reaper import reaper, remove_command
 from repro.refs import Options, open_image
 from repro.store import Layout
 from repro.tarstream import TarStream
@@ -400,6 +401,10 @@ class Builder:
         return image
 
     def build(self) -> BuildResult:
+        with reaper(remove_command(str(self._tmp))):  # the working tree goes even if repro is killed
+            return self._build()
+
+    def _build(self) -> BuildResult:
         steps = self.spec.steps
         total = len(steps)
         reports: list[StepReport] = []

@@ -28,6 +28,7 @@ from repro.errors import ReproError
 from repro.extract import Policy, open_inside
 from repro.flatten import extract
 from repro.image import Image
+from repro.reaper import reaper, remove_command
 
 NAMES = (*executors.NAMES, "docker", "udocker")
 
@@ -81,6 +82,8 @@ class RootfsSession:
 
     def __enter__(self) -> RootfsSession:
         self._tmp = Path(tempfile.mkdtemp(prefix="repro-run-"))
+        self._reaper = reaper(remove_command(str(self._tmp)))
+        self._reaper.__enter__()
         try:
             if self.store is not None:
                 self.root = unpacked.tree(self.store, self.image, self.name)
@@ -95,6 +98,7 @@ class RootfsSession:
 
     def __exit__(self, *exc) -> None:
         remove_tree(self._tmp)
+        self._reaper.__exit__(None, None, None)
 
     def run(self, invocation: Invocation, stdout=None, stderr=None, stdin=None) -> int:
         command = executors.Command(command_line(self.image, invocation), image_env(self.image, invocation.env),

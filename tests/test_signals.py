@@ -71,3 +71,16 @@ def test_the_exit_status_is_the_command_s(image):
     for code in (0, 3, 77):
         proc = subprocess.run([REPRO, "run", image, "--", "/bin/sh", "-c", f"exit {code}"], capture_output=True)
         assert proc.returncode == code
+
+
+def test_sigkill_of_repro_leaves_no_process_and_no_temporary_files(image):
+    """SIGKILL runs no clean-up code in repro: its reaper stops the container and removes the tree."""
+    before = leftovers()
+    proc = start(image, "/bin/busybox", "sleep", "7778")
+    proc.kill()
+    proc.communicate(timeout=30)
+    deadline = time.monotonic() + 20
+    while (running("sleep 7778") or leftovers() != before) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert running("sleep 7778") == []
+    assert leftovers() == before

@@ -23,6 +23,7 @@ from pathlib import Path
 
 from repro.errors import ReproError
 from repro.executors.command import Command
+from repro.reaper import reaper, remove_command
 
 log = logging.getLogger(__name__)
 ID_BASE = 100000  # host uid and gid of root inside
@@ -134,7 +135,8 @@ def launch(root: Path, command: Command) -> Iterator[tuple[list[str], dict[str, 
     name = f"repro-{uuid.uuid4().hex[:16]}"
     try:
         (bundle / "config.json").write_text(json.dumps(config(root, command)))
-        yield ["runc", "--root", str(state), "run", "--bundle", str(bundle), name], None
+        with reaper(["runc", "--root", str(state), "delete", "--force", name], remove_command(str(bundle))):
+            yield ["runc", "--root", str(state), "run", "--bundle", str(bundle), name], None
     finally:
         if state.exists():  # still there when runc was stopped before it cleaned up
             subprocess.run(["runc", "--root", str(state), "delete", "--force", name], capture_output=True)
