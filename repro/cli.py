@@ -23,8 +23,12 @@ from repro.image import Image, Platform
 from repro.refs import Options, open_image, write_image
 from repro.store import default_store
 
-out = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 250)
-err = Console(stderr=True, highlight=False, soft_wrap=True, width=None if sys.stderr.isatty() else 250)
+# No markup and no emoji codes: references, labels, paths and commands come from the user or the image,
+# and rich would read `oci:x:1` as the emoji :x: or `[bold]` in a label as a style.
+out = Console(highlight=False, markup=False, emoji=False, soft_wrap=True,
+              width=None if sys.stdout.isatty() else 250)
+err = Console(stderr=True, highlight=False, markup=False, emoji=False, soft_wrap=True,
+              width=None if sys.stderr.isatty() else 250)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -81,8 +85,8 @@ class _Bars:
     def __enter__(self) -> _Bars:
         from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
 
-        self.bars = Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
-                             console=err, transient=True)
+        self.bars = Progress(TextColumn("{task.description}", markup=False), BarColumn(), DownloadColumn(),
+                             TransferSpeedColumn(), console=err, transient=True)
         self.bars.__enter__()
         self.overall = self.bars.add_task(self.description, total=None)
         return self
@@ -359,12 +363,16 @@ def cmd_replay(args: argparse.Namespace) -> int:
         for what, recorded, replayed, same in result.rows:
             if not same:
                 out.print(f"    {what}: recorded {recorded}, now {replayed}", markup=False)
+        if not result.matches and result.stderr_tail:
+            out.print("    stderr of the replayed run, last lines:", markup=False)
+            for line in result.stderr_tail.splitlines():
+                out.print(f"      {line}", markup=False)
 
     results = replay(args.package, args.executor, report)
     mismatches = sum(not r.matches for r in results)
     if args.json:
         _emit_json({"package": args.package, "executor": results[0].executor if results else "",
-                    "runs": [{"command": r.record.command, "matches": r.matches,
+                    "runs": [{"command": r.record.command, "matches": r.matches, "stderr_tail": r.stderr_tail,
                               "checks": [{"what": w, "recorded": a, "replayed": b, "matches": m}
                                          for w, a, b, m in r.rows]} for r in results]})
     else:

@@ -2,7 +2,8 @@
 
 A record keeps the command, its exit status, the sha256 of its standard output and error and of each
 output file it names, and where it ran (architecture, kernel, executor). Outputs are hashed as they
-stream from temporary files, so a large output costs disk, not memory.
+stream from temporary files, so a large output costs disk, not memory. Only hashes are recorded, so a
+replay that differs can show its own standard error's last lines, never the recorded run's.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ class Outcome:
     stdout_sha256: str
     stderr_sha256: str
     outputs: dict[str, str] = field(default_factory=dict)  # path -> sha256, or "missing: why"
+    stderr_tail: str = ""  # the last lines of standard error, printable; shown, never recorded
 
 
 @dataclass(frozen=True)
@@ -54,8 +56,24 @@ class Record:
             raise ReproError(f"{where}: a run record is malformed ({exc})", "the package is damaged") from None
 
 
+TAIL_LINES = 10
+TAIL_BYTES = 4096
+
+
 def _sha256_of(stream) -> str:
     return sha256_stream(stream)[0]
+
+
+def _tail(stream) -> str:
+    """The last lines of a stream, cut to printable text: it comes from the image and goes to a terminal,
+    where an escape sequence could rewrite what the user sees."""
+    size = stream.seek(0, os.SEEK_END)
+    stream.seek(max(0, size - TAIL_BYTES))
+    lines = stream.read().decode("utf-8", errors="replace").splitlines()
+    if size > TAIL_BYTES:
+        lines = lines[1:]  # begun mid-line
+    lines = ["".join(c if c.isprintable() or c == "\t" else "?" for c in line).rstrip() for line in lines]
+    return "\n".join([line for line in lines if line][-TAIL_LINES:])
 
 
 def environment(executor: str) -> dict[str, str]:
@@ -71,6 +89,7 @@ def run(session: Session, command: str, outputs: tuple[str, ...] = ()) -> Outcom
         out.seek(0)
         err.seek(0)
         stdout_sha, stderr_sha = _sha256_of(out), _sha256_of(err)
+        tail = _tail(err)
     hashes = {}
     for path in outputs:
         try:
@@ -78,7 +97,7 @@ def run(session: Session, command: str, outputs: tuple[str, ...] = ()) -> Outcom
                 hashes[path] = _sha256_of(stream)
         except ReproError as exc:
             hashes[path] = f"missing: {exc.message}"
-    return Outcome(code, stdout_sha, stderr_sha, hashes)
+    return Outcome(code, stdout_sha, stderr_sha, hashes, tail)
 
 
 def record(session: Session, command: str, outputs: tuple[str, ...] = ()) -> Record:

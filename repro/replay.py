@@ -16,6 +16,7 @@ class Replayed:
     record: Record
     rows: list[tuple[str, str, str, bool]]  # (what, recorded, replayed, matches)
     executor: str
+    stderr_tail: str = ""  # the replayed run's last lines of standard error: a record keeps only hashes
 
     @property
     def matches(self) -> bool:
@@ -48,7 +49,7 @@ def replay(package: str, executor: str | None = None,
     with container.session(image, executor) as active:
         for run in runs:
             got = records.run(active, run.command, run.outputs)
-            result = Replayed(run, records.compare(run, got), active.name)
+            result = Replayed(run, records.compare(run, got), active.name, got.stderr_tail)
             out.append(result)
             if report:
                 report(result)
