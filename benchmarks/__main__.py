@@ -164,7 +164,17 @@ def debian_operations(cache: Path, work: Path) -> list[Operation]:
     flat = work / f"{base_tar.stem}-rootfs"
     if not flat.exists():
         subprocess.run([REPRO, "flatten", f"oci:{layout}:1", f"rootfs:{flat}"], check=True, stdout=subprocess.DEVNULL)
+    run_store = work / "run-store"
     return [
+        Operation(
+            "repro run of a Debian image (unpacked once, reused)",
+            "umoci unpack + runc run, each time",
+            f"REPRO_STORE={run_store} {REPRO} run oci:{layout}:1 -- /bin/true",
+            f"umoci unpack --image {layout}:1 {work}/peer-run >/dev/null && "
+            f"sed -i 's/\"terminal\": true/\"terminal\": false/' {work}/peer-run/config.json && "
+            f"runc run --bundle {work}/peer-run repro-bench-$$ < /dev/null",
+            [work / "peer-run"],
+        ),
         Operation(
             "SBOM of a Debian image (per-file hashes)",
             "sha256sum over the flattened tree",
