@@ -53,20 +53,106 @@ def canonical_json(obj: Any) -> bytes:
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
 
 
+MAX_JSON_DEPTH = 64  # OCI documents nest five or six levels; Python's json has no limit of its own
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if value in (float("inf"), float("-inf")):
+        raise ValueError(f"{text} is out of range")
+    return value
+
+
+def _too_deep(obj: Any) -> bool:
+    """True if containers nest more than MAX_JSON_DEPTH levels (walked without recursion)."""
+    pending = [(obj, 1)]
+    while pending:
+        node, depth = pending.pop()
+        if depth > MAX_JSON_DEPTH:
+            return True
+        if isinstance(node, dict):
+            pending.extend((v, depth + 1) for v in node.values() if isinstance(v, (dict, list)))
+        elif isinstance(node, list):
+            pending.extend((v, depth + 1) for v in node if isinstance(v, (dict, list)))
+    return False
+
+
 def parse_json(data: bytes, where: str) -> Any:
+    """A JSON document, refusing what the OCI and Docker formats never hold and what would crash
+    the code that reads it: NaN and Infinity, and nesting deeper than MAX_JSON_DEPTH."""
     try:
-        return json.loads(data)
+        obj = json.loads(data, parse_constant=_refuse_constant, parse_float=_finite)
     except (ValueError, UnicodeDecodeError) as exc:
         raise ReproError(f"{where}: invalid JSON ({exc})", "the file is corrupt; re-create it") from None
+    except RecursionError:
+        obj = None
+        deep = True
+    else:
+        deep = _too_deep(obj)
+    if deep:
+        raise ReproError(f"{where}: invalid JSON (nested more than {MAX_JSON_DEPTH} levels deep)",
+                         "the file is corrupt or hostile")
+    return obj
 
 
 def _require(obj: Any, key: str, kind: type | tuple[type, ...], where: str) -> Any:
     if not isinstance(obj, dict) or key not in obj:
         raise ReproError(f"{where}: missing field {key!r}", "the document is not a valid OCI/Docker object")
     value = obj[key]
-    if not isinstance(value, kind):
-        raise ReproError(f"{where}: field {key!r} has the wrong type", "the document is not valid")
+    if not _is(value, kind):
+        expected = _NAMES.get(kind, "another type") if isinstance(kind, type) else "another type"
+        raise ReproError(f"{where}: field {key!r} must be {expected}, not {_json_type(value)}",
+                         "the document is not valid")
     return value
+
+
+def _is(value: Any, kind: type | tuple[type, ...]) -> bool:
+    """isinstance, except that a bool is not an int (JSON's true is not a number)."""
+    return isinstance(value, kind) and not (isinstance(value, bool) and bool not in (
+        kind if isinstance(kind, tuple) else (kind,)))
+
+
+_NAMES = {str: "a string", int: "an integer", list: "an array", dict: "an object", bool: "a boolean"}
+
+
+def _optional(obj: dict, key: str, kind: type, where: str, default: Any) -> Any:
+    """obj[key] if present and of type `kind`; `default` if absent or null; else one error line."""
+    value = obj.get(key)
+    if value is None:
+        return default
+    if not _is(value, kind):
+        raise ReproError(f"{where}: field {key!r} must be {_NAMES[kind]}, not {_json_type(value)}",
+                         "the document is not valid")
+    return value
+
+
+def _json_type(value: Any) -> str:
+    return {bool: "a boolean", int: "a number", float: "a number", str: "a string", list: "an array",
+            dict: "an object"}.get(type(value), type(value).__name__)
+
+
+def _strings(obj: dict, key: str, where: str) -> tuple[str, ...]:
+    """An optional array of strings (Env, Cmd, urls, ...)."""
+    value = _optional(obj, key, list, where, [])
+    for i, item in enumerate(value):
+        if not isinstance(item, str):
+            raise ReproError(f"{where}: {key}[{i}] must be a string, not {_json_type(item)}",
+                             "the document is not valid")
+    return tuple(value)
+
+
+def _string_map(obj: dict, key: str, where: str) -> dict[str, str]:
+    """An optional object of strings (annotations, Labels)."""
+    value = _optional(obj, key, dict, where, {})
+    for name, item in value.items():
+        if not isinstance(item, str):
+            raise ReproError(f"{where}: {key}[{name!r}] must be a string, not {_json_type(item)}",
+                             "the document is not valid")
+    return dict(value)
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,12 +187,12 @@ class Platform:
         return cls("linux", arch, variant)
 
     @classmethod
-    def from_json(cls, obj: dict) -> Platform:
+    def from_json(cls, obj: dict, where: str = "platform") -> Platform:
         return cls(
-            str(obj.get("os", "")),
-            str(obj.get("architecture", "")),
-            str(obj.get("variant", "")),
-            str(obj.get("os.version", "")),
+            _optional(obj, "os", str, where, ""),
+            _optional(obj, "architecture", str, where, ""),
+            _optional(obj, "variant", str, where, ""),
+            _optional(obj, "os.version", str, where, ""),
         )
 
     def to_json(self) -> dict:
@@ -139,23 +225,22 @@ class Descriptor:
 
     @classmethod
     def from_json(cls, obj: Any, where: str) -> Descriptor:
+        if not isinstance(obj, dict):
+            raise ReproError(f"{where}: a descriptor must be a JSON object", "the document is not valid")
         media_type = _require(obj, "mediaType", str, where)
         digest = _digest.validate(_require(obj, "digest", str, where), f"{where}.digest")
         size = _require(obj, "size", int, where)
         if size < 0:
             raise ReproError(f"{where}.size: negative size {size}", "the document is not valid")
-        annotations = obj.get("annotations") or {}
-        if not isinstance(annotations, dict):
-            raise ReproError(f"{where}.annotations: expected an object", "the document is not valid")
-        platform = Platform.from_json(obj["platform"]) if isinstance(obj.get("platform"), dict) else None
+        platform = _optional(obj, "platform", dict, where, None)
         return cls(
             media_type,
             digest,
             size,
-            {str(k): str(v) for k, v in annotations.items()},
-            platform,
-            tuple(obj.get("urls") or ()),
-            str(obj.get("artifactType", "")),
+            _string_map(obj, "annotations", where),
+            Platform.from_json(platform, f"{where}.platform") if platform is not None else None,
+            _strings(obj, "urls", where),
+            _optional(obj, "artifactType", str, where, ""),
         )
 
     def to_json(self) -> dict:
@@ -189,7 +274,7 @@ class Manifest:
         obj = parse_json(raw, where)
         if not isinstance(obj, dict):
             raise ReproError(f"{where}: a manifest must be a JSON object", "the document is not valid")
-        mt = obj.get("mediaType") or media_type or OCI_MANIFEST
+        mt = _optional(obj, "mediaType", str, where, "") or media_type or OCI_MANIFEST
         if mt in INDEX_TYPES:
             raise ReproError(f"{where}: is an index, not a manifest", "select a platform with --platform")
         if mt not in MANIFEST_TYPES:
@@ -203,9 +288,11 @@ class Manifest:
             Descriptor.from_json(d, f"{where}: layers[{i}]")
             for i, d in enumerate(_require(obj, "layers", list, where))
         )
-        subject = Descriptor.from_json(obj["subject"], f"{where}: subject") if obj.get("subject") else None
+        subject = obj.get("subject")
         return cls(
-            mt, config, layers, dict(obj.get("annotations") or {}), subject, str(obj.get("artifactType", ""))
+            mt, config, layers, _string_map(obj, "annotations", where),
+            Descriptor.from_json(subject, f"{where}: subject") if subject is not None else None,
+            _optional(obj, "artifactType", str, where, ""),
         )
 
     def to_json(self) -> dict:
@@ -241,7 +328,8 @@ class Index:
             Descriptor.from_json(d, f"{where}: manifests[{i}]")
             for i, d in enumerate(_require(obj, "manifests", list, where))
         )
-        return cls(manifests, dict(obj.get("annotations") or {}), str(obj.get("mediaType") or OCI_INDEX))
+        return cls(manifests, _string_map(obj, "annotations", where),
+                   _optional(obj, "mediaType", str, where, "") or OCI_INDEX)
 
     def to_json(self) -> dict:
         out: dict[str, Any] = {
@@ -281,20 +369,26 @@ class ImageConfig:
             _digest.validate(d, f"{where}: rootfs.diff_ids[{i}]")
             for i, d in enumerate(_require(rootfs, "diff_ids", list, f"{where}: rootfs"))
         )
-        cfg = obj.get("config") or {}
+        cfg = _optional(obj, "config", dict, where, {})
+        inner = f"{where}: config"
+        history = _optional(obj, "history", list, where, [])
+        for i, item in enumerate(history):
+            if not isinstance(item, dict):
+                raise ReproError(f"{where}: history[{i}] must be an object, not {_json_type(item)}",
+                                 "the document is not valid")
         return cls(
-            os=str(obj.get("os", "")),
-            architecture=str(obj.get("architecture", "")),
-            variant=str(obj.get("variant", "")),
-            created=str(obj.get("created", "")),
-            env=tuple(cfg.get("Env") or ()),
-            entrypoint=tuple(cfg.get("Entrypoint") or ()),
-            cmd=tuple(cfg.get("Cmd") or ()),
-            workdir=str(cfg.get("WorkingDir") or ""),
-            user=str(cfg.get("User") or ""),
-            labels=dict(cfg.get("Labels") or {}),
+            os=_optional(obj, "os", str, where, ""),
+            architecture=_optional(obj, "architecture", str, where, ""),
+            variant=_optional(obj, "variant", str, where, ""),
+            created=_optional(obj, "created", str, where, ""),
+            env=_strings(cfg, "Env", inner),
+            entrypoint=_strings(cfg, "Entrypoint", inner),
+            cmd=_strings(cfg, "Cmd", inner),
+            workdir=_optional(cfg, "WorkingDir", str, inner, ""),
+            user=_optional(cfg, "User", str, inner, ""),
+            labels=_string_map(cfg, "Labels", inner),
             diff_ids=diff_ids,
-            history=tuple(obj.get("history") or ()),
+            history=tuple(history),
         )
 
     @property

@@ -21,6 +21,7 @@ from isal import isal_zlib
 from repro.errors import ReproError
 
 BLOCK = 512
+XATTR_RECORD = "SCHILY.xattr."  # the pax records TarWriter passes on
 GZIP_LEVEL = 6
 ZSTD_LEVEL = 3
 GZIP_MAGIC = b"\x1f\x8b"
@@ -371,13 +372,18 @@ class TarWriter:
 
     @staticmethod
     def normalize(info: tarfile.TarInfo) -> tarfile.TarInfo:
-        """Apply the reproducibility rules to a header: integer mtime, no names, no device numbers."""
+        """Apply the reproducibility rules to a header: integer mtime, no names, no device numbers.
+
+        Of the pax records an entry brought from the tar it was read from, only extended attributes
+        are kept: tarfile writes the others again from the fields, but a record left over from the
+        input (path, linkpath, size, uid, ...) would override what the caller set, such as a
+        cleaned name. The records the written fields need are added again by tarfile."""
         info.mtime = int(info.mtime)
         info.uname = ""
         info.gname = ""
         if info.type not in (tarfile.CHRTYPE, tarfile.BLKTYPE):
             info.devmajor = info.devminor = 0
-        info.pax_headers = {k: v for k, v in info.pax_headers.items() if not k.endswith("time")}
+        info.pax_headers = {k: v for k, v in info.pax_headers.items() if k.startswith(XATTR_RECORD)}
         return info
 
     def add(self, info: tarfile.TarInfo, src: BinaryIO | None = None) -> None:

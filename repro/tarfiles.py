@@ -1,7 +1,8 @@
 """Random access to the members of an uncompressed tar file (OCI and Docker archives).
 
-The archive is scanned once for its headers; a member is then read straight from its offset in the
-file, so blobs are never extracted to a temporary directory and many can be read at once.
+The archive is scanned once for its headers (by repro's own tar reader, which refuses what would
+make tarfile loop or lose its place, and seeks over content); a member is then read straight from its
+offset in the file, so blobs are never extracted to a temporary directory and many can be read at once.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import BinaryIO
 
 from repro.errors import ReproError
 from repro.layers import member_name, sniff_compression
+from repro.tarstream import TarDamaged, TarStream
 
 
 class FileSlice(io.RawIOBase):
@@ -70,12 +72,13 @@ class TarFiles:
                 "decompress it first (gunzip -k FILE or unzstd FILE)",
             )
         out: dict[str, tarfile.TarInfo] = {}
-        try:
-            with tarfile.open(self.path, mode="r:") as tar:
-                for info in tar:
+        with open(self.path, "rb") as f:
+            try:
+                for info in TarStream(f, f"{self.what}: {self.path}", seekable=True):
                     out[member_name(info.name)] = info
-        except tarfile.TarError as exc:
-            raise ReproError(f"{self.what}: {self.path} is not a readable tar archive ({exc})", "") from None
+            except TarDamaged as exc:
+                raise ReproError(f"{self.what}: {self.path} is not a readable tar archive ({exc.detail})",
+                                 "the archive is damaged") from None
         return out
 
     def _resolve(self, name: str) -> tarfile.TarInfo | None:

@@ -5,10 +5,16 @@ reader parses the 512-byte headers itself, hands content out as slices of the ch
 skips unread content by moving an offset. It gives tarfile.TarInfo objects and follows tarfile's
 rules (ustar prefixes, GNU long names and links, pax extended and global headers, where the archive
 ends), so callers see what tarfile would show them. GNU sparse files are refused.
+
+Where tarfile would loop, recurse or quietly lose its place, this reader refuses: a negative or absurd
+number (size, times, ids, device numbers), a GNU long name or pax header larger than MAX_EXTENSION, a
+malformed pax record, a long chain of extension headers, or a NUL inside a name make the stream
+"damaged" (a ReproError), so nothing can hide a member from the files that are hashed or extracted.
 """
 
 from __future__ import annotations
 
+import math
 import re
 import struct
 import tarfile
@@ -24,8 +30,24 @@ _PAX_TYPES = (tarfile.XHDTYPE, tarfile.XGLTYPE, tarfile.SOLARIS_XHDTYPE)
 _LONG_TYPES = (tarfile.GNUTYPE_LONGNAME, tarfile.GNUTYPE_LONGLINK)
 # Types whose size field says nothing about data after the header (tarfile skips data of all others).
 _NO_DATA = frozenset(tarfile.SUPPORTED_TYPES) - frozenset(tarfile.REGULAR_TYPES)
-_PAX_RECORD = re.compile(rb"(\d+) ([^=]+)=")
-_HDRCHARSET = re.compile(rb"\d+ hdrcharset=([^\n]+)\n")
+_PAX_LENGTH = re.compile(rb"(\d{1,20}) ")
+
+MAX_EXTENSION = 1 << 20  # bytes in one GNU long name or link, or one pax header; also all global records
+MAX_GLOBAL_RECORDS = 256  # every later member carries them: more would make each member cost more
+MAX_CHAINED = 32  # extension headers in a row before a member (real archives have one to three)
+MAX_SIZE = (1 << 63) - 1  # what an off_t, and Go's archive/tar, can hold
+MAX_ID = 0xFFFFFFFE  # the largest uid or gid a Linux file can have (-1 means "unchanged" to chown)
+MAX_DEVICE = (1 << 31) - 1  # os.makedev takes C ints
+MAX_MODE = 0o7777777  # the largest octal number the mode field holds
+MAX_MTIME = ((1 << 63) - 1) // 10**9  # seconds whose nanoseconds fit an int64 (1677 to 2262)
+
+
+class TarDamaged(ReproError):
+    """Not a tar stream, or a damaged one; `detail` says what is wrong, for callers that word it."""
+
+    def __init__(self, message: str, hint: str, detail: str) -> None:
+        super().__init__(message, hint)
+        self.detail = detail
 
 
 class _HeaderError(Exception):
@@ -57,7 +79,7 @@ def _round_up(size: int) -> int:
 
 
 def _text(field: bytes, encoding: str, errors: str) -> str:
-    if not field[0]:
+    if not field or not field[0]:
         return ""
     end = field.find(b"\0")
     return (field if end < 0 else field[:end]).decode(encoding, errors)
@@ -147,6 +169,27 @@ def _apply_pax(info: tarfile.TarInfo, headers: dict[str, str]) -> None:
     info.pax_headers = headers.copy()
 
 
+def _shown(name: str) -> str:
+    return repr(name if len(name) <= 100 else name[:100] + "...")
+
+
+def member_problem(info: tarfile.TarInfo) -> str:
+    """Why a member's fields cannot be right ('' if they can): what tar readers would crash on, loop
+    on (a negative size moves the reader backwards) or pass on to a file system that refuses them."""
+    numbers = (("size", info.size, 0, MAX_SIZE), ("mode", info.mode, 0, MAX_MODE), ("uid", info.uid, 0, MAX_ID),
+               ("gid", info.gid, 0, MAX_ID), ("devmajor", info.devmajor, 0, MAX_DEVICE),
+               ("devminor", info.devminor, 0, MAX_DEVICE))
+    for field, value, low, high in numbers:
+        if not isinstance(value, int) or not low <= value <= high:
+            return f"{_shown(info.name)}: {field} {value!r} is out of range"
+    mtime = info.mtime
+    if not isinstance(mtime, (int, float)) or not math.isfinite(mtime) or not -MAX_MTIME <= mtime <= MAX_MTIME:
+        return f"{_shown(info.name)}: mtime {mtime!r} is out of range"
+    if "\0" in info.name or "\0" in info.linkname:
+        return f"{_shown(info.name)}: a NUL byte in its name or link target"
+    return ""
+
+
 class Content:
     """The content of one regular member: readable until the stream moves on to the next member."""
 
@@ -199,8 +242,15 @@ class TarStream:
     Like tarfile, a zero block ends the archive, and so does an unreadable header after the first.
     """
 
-    def __init__(self, source: BinaryIO, what: str, encoding: str = "utf-8", errors: str = "surrogateescape") -> None:
+    def __init__(self, source: BinaryIO, what: str, encoding: str = "utf-8", errors: str = "surrogateescape",
+                 seekable: bool = False) -> None:
+        """`seekable`: `source` is a file read from its start; content that is skipped is seeked over,
+        so listing an archive's members reads only their headers."""
         self._read = getattr(source, "read1", None) or source.read
+        self._seek = source.seek if seekable else None
+        self._end = source.seek(0, 2) if seekable else 0
+        if seekable:
+            source.seek(0)
         self.what = what
         self.encoding = encoding
         self.errors = errors
@@ -249,6 +299,13 @@ class TarStream:
 
     def _discard(self, size: int) -> bool:
         """Skip `size` bytes; False if the data ends first."""
+        if self._seek is not None and size > len(self._chunk) - self._pos:
+            target = self._tell() + size
+            if target > self._end:
+                return False
+            self._seek(target)
+            self._offset, self._chunk, self._view_of, self._pos = target, b"", memoryview(b""), 0
+            return True
         while size:
             available = len(self._chunk) - self._pos
             if size <= available:
@@ -278,8 +335,8 @@ class TarStream:
 
     # --- members -------------------------------------------------------------------------------
 
-    def _damaged(self, detail: str) -> ReproError:
-        return ReproError(f"{self.what}: damaged tar stream ({detail})", "the layer is corrupt")
+    def _damaged(self, detail: str) -> TarDamaged:
+        return TarDamaged(f"{self.what}: damaged tar stream ({detail})", "the layer is corrupt", detail)
 
     def content(self) -> Content:
         """A reader of the current member's content (regular files)."""
@@ -303,25 +360,32 @@ class TarStream:
                 raise self._error(start, "empty file" if isinstance(exc, _Empty) else str(exc)) from None
             self._done = True
             return None
+        problem = member_problem(info)
+        if problem:
+            raise self._damaged(problem)
         self._left = size
         self._after = _round_up(size) - size
         return info
 
-    def _error(self, start: int, detail: str) -> ReproError:
+    def _error(self, start: int, detail: str) -> TarDamaged:
         if start == 0:
-            return ReproError(f"{self.what}: not a tar stream ({detail})", "the layer is damaged")
+            return TarDamaged(f"{self.what}: not a tar stream ({detail})", "the layer is damaged", detail)
         return self._damaged(detail)
 
-    def _member(self) -> tuple[tarfile.TarInfo, int]:
+    def _member(self, depth: int = 0) -> tuple[tarfile.TarInfo, int]:
         """A member and the size of the data that follows its header, extension headers applied."""
         start = self._tell()
         info = _parse(self._take(BLOCK), self.encoding, self.errors)
         info.offset = start
         kind = info.type
-        if kind in _LONG_TYPES:
-            return self._long_name(info)
-        if kind in _PAX_TYPES:
-            return self._pax(info)
+        if kind in _LONG_TYPES or kind in _PAX_TYPES:
+            if depth >= MAX_CHAINED:
+                raise self._damaged(f"more than {MAX_CHAINED} extension headers in a row")
+            if not 0 <= info.size <= MAX_EXTENSION:
+                raise self._damaged(f"an extension header of {info.size} bytes (at most {MAX_EXTENSION})")
+            if kind in _LONG_TYPES:
+                return self._long_name(info, depth)
+            return self._pax(info, depth)
         if kind == tarfile.GNUTYPE_SPARSE:
             raise self._sparse(info.name)
         info.offset_data = self._tell()
@@ -333,18 +397,18 @@ class TarStream:
         return info, size
 
     def _sparse(self, name: str) -> ReproError:
-        return ReproError(f"{self.what}: {name}: GNU sparse files are not supported",
+        return ReproError(f"{self.what}: {_shown(name)}: GNU sparse files are not supported",
                           "store the file without --sparse")
 
-    def _following(self) -> tuple[tarfile.TarInfo, int]:
+    def _following(self, depth: int) -> tuple[tarfile.TarInfo, int]:
         try:
-            return self._member()
+            return self._member(depth + 1)
         except _HeaderError as exc:
             raise _Subsequent(str(exc)) from None
 
-    def _long_name(self, header: tarfile.TarInfo) -> tuple[tarfile.TarInfo, int]:
-        data = self._take(_round_up(header.size))
-        info, size = self._following()
+    def _long_name(self, header: tarfile.TarInfo, depth: int) -> tuple[tarfile.TarInfo, int]:
+        data = self._take(_round_up(header.size))[: header.size]
+        info, size = self._following(depth)
         info.offset = header.offset
         if header.type == tarfile.GNUTYPE_LONGNAME:
             info.name = _text(data, self.encoding, self.errors)
@@ -354,37 +418,55 @@ class TarStream:
             info.name = info.name.removesuffix("/")
         return info, size
 
-    def _pax(self, header: tarfile.TarInfo) -> tuple[tarfile.TarInfo, int]:
-        data = self._take(_round_up(header.size))
-        records = self._globals if header.type == tarfile.XGLTYPE else self._globals.copy()
-        match = _HDRCHARSET.search(data)
-        if match is not None:
-            records["hdrcharset"] = match.group(1).decode("utf-8")
+    def _pax(self, header: tarfile.TarInfo, depth: int) -> tuple[tarfile.TarInfo, int]:
+        data = self._take(_round_up(header.size))[: header.size]
+        is_global = header.type == tarfile.XGLTYPE
+        records = self._globals if is_global else self._globals.copy()
+        parsed = self._pax_records(data)
+        for keyword, value in parsed:
+            if keyword == b"hdrcharset":
+                records["hdrcharset"] = value.decode("utf-8", self.errors)
+                break
         encoding = self.encoding if records.get("hdrcharset") == "BINARY" else "utf-8"
-        pos = 0
-        while (match := _PAX_RECORD.match(data, pos)) is not None:
-            length, keyword = match.groups()
-            length = int(length)
-            if length == 0:
-                raise _Invalid("invalid header")
-            value = data[match.end(2) + 1 : match.start(1) + length - 1]
-            keyword = _pax_text(keyword, "utf-8", self.errors)
-            if keyword in tarfile.PAX_NAME_FIELDS:
-                records[keyword] = _pax_text(value, encoding, self.errors, self.encoding)
+        for keyword, value in parsed:
+            name = _pax_text(keyword, "utf-8", self.errors)
+            if name in tarfile.PAX_NAME_FIELDS:
+                records[name] = _pax_text(value, encoding, self.errors, self.encoding)
             else:
-                records[keyword] = _pax_text(value, "utf-8", self.errors)
-            pos += length
+                records[name] = _pax_text(value, "utf-8", self.errors)
         if any(k.startswith("GNU.sparse.") for k in records):
             raise self._sparse(records.get("path", records.get("GNU.sparse.name", header.name)))
-        if header.type == tarfile.XGLTYPE and "size" in records:
-            raise _Subsequent("a global pax header sets the size of every member")
-        info, size = self._following()
-        if header.type != tarfile.XGLTYPE:
+        if is_global:
+            if "size" in records:
+                raise _Subsequent("a global pax header sets the size of every member")
+            if (len(records) > MAX_GLOBAL_RECORDS
+                    or sum(len(k) + len(v) for k, v in records.items()) > MAX_EXTENSION):
+                raise self._damaged(f"global pax records beyond {MAX_GLOBAL_RECORDS} records or "
+                                    f"{MAX_EXTENSION} bytes")
+        info, size = self._following(depth)
+        if not is_global:
             _apply_pax(info, records)
             info.offset = header.offset
             if "size" in records:
                 size = 0 if info.type in _NO_DATA else info.size
         return info, size
+
+    def _pax_records(self, data: bytes) -> list[tuple[bytes, bytes]]:
+        """The `LENGTH KEYWORD=VALUE` lines of a pax header, each found within its own length (tarfile's
+        pattern may scan the rest of the header for every record: quadratic time)."""
+        out = []
+        pos = 0
+        while (match := _PAX_LENGTH.match(data, pos)) is not None:
+            length = int(match.group(1))
+            end = pos + length
+            equals = data.find(b"=", match.end(), end)
+            if end > len(data) or equals <= match.end():
+                raise self._damaged("a malformed pax record")
+            out.append((data[match.end() : equals], data[equals + 1 : end - 1]))
+            pos = end
+        if data[pos:].strip(b"\0"):
+            raise self._damaged("a malformed pax record")
+        return out
 
 
 def _pax_text(value: bytes, encoding: str, errors: str, fallback: str = "utf-8") -> str:

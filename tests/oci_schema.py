@@ -1,4 +1,5 @@
-"""Validation against the OCI image-spec JSON schemas in ../shared/oci-image-spec-schema."""
+"""Validation against the OCI image-spec JSON schemas, as Debian's golang-github-opencontainers-image-spec-dev
+installs them (scripts/setup-debian.sh installs that package; REPRO_OCI_SCHEMAS names another directory)."""
 
 from __future__ import annotations
 
@@ -11,8 +12,9 @@ from jsonschema import Draft4Validator
 from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT4
 
+DEBIAN_PACKAGE = "golang-github-opencontainers-image-spec-dev"
 SCHEMA_DIR = Path(
-    os.environ.get("REPRO_OCI_SCHEMAS", Path(__file__).resolve().parents[2] / "shared" / "oci-image-spec-schema")
+    os.environ.get("REPRO_OCI_SCHEMAS", "/usr/share/gocode/src/github.com/opencontainers/image-spec/schema")
 )
 SCHEMAS = {
     "manifest": "image-manifest-schema.json",
@@ -34,8 +36,11 @@ def _retrieve(uri: str) -> Resource:
 
 @cache
 def validator(kind: str) -> Draft4Validator:
-    if not SCHEMA_DIR.is_dir():
-        raise AssertionError(f"OCI schemas not found at {SCHEMA_DIR}; set REPRO_OCI_SCHEMAS")
+    missing = [name for name in SCHEMAS.values() if not (SCHEMA_DIR / name).is_file()]
+    if missing:
+        raise AssertionError(f"OCI schemas not found ({missing[0]} is not in {SCHEMA_DIR}): install the Debian "
+                             f"package {DEBIAN_PACKAGE} (make setup does), or set REPRO_OCI_SCHEMAS to the "
+                             "image-spec's schema/ directory")
     return Draft4Validator(_load(SCHEMAS[kind]), registry=Registry(retrieve=_retrieve))
 
 
