@@ -25,6 +25,7 @@ import ipaddress
 import json
 import os
 import re
+import socket
 import time
 import urllib.parse
 from concurrent.futures import ThreadPoolExecutor
@@ -145,6 +146,25 @@ def _origin(url: str) -> tuple[str, str, int] | None:
     return scheme, parts.hostname.lower(), port or (443 if scheme == "https" else 80)
 
 
+def _nobody_there(exc: BaseException) -> str:
+    """Why a connection could not be made at all ("connection refused", "unknown host"), or "" for a
+    failure that may pass (a reset, a timeout, a temporary DNS failure). Found along the chain of causes
+    requests and urllib3 wrap it in."""
+    pending: list[object] = [exc]
+    seen: set[int] = set()
+    while pending:
+        item = pending.pop()
+        if not isinstance(item, BaseException) or id(item) in seen:
+            continue
+        seen.add(id(item))
+        if isinstance(item, ConnectionRefusedError):
+            return "connection refused"
+        if isinstance(item, socket.gaierror) and item.errno == socket.EAI_NONAME:
+            return "unknown host"
+        pending.extend([*item.args, getattr(item, "reason", None), item.__cause__, item.__context__])
+    return ""
+
+
 def _too_large(what: str, limit: int, hint: str = "") -> ReproError:
     return ReproError(f"{what} is larger than {limit} bytes",
                       hint or "the registry, or something between, sends more than it should")
@@ -248,6 +268,9 @@ class Client:
         self.basic = self._credentials(options.extra.get("creds"))
         self.auth: dict[str, dict[str, str]] = {}  # scope -> Authorization header that worked
         self.basic_required = False
+        # once the registry has answered, a refused connection is a restart to wait for; before, it is
+        # a registry that is not there, said at once instead of after minutes of retries
+        self.reached = False
 
     def _credentials(self, creds: str | None) -> str:
         creds = creds or os.environ.get("REPRO_REGISTRY_AUTH", "")
@@ -321,6 +344,7 @@ class Client:
             auth = self.auth.get(scope) or ({"Authorization": f"Basic {self.basic}"} if self.basic_required else {})
             try:
                 response = self._send(method, url, body, headers or {}, auth, self.origin)
+                self.reached = True
                 if response.status_code == 401 and _origin(response.url) != self.origin:
                     _drain(response)
                     raise ReproError(f"{self.host}: {urllib.parse.urlsplit(response.url).netloc}, where the registry "
@@ -335,6 +359,10 @@ class Client:
                     raise ReproError(f"{self.host}: authentication failed for {scope.split(':')[1]}",
                                      "check the credentials (--creds, REPRO_REGISTRY_AUTH or docker login)")
             except (requests.ConnectionError, requests.Timeout) as exc:
+                why = "" if self.reached else _nobody_there(exc)
+                if why:
+                    raise ReproError(f"{self.host}: cannot connect ({why})",
+                                     "check that the registry is running and the host and port are right") from None
                 if attempt == attempts - 1:
                     raise Transient(f"{self.host}: cannot connect ({exc.__class__.__name__})",
                                     "check that the registry is running and reachable") from None
@@ -424,7 +452,8 @@ class RegistrySource:
                                  "the registry or something between is corrupting content")
         media_type = response.headers.get("Content-Type", "").split(";")[0]
         if media_type not in MANIFEST_TYPES | INDEX_TYPES:
-            media_type = parse_json(raw, f"{self.name}: manifest").get("mediaType", "")
+            document = parse_json(raw, f"{self.name}: manifest")
+            media_type = document.get("mediaType", "") if isinstance(document, dict) else ""
         return raw, media_type
 
 

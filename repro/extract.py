@@ -22,6 +22,7 @@ from repro.errors import ReproError
 
 XATTR_PREFIX = "SCHILY.xattr."
 SETID_BITS = stat.S_ISUID | stat.S_ISGID
+MAX_ID = 4294967294  # (uid_t)-1 means "no change" to chown
 
 
 @dataclass
@@ -169,7 +170,11 @@ class Extractor:
             self._set_meta_at(dir_fd, name, info)
 
     def _ids(self, info: tarfile.TarInfo) -> tuple[int, int]:
-        return info.uid + self.policy.id_offset, info.gid + self.policy.id_offset
+        ids = info.uid + self.policy.id_offset, info.gid + self.policy.id_offset
+        if max(ids) > MAX_ID:
+            raise ReproError(f"{self.what}: {info.name}: uid/gid {info.uid}:{info.gid} does not fit this tree's "
+                             f"ids (shifted by {self.policy.id_offset})", "the image is damaged or hostile")
+        return ids
 
     def _mode(self, info: tarfile.TarInfo) -> int:
         mode = info.mode & 0o7777

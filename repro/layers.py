@@ -446,11 +446,3 @@ def member_name(name: str) -> str:
     """A tar member name as a clean relative path ('./a//b/' -> 'a/b'); '' for the root."""
     parts = [p for p in name.split("/") if p not in ("", ".")]
     return "/".join(parts)
-
-
-def iter_tar_stream(tar: tarfile.TarFile):
-    """Iterate a tar opened in stream mode without tarfile's list of every member seen so far,
-    so memory does not grow with the number of entries."""
-    while (info := tar.next()) is not None:
-        yield info
-        tar.members.clear()

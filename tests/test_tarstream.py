@@ -142,13 +142,13 @@ def test_ustar_prefix():
 
 
 def test_base256_numbers():
-    entries = [member("f", b"abc", uid=8**8 + 5, gid=2**40, mtime=-100)]
+    entries = [member("f", b"abc", uid=8**8 + 5, gid=2**31, mtime=-100)]
     data = bytearray(make_tar(entries, tarfile.GNU_FORMAT))
     # A small size in base-256 form, as some writers emit it.
     data[124:136] = b"\x80" + (3).to_bytes(11, "big")
     with_checksum(memoryview(data)[:512])
     found = same_as_tarfile(bytes(data))
-    assert found[0][0][3:5] == (8**8 + 5, 2**40) and found[0][0][7:9] == (3, -100)
+    assert found[0][0][3:5] == (8**8 + 5, 2**31) and found[0][0][7:9] == (3, -100)
 
 
 def test_non_utf8_names():
