@@ -10,6 +10,7 @@ gigabytes), and so are specs larger than MAX_SPEC_BYTES or nested deeper than MA
 from __future__ import annotations
 
 import json
+import sys
 from dataclasses import dataclass, field
 from functools import cache
 from importlib import resources
@@ -17,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from jsonschema import Draft202012Validator, validators
 
 from repro.errors import ReproError
 
@@ -25,10 +25,25 @@ SCHEMA_FILE = "spec.schema.json"
 MAX_SPEC_BYTES = 1 << 20
 MAX_DEPTH = 32  # a spec nests five levels; deeper YAML would only exhaust the composer's recursion
 MAX_ID = 0xFFFFFFFE  # the largest uid or gid a Linux file can have
-# JSON Schema counts 1.0 as an integer; a spec's integers are YAML integers (not booleans, not floats).
-_TYPES = Draft202012Validator.TYPE_CHECKER.redefine(
-    "integer", lambda checker, value: isinstance(value, int) and not isinstance(value, bool))
-_Validator = validators.extend(Draft202012Validator, type_checker=_TYPES)
+
+
+@cache
+def _validator_class():
+    """jsonschema, loaded only when a spec is checked. Loading it imports every optional format checker
+    that is installed, and one of them (rfc3987_syntax, brought by cyclonedx's validation extra)
+    compiles a grammar for two seconds; a spec uses no formats, so it is kept out of that import."""
+    blocked = "rfc3987_syntax" not in sys.modules
+    if blocked:
+        sys.modules["rfc3987_syntax"] = None  # type: ignore[assignment]  # makes its import fail, as if absent
+    try:
+        from jsonschema import Draft202012Validator, validators
+    finally:
+        if blocked:
+            del sys.modules["rfc3987_syntax"]
+    # JSON Schema counts 1.0 as an integer; a spec's integers are YAML integers (not booleans, not floats).
+    types = Draft202012Validator.TYPE_CHECKER.redefine(
+        "integer", lambda checker, value: isinstance(value, int) and not isinstance(value, bool))
+    return validators.extend(Draft202012Validator, type_checker=types)
 
 
 @cache
@@ -243,7 +258,7 @@ def load(path: str | Path) -> Spec:
     spec = Spec(path.resolve(), raw if isinstance(raw, dict) else {}, lines)
     if not isinstance(raw, dict):
         raise spec.error("", "the spec must be a mapping of keys", "see catalog/ for examples")
-    errors = sorted(_Validator(schema()).iter_errors(raw), key=lambda e: (len(list(e.path)), str(e.path)))
+    errors = sorted(_validator_class()(schema()).iter_errors(raw), key=lambda e: (len(list(e.path)), str(e.path)))
     if errors:
         error = max(errors, key=lambda e: len(list(e.absolute_path)))
         where = _where(error.absolute_path)
