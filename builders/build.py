@@ -360,11 +360,12 @@ class Builder:
         env.update({"HOME": "/root", "SOURCE_DATE_EPOCH": str(self.epoch), "LC_ALL": "C.UTF-8"})
         if step.kind == "packages":
             env["DEBIAN_FRONTEND"] = "noninteractive"
-            script = (
-                "apt-get update -qq && apt-get install -y -qq --no-install-recommends "
-                + " ".join(step.value)
-                + " > /dev/null"
-            )
+            # apt drops to its _apt user for downloads; in a plain user's namespace (bwrap) there is no
+            # such id, and as root the step is confined already: download as root inside, everywhere, so
+            # that the files apt leaves are owned alike as root and as a plain user.
+            apt = "apt-get -o APT::Sandbox::User=root"
+            packages = " ".join(step.value)
+            script = f"{apt} update -qq && {apt} install -y -qq --no-install-recommends {packages} > /dev/null"
         else:
             script = step.value
         argv = list(script) if isinstance(script, list) else ["/bin/sh", "-c", script]
