@@ -20,6 +20,10 @@ from repro.image import Image
 from repro.refs import Options, Reference
 
 
+def _where() -> str:
+    return os.environ.get("DOCKER_HOST") or "the default socket"
+
+
 def _client():
     import docker
     from docker.errors import DockerException
@@ -29,8 +33,7 @@ def _client():
         client.ping()
         return client
     except DockerException as exc:
-        where = os.environ.get("DOCKER_HOST", "the default socket")
-        raise ReproError(f"docker-daemon: cannot reach the Docker engine at {where} ({exc.__class__.__name__})",
+        raise ReproError(f"docker-daemon: cannot reach the Docker engine at {_where()} ({exc.__class__.__name__})",
                          "start dockerd or set DOCKER_HOST (Podman: its Docker-compatible socket)") from None
 
 
@@ -40,25 +43,52 @@ def _name(ref: Reference) -> str:
     return docker_archive.familiar(ref.body)
 
 
+def _check_exists(client, ref: Reference, name: str) -> None:
+    """Ask the engine before exporting: Podman answers a save of some missing names only after writing
+    an archive, and an error about that archive would name a file the user never saw."""
+    from docker.errors import APIError, ImageNotFound
+
+    try:
+        client.api.inspect_image(name)
+    except ImageNotFound:
+        raise ReproError(f"{ref}: no such image in the engine at {_where()}",
+                         "list its images with `docker images` or `podman images`") from None
+    except APIError as exc:
+        raise ReproError(f"{ref}: the engine at {_where()} cannot look it up ({exc.explanation})", "") from None
+
+
 def read(ref: Reference, options: Options) -> Image:
     from docker.errors import APIError, ImageNotFound
 
     client = _client()
     name = _name(ref)
+    _check_exists(client, ref, name)
     tmp = Path(tempfile.mkdtemp(prefix="repro-daemon-"))
     archive = tmp / "image.tar"
     try:
         with open(archive, "wb") as out:
             for chunk in client.api.get_image(name, chunk_size=1 << 20):
                 out.write(chunk)
-    except (ImageNotFound, APIError) as exc:
+    except (ImageNotFound, APIError) as exc:  # removed since it was looked up
         shutil.rmtree(tmp, ignore_errors=True)
         status = getattr(getattr(exc, "response", None), "status_code", 0)
         if status == 404 or isinstance(exc, ImageNotFound):
-            raise ReproError(f"{ref}: no such image in the Docker engine", "check `docker images`") from None
-        raise ReproError(f"{ref}: the Docker engine refused to save it ({exc.explanation})", "") from None
-    image = docker_archive.read(Reference("docker-archive", f"{archive}:{name}"), options)
+            raise ReproError(f"{ref}: no such image in the engine at {_where()}",
+                             "list its images with `docker images` or `podman images`") from None
+        raise ReproError(f"{ref}: the engine at {_where()} refused to save it ({exc.explanation})", "") from None
+    # The export holds the one image asked for, under the name the engine gave it (Podman's
+    # `localhost/NAME:TAG` for a loaded image), so it is taken as the archive's only image, not by name.
+    exported = Reference("docker-archive", str(archive))
+    try:
+        image = docker_archive.read(exported, options)
+    except ReproError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise ReproError(f"{ref}: the engine's export cannot be read: "
+                         f"{exc.message.replace(f'{exported}: ', '').replace(str(archive), 'the export')}",
+                         exc.hint) from None
     image.name = str(ref)
+    if isinstance(image, docker_archive.DockerArchiveImage):  # later errors name the reference too
+        image.blobs.name = image.files.what = str(ref)
     weakref.finalize(image, shutil.rmtree, tmp, True)
     return image
 

@@ -4,7 +4,7 @@ set -euo pipefail
 packages=(
   skopeo umoci buildah squashfs-tools squashfs-tools-ng siftool docker.io docker-registry
   mmdebstrap proot bubblewrap busybox-static uidmap iptables apache2-utils iproute2 time
-  runc golang-github-opencontainers-image-spec-dev
+  runc golang-github-opencontainers-image-spec-dev podman
 )
 missing=()
 for p in "${packages[@]}"; do

@@ -187,3 +187,101 @@ def auth_registry(tmp_path_factory):
     reg = Registry(base, str(htpasswd))
     yield reg
     reg.stop()
+
+
+class Podman:
+    """A private Podman: its own storage, state, events log and configuration, all under `base`.
+
+    `env` is the environment for the podman CLI; the host's containers.conf, storage.conf and
+    registries.conf are not read, its podman storage not touched."""
+
+    def __init__(self, base: Path) -> None:
+        self.base = base
+        # runc cannot raise the open files and processes limits to Podman's defaults on this kind of machine
+        (base / "containers.conf").write_text(
+            '[containers]\ndefault_ulimits = ["nofile=1024:1024", "nproc=1024:1024"]\n'
+            f'[engine]\ntmp_dir = "{base}/tmp"\nvolume_path = "{base}/volumes"\n'
+            f'events_logger = "file"\nevents_logfile_path = "{base}/events.log"\n'
+            f'[network]\nnetwork_config_dir = "{base}/networks"\n')
+        (base / "registries.conf").write_text("unqualified-search-registries = []\n")
+        self.env = {**os.environ, "CONTAINERS_CONF": str(base / "containers.conf"),
+                    "CONTAINERS_STORAGE_CONF": str(base / "storage.conf"),
+                    "CONTAINERS_REGISTRIES_CONF": str(base / "registries.conf")}
+        for key in ("DOCKER_HOST", "CONTAINER_HOST", "XDG_CONFIG_HOME"):
+            self.env.pop(key, None)
+        self.driver = ""
+        for driver in ("overlay", "vfs"):  # overlay is refused on some file systems (an overlay itself)
+            (base / "storage.conf").write_text(f'[storage]\ndriver = "{driver}"\ngraphroot = "{base}/root"\n'
+                                               f'runroot = "{base}/run"\n')
+            info = subprocess.run(["podman", "info", "--format", "{{.Store.GraphDriverName}}"], env=self.env,
+                                  capture_output=True, text=True)
+            if info.returncode == 0 and info.stdout.strip() == driver:
+                self.driver = driver
+                break
+            self._unmount()
+            shutil.rmtree(base / "root", ignore_errors=True)
+            shutil.rmtree(base / "run", ignore_errors=True)
+        if not self.driver:
+            raise RuntimeError(f"podman works with neither overlay nor vfs storage:\n{info.stderr}")
+
+    def __call__(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+        return run("podman", *args, check=check, env=self.env)
+
+    def _unmount(self) -> None:
+        """Podman's storage bind-mounts its driver's directory (and a container's root while it runs)."""
+        with open("/proc/self/mountinfo") as f:
+            points = [line.split()[4] for line in f]
+        for point in sorted((p for p in points if p.startswith(f"{self.base}/")), key=len, reverse=True):
+            subprocess.run(["umount", "-l", point], capture_output=True)
+
+    def close(self) -> None:
+        self._unmount()
+        shutil.rmtree(self.base, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def podman():
+    """Podman (Debian's 4.3) as root, with private storage under a temporary directory."""
+    if os.geteuid() != 0 or not shutil.which("podman"):
+        pytest.fail("the Podman tests need root and podman (make setup installs it)")
+    pod = Podman(Path(tempfile.mkdtemp(prefix="rp-", dir="/tmp")))
+    try:
+        yield pod
+    finally:
+        pod.close()
+
+
+@pytest.fixture(scope="session")
+def podman_socket(podman):
+    """Podman's Docker-compatible API on a private socket (`podman system service`), stopped afterwards.
+
+    Yields the environment that points repro's docker-daemon: transport at it (DOCKER_HOST)."""
+    sock = podman.base / "podman.sock"
+    log = open(podman.base / "service.log", "wb")  # noqa: SIM115 - kept open for the service's lifetime
+    proc = subprocess.Popen(["podman", "system", "service", "--time=0", f"unix://{sock}"], env=podman.env,
+                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    env = {**os.environ, "DOCKER_HOST": f"unix://{sock}"}
+    try:
+        def ready() -> bool:
+            import socket
+
+            with socket.socket(socket.AF_UNIX) as s:
+                try:
+                    s.connect(str(sock))
+                    s.sendall(b"GET /_ping HTTP/1.0\r\n\r\n")
+                    return s.recv(64).startswith(b"HTTP/1.") or proc.poll() is not None
+                except OSError:
+                    return proc.poll() is not None
+
+        _wait_for(ready, 60, "podman system service")
+        if proc.poll() is not None:
+            raise RuntimeError((podman.base / "service.log").read_text()[-2000:])
+        yield env
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        log.close()

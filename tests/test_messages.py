@@ -3,13 +3,18 @@ console markup (`[bold]` in a label stays text), in results, tables, reports and
 
 from __future__ import annotations
 
+import http.server
 import json
 import shutil
+import threading
+import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import BUSYBOX_CONFIG, busybox_layers, repro
+from tests.conftest import BUSYBOX_CONFIG, busybox_layers, free_port, repro
 from tests.imagekit import make_image
 
 LABELS = {"note": "[bold]loud[/bold] :thumbs_up:", "[red]key": ":smile: v"}
@@ -77,3 +82,65 @@ def test_a_replay_that_differs_shows_the_last_lines_of_its_stderr(here):
     assert "      ?[2Jcleared" in lines and "\x1b" not in proc.stdout, proc.stdout
     report = json.loads(repro("replay", "--json", "--executor", "runc", str(package), check=False).stdout)
     assert "No such file or directory" in report["runs"][0]["stderr_tail"]
+
+
+class _Flaky(http.server.BaseHTTPRequestHandler):
+    """A registry's front that answers 503 to its first requests, then passes them on (GET and HEAD)."""
+
+    upstream = ""
+    failures = 0
+
+    def log_message(self, *args) -> None:
+        pass
+
+    def _forward(self, method: str) -> None:
+        if type(self).failures > 0:
+            type(self).failures -= 1
+            self.send_response(503)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
+        request = urllib.request.Request(self.upstream + self.path, method=method,
+                                         headers={k: v for k, v in self.headers.items() if k.lower() != "host"})
+        try:
+            response = urllib.request.urlopen(request)
+            status, headers, body = response.status, response.headers, response.read()
+        except urllib.error.HTTPError as exc:
+            status, headers, body = exc.code, exc.headers, exc.read()
+        self.send_response(status)
+        for key, value in headers.items():
+            if key.lower() not in ("content-length", "transfer-encoding", "connection"):
+                self.send_header(key, value)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        if method != "HEAD":
+            self.wfile.write(body)
+
+    def do_GET(self) -> None:
+        self._forward("GET")
+
+    def do_HEAD(self) -> None:
+        self._forward("HEAD")
+
+
+def test_a_registry_nobody_runs_is_one_line_at_once_and_a_5xx_is_still_retried(busybox_layout, registry, tmp_path):
+    nobody = f"127.0.0.1:{free_port()}"
+    for args in (("convert", f"oci:{busybox_layout}:1", f"docker://{nobody}/team/img:1"),
+                 ("convert", f"docker://{nobody}/team/img:1", f"oci:{tmp_path}/pulled:1")):
+        started = time.monotonic()
+        proc = repro(*args, check=False)
+        took = time.monotonic() - started
+        assert proc.returncode == 2 and took < 10, (took, proc.stderr)
+        assert proc.stderr.startswith(f"repro: {nobody}: cannot connect (connection refused)"), proc.stderr
+        assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    repro("convert", f"oci:{busybox_layout}:1", f"docker://{registry.host}/flaky/img:1")
+    handler = type("Flaky", (_Flaky,), {"upstream": f"http://{registry.host}", "failures": 3})
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        front = f"127.0.0.1:{server.server_address[1]}"
+        repro("convert", f"docker://{front}/flaky/img:1", f"oci:{tmp_path}/through-503:1")
+        assert handler.failures == 0
+    finally:
+        server.shutdown()
+    assert repro("hash", f"oci:{tmp_path}/through-503:1").stdout == repro("hash", f"oci:{busybox_layout}:1").stdout
