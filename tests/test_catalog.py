@@ -91,3 +91,29 @@ def test_sbom_matches_dpkg_in_the_running_image(built, dockerd, catalog_store, n
         assert "numpy" in pypi and "scipy" in pypi
         assert any(p["name"] == "repro:part-of" and p["value"].startswith("pkg:deb/debian/python3-numpy")
                    for p in pypi["numpy"]["properties"])
+
+
+def test_a_packages_step_gives_one_digest_as_root_and_as_a_plain_user(built, catalog_store):
+    """runc as root and bwrap as a plain user (each the default there) install a package alike."""
+    import os
+    import subprocess
+    import tempfile
+
+    from tests.conftest import REPRO
+
+    public = Path(tempfile.mkdtemp(prefix="repro-packages-", dir="/tmp"))
+    try:
+        repro("convert", f"oci:{catalog_store / 'store'}:python-science:1.0", f"oci:{public / 'base'}:1")
+        spec = public / "spec.yaml"
+        spec.write_text(f"spec: 1\nname: pkg\ntag: pkg:1\nsource_date_epoch: 1700000000\n"
+                        f"base: {{image: 'oci:{public / 'base'}:1'}}\nsteps:\n  - packages: [hello]\n")
+        subprocess.run(["chmod", "-R", "a+rwX", str(public)], check=True)
+        as_root = json.loads(repro("build", str(spec), "--store", str(public / "root"), "--json").stdout)
+        user = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", REPRO, "build",
+                               str(spec), "--store", str(public / "user"), "--json"], capture_output=True, text=True,
+                              env={**os.environ, "HOME": str(public)}, timeout=900)
+        assert user.returncode == 0, user.stderr
+        assert json.loads(user.stdout)["digest"] == as_root["digest"]
+    finally:
+        subprocess.run(["chmod", "-R", "u+rwX", str(public)], check=False)
+        shutil.rmtree(public, ignore_errors=True)
