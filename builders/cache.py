@@ -80,10 +80,6 @@ def hash_inputs(paths: list[Path]) -> dict[str, str]:
     return out
 
 
-def spec_digest(path: Path) -> str:
-    return "sha256:" + hashlib.sha256(Path(path).read_bytes()).hexdigest()
-
-
 CACHE_ANNOTATION = "dev.repro.build-cache"
 DIGEST_PATTERN = re.compile(r"sha256:[0-9a-f]{64}")
 

@@ -58,10 +58,6 @@ def read_bounded(stream: BinaryIO, limit: int, what: str, hint: str = "the input
     raise ReproError(f"{what} is larger than {limit} bytes", hint)
 
 
-def hasher_for(digest: str) -> hashlib._Hash:
-    return hashlib.new(algorithm_and_hex(digest)[0])
-
-
 class HashingReader(io.RawIOBase):
     """Pass-through reader that hashes and counts what is read."""
 
@@ -168,19 +164,3 @@ class VerifyingReader(HashingReader):
         while self.read(CHUNK):
             pass
         self._check()
-
-
-def copy_stream(src: BinaryIO, dst: BinaryIO, progress=None) -> int:
-    """Copy src to dst in bounded chunks; returns the number of bytes copied."""
-    total = 0
-    while True:
-        chunk = src.read(CHUNK)
-        if not chunk:
-            break
-        dst.write(chunk)
-        total += len(chunk)
-        if progress is not None:
-            progress(len(chunk))
-    if isinstance(src, VerifyingReader):
-        src.finish()
-    return total

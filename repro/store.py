@@ -9,7 +9,6 @@ of overwriting each other's.
 from __future__ import annotations
 
 import contextlib
-import errno
 import fcntl
 import hashlib
 import os
@@ -254,7 +253,3 @@ class _HashingWriter:
 
     def writable(self) -> bool:
         return True
-
-
-def is_missing(exc: OSError) -> bool:
-    return exc.errno in (errno.ENOENT, errno.ENOTDIR)
