@@ -1,23 +1,33 @@
 """`rootfs:DIR`: a plain directory tree, read as a one-layer image (like `docker import`).
 
 The layer is deterministic: entries in byte order of path, mtimes clamped to SOURCE_DATE_EPOCH,
-hardlinks kept. It is assembled in a private temporary store that lives as long as the image.
+hardlinks kept. It is assembled in a private temporary store that lives as long as the image, and
+only when something asks for the image's layers, digest or config: what needs only the files (an
+SBOM, `hash --files`) reads the directory in place, as the merged view of that one layer. Files are
+opened through repro.confined, never through a symlink in the tree.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import shutil
+import tarfile
 import tempfile
 import weakref
+from collections.abc import Iterator
+from functools import cached_property
 from pathlib import Path
 
+from repro.confined import Tree
+from repro.digest import CHUNK
 from repro.errors import ReproError
 from repro.extract import Policy
-from repro.image import Image, Platform
-from repro.layers import source_date_epoch
-from repro.mutate import add_directory, commit, new_config, rfc3339, write_layer
+from repro.flatten import MergedEntry
+from repro.image import Image, ImageConfig, Manifest, Platform
+from repro.layers import TarWriter, source_date_epoch
+from repro.mutate import commit, directory_entries, new_config, rfc3339, write_layer
 from repro.refs import Options, Reference
 from repro.store import Layout
 
@@ -45,14 +55,143 @@ def image_from_layer_writer(produce, name: str, options: Options, container_conf
     return image
 
 
+class _FileContent:
+    """A regular file's content as the merged view hands it out: exactly the size its header says."""
+
+    __slots__ = ("_file", "_left", "_name")
+
+    def __init__(self, file, size: int, name: str) -> None:
+        self._file, self._left, self._name = file, size, name
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, size: int = -1) -> bytes:
+        size = self._left if size is None or size < 0 else min(size, self._left)
+        if not size:
+            return b""
+        data = self._file.read(size)
+        if not data:
+            raise ReproError(f"{self._name}: the file shrank while it was read", "read the directory when nothing "
+                             "is changing it")
+        self._left -= len(data)
+        return data
+
+    def readview(self, size: int = CHUNK) -> bytes:
+        return self.read(size)
+
+
+class DirectoryImage:
+    """A directory as a one-layer image, imported only when its image form is needed."""
+
+    def __init__(self, root: Path, ref: Reference, options: Options) -> None:
+        self.root = root
+        self.name = str(ref)
+        self._options = options
+        self._epoch = source_date_epoch()
+        self._tree_digest: str | None = None
+
+    def _entries(self, tree: Tree) -> Iterator[tuple[tarfile.TarInfo, object]]:
+        """The layer's headers in order, each regular file with its open (confined) file."""
+        for info, _ in directory_entries(self.root, self._epoch):
+            if not info.isreg():
+                yield info, None
+                continue
+            with tree.open_file(info.name, follow=False) as file:
+                if os.fstat(file.fileno()).st_size < info.size:
+                    raise ReproError(f"{self.name}: {info.name} shrank while it was read",
+                                     "read the directory when nothing is changing it")
+                yield info, file
+
+    def _write(self, tar: TarWriter) -> None:
+        with Tree(self.root, self.name) as tree:
+            for info, file in self._entries(tree):
+                tar.add(info, file)  # type: ignore[arg-type]
+
+    def merged_entries(self) -> Iterator[MergedEntry]:
+        """The directory's files as the merged view of the layer it would be imported as, read in place.
+
+        The layer's tar is hashed on the way (each file read again from the page cache once its
+        entry is done with), so a complete pass also gives tree_digest."""
+        sink = _Sha256Sink()
+        tar = TarWriter(sink)  # type: ignore[arg-type]
+        with Tree(self.root, self.name) as tree:
+            for info, file in self._entries(tree):
+                content = _FileContent(file, info.size, f"{self.name}: {info.name}") if file is not None else None
+                yield MergedEntry(0, info.name, info, content)  # type: ignore[arg-type]
+                if file is not None:
+                    file.seek(0)  # type: ignore[attr-defined]
+                tar.add(info, file)  # type: ignore[arg-type]
+        tar.close()
+        self._tree_digest = "sha256:" + sink.hash.hexdigest()
+
+    @property
+    def tree_digest(self) -> str:
+        """The sha256 of the layer's uncompressed tar: the diff_id the imported image has, known without
+        compressing the layer (which is most of an import's time)."""
+        if self._tree_digest is None:
+            sink = _Sha256Sink()
+            tar = TarWriter(sink)  # type: ignore[arg-type]
+            self._write(tar)
+            tar.close()
+            self._tree_digest = "sha256:" + sink.hash.hexdigest()
+        return self._tree_digest
+
+    @property
+    def created(self) -> str:
+        """The creation time the imported image has."""
+        return rfc3339(self._epoch)
+
+    @cached_property
+    def _image(self) -> Image:
+        return image_from_layer_writer(self._write, self.name, self._options)
+
+    @property
+    def raw_manifest(self) -> bytes:
+        return self._image.raw_manifest
+
+    @property
+    def manifest(self) -> Manifest:
+        return self._image.manifest
+
+    @property
+    def digest(self) -> str:
+        return self._image.digest
+
+    @property
+    def raw_config(self) -> bytes:
+        return self._image.raw_config
+
+    @property
+    def config(self) -> ImageConfig:
+        return self._image.config
+
+    @property
+    def layers(self) -> list:
+        return self._image.layers
+
+    def __getattr__(self, name: str):
+        if name.startswith("_"):
+            raise AttributeError(name)
+        return getattr(self._image, name)
+
+
+class _Sha256Sink:
+    def __init__(self) -> None:
+        self.hash = hashlib.sha256()
+
+    def write(self, data) -> int:
+        self.hash.update(data)
+        return len(data)
+
+
 def read(ref: Reference, options: Options) -> Image:
     root = Path(ref.body)
     if not ref.body:
         raise ReproError(f"{ref}: missing directory", "write it as rootfs:DIR")
     if not root.is_dir():
         raise ReproError(f"{ref}: {root} is not a directory", "check the path")
-    epoch = source_date_epoch()
-    return image_from_layer_writer(lambda tar: add_directory(tar, root, epoch), str(ref), options)
+    return DirectoryImage(root, ref, options)  # type: ignore[return-value]
 
 
 def write(image: Image, ref: Reference, options: Options, progress=None) -> str:

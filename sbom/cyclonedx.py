@@ -10,11 +10,14 @@ from __future__ import annotations
 import uuid
 
 from repro.image import canonical_json
+from sbom.spdx import DIRECTORY_NOTE
 
 NAMESPACE = uuid.UUID("3b0a8c59-8c1d-4a57-9b3e-5f2d7c1e0a94")
 
 
-def document(image_name: str, digest: str, created: str, packages, tool_name: str, tool_version: str) -> bytes:
+def document(image_name: str, digest: str, created: str, packages, tool_name: str, tool_version: str,
+             directory: bool = False) -> bytes:
+    """The document; `directory` when the subject is a directory read in place (see sbom.spdx)."""
     components = []
     for p in packages:
         component: dict = {"type": "library", "bom-ref": p.purl, "name": p.name, "version": p.version, "purl": p.purl}
@@ -45,6 +48,7 @@ def document(image_name: str, digest: str, created: str, packages, tool_name: st
                 "name": image_name,
                 "version": digest,
                 "hashes": [{"alg": "SHA-256", "content": digest.split(":", 1)[1]}],
+                **({"description": DIRECTORY_NOTE} if directory else {}),
             },
         },
         "components": sorted(components, key=lambda c: c["bom-ref"]),

@@ -7,10 +7,13 @@ from __future__ import annotations
 
 import hashlib
 import tarfile
+from collections.abc import Iterator
 from dataclasses import dataclass
+from functools import cached_property
 
+from repro.confined import MAX_SYMLINKS
 from repro.digest import CHUNK
-from repro.flatten import clean_path, merged
+from repro.flatten import MergedEntry, clean_path, merged
 from repro.image import Image
 
 _TYPES = {
@@ -69,8 +72,47 @@ class Scan:
     md5: dict[str, str]
     contents: dict[str, bytes]
 
-    def by_path(self) -> dict[str, FileRecord]:
+    @cached_property
+    def _by_path(self) -> dict[str, FileRecord]:
         return {r.path: r for r in self.records}
+
+    def by_path(self) -> dict[str, FileRecord]:
+        return self._by_path
+
+    def resolve(self, path: str) -> str:
+        """`path` with every symlinked directory on the way resolved inside the image; the last name
+        is not followed (a package's own symlink is a file of the package).
+
+        Package databases record the paths their packages shipped (/bin/sh), which a merged-/usr image
+        holds under a linked directory (bin -> usr/bin). Links are resolved lexically, as
+        repro.confined.Tree does on disk: an absolute target is relative to the image root, `..`
+        stops at the root, and a loop ends the resolution (the path is then returned as it stands)."""
+        path = clean_path(path)
+        records = self._by_path
+        if "/" not in path:
+            return path
+        todo = path.split("/")
+        done: list[str] = []
+        followed = 0
+        while len(todo) > 1:
+            name = todo.pop(0)
+            here = f"{'/'.join(done)}/{name}" if done else name
+            record = records.get(here)
+            if record is None or record.type != "symlink":
+                done.append(name)
+                continue
+            followed += 1
+            if followed > MAX_SYMLINKS:
+                return path
+            base = "" if record.target.startswith("/") else "/".join(done)
+            todo = [p for p in clean_path(f"{base}/{record.target}").split("/") if p] + todo
+            done = []
+        return "/".join(done + todo)
+
+    def find(self, path: str) -> tuple[str, FileRecord | None]:
+        """(resolved path, its record or None when the image has nothing there)."""
+        resolved = self.resolve(path)
+        return resolved, self._by_path.get(resolved)
 
 
 MAX_CAPTURE = 16 << 20
@@ -81,6 +123,13 @@ def inventory(image: Image) -> list[FileRecord]:
     return scan(image).records
 
 
+def entries(image: Image) -> Iterator[MergedEntry]:
+    """The flattened filesystem: read in place where the image is a directory (rootfs:), else the
+    merged view of its layers."""
+    in_place = getattr(image, "merged_entries", None)
+    return in_place() if in_place is not None else merged(image)
+
+
 def scan(image: Image, capture=None, with_md5: bool = False) -> Scan:
     """Walk the merged layers once; `capture(path)` selects files whose content is kept."""
     md5: dict[str, str] = {}
@@ -89,7 +138,7 @@ def scan(image: Image, capture=None, with_md5: bool = False) -> Scan:
     layer_hashes: dict[str, tuple[str, int]] = {}  # regular files of the layer being read
     current_layer = -1
     pending: list[tuple[FileRecord, str]] = []  # hardlinks whose target is in a lower layer
-    for entry in merged(image):
+    for entry in entries(image):
         if entry.layer != current_layer:
             _resolve(pending, layer_hashes)
             current_layer, layer_hashes = entry.layer, {}

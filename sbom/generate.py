@@ -30,16 +30,28 @@ def generate(image: Image, fmt: str, name: str) -> bytes:
     return generate_many(image, (fmt,), name)[fmt]
 
 
+def subject(image: Image) -> tuple[str, str, bool]:
+    """(digest, time, whether it is a directory) that an SBOM names its subject by.
+
+    A directory read in place (rootfs:) has no image digest until a layer of it is compressed, which
+    takes several times longer than the SBOM itself: it is named by the sha256 of its files as one
+    uncompressed layer, the diff_id that importing it (`repro convert rootfs:DIR ...`) gives."""
+    tree_digest = getattr(image, "tree_digest", None)
+    if isinstance(tree_digest, str):
+        return tree_digest, image.created, True  # type: ignore[attr-defined]
+    return image.digest, document_time(image), False
+
+
 def generate_many(image: Image, formats: tuple[str, ...], name: str) -> dict[str, bytes]:
     """Several formats from one pass over the image."""
     packages = packages_of(image)
-    created = document_time(image)
+    digest, created, directory = subject(image)
     out = {}
     for fmt in formats:
         if fmt == "spdx-json":
-            out[fmt] = spdx.document(name, image.digest, created, packages, f"repro-{__version__}")
+            out[fmt] = spdx.document(name, digest, created, packages, f"repro-{__version__}", directory)
         else:
-            out[fmt] = cyclonedx.document(name, image.digest, created, packages, "repro", __version__)
+            out[fmt] = cyclonedx.document(name, digest, created, packages, "repro", __version__, directory)
     return out
 
 

@@ -223,3 +223,133 @@ def test_pip_installed_packages_are_all_found(tmp_path):
     found = {(c["name"].lower().replace("_", "-"), c["version"]) for c in doc["components"]
              if c["purl"].startswith("pkg:pypi/")}
     assert truth <= found, truth - found
+
+
+LINKED_STATUS = b"Package: foo\nStatus: install ok installed\nArchitecture: amd64\nVersion: 1\n"
+LINKED_COPYRIGHT = COPYRIGHT.replace("License: Expat\n", "License: Apache-2 with LLVM exception\n")
+
+
+def linked_entries() -> list[E]:
+    """A merged-/usr tree whose links are absolute (bin -> /usr/bin): resolved inside the image, they
+    reach the package's files; followed on the host, they would not."""
+    return [
+        E("bin", kind="symlink", target="/usr/bin"),
+        E("usr/bin/tool", b"tool"),
+        E("usr/share/doc/bar/copyright", LINKED_COPYRIGHT.encode()),
+        E("usr/share/doc/foo", kind="symlink", target="/usr/share/doc/bar"),
+        E("loop", kind="symlink", target="loop2"),
+        E("loop2", kind="symlink", target="/loop"),
+        E("var/lib/dpkg/status", LINKED_STATUS),
+        E("var/lib/dpkg/info/foo.list", b"/bin\n/bin/tool\n/bin/gone\n/loop/x\n/usr/share/doc/foo\n"),
+        E("var/lib/dpkg/info/foo.md5sums", f"{hashlib.md5(b'tool').hexdigest()}  bin/tool\n"
+                                           f"{hashlib.md5(b'x').hexdigest()}  bin/gone\n"
+                                           f"{hashlib.md5(b'x').hexdigest()}  loop/x\n".encode()),
+    ]
+
+
+def _write_tree(root: Path, entries: list[E]) -> None:
+    import os
+
+    for e in entries:
+        path = root / e.path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if e.kind == "symlink":
+            os.symlink(e.target, path)
+        else:
+            path.write_bytes(e.content or b"")
+
+
+@pytest.mark.parametrize("form", ["oci", "rootfs"])
+def test_package_paths_resolve_through_the_image_links(tmp_path, form):
+    if form == "oci":
+        make_image(tmp_path / "layout", "linked", [linked_entries()])
+        ref = f"oci:{tmp_path}/layout:linked"
+    else:
+        _write_tree(tmp_path / "tree", linked_entries())
+        ref = f"rootfs:{tmp_path}/tree"
+    doc = sbom(ref, "cyclonedx-json")
+    (foo,) = doc["components"]
+    properties = {(p["name"], p["value"]) for p in foo["properties"]}
+    # bin/tool is there through bin -> /usr/bin; bin/gone is not; loop/x goes round a link loop.
+    assert {v for k, v in properties if k == "repro:missing-file"} == {"bin/gone", "loop/x"}
+    assert not {v for k, v in properties if k == "repro:modified-file"}
+    # The copyright file is found through usr/share/doc/foo -> /usr/share/doc/bar.
+    assert foo["licenses"] == [{"expression": "Apache-2.0 WITH LLVM-exception AND GPL-2.0-or-later"}]
+
+
+@pytest.mark.parametrize(("field", "expected"), [
+    ("Apache-2", "Apache-2.0"),
+    ("GPL-2+", "GPL-2.0-or-later"),
+    ("GPL-2", "GPL-2.0-only"),
+    ("Artistic-2", "Artistic-2.0"),
+    ("Artistic", "Artistic-1.0-Perl"),
+    ("LGPL-2.1+", "LGPL-2.1-or-later"),
+    ("LGPLv2.1+", "LGPL-2.1-or-later"),
+    ("BSD-3-clause", "BSD-3-Clause"),
+    ("Expat", "MIT"),
+    ("zlib", "Zlib"),
+    ("GFDL-NIV-1.3+", "GFDL-1.3-no-invariants-or-later"),
+    ("GPL-3+ with Bison-2.2 exception", "GPL-3.0-or-later WITH Bison-exception-2.2"),
+    ("GPL-3+ with Bison exception", "GPL-3.0-or-later WITH Bison-exception-2.2"),
+    ("GPL-2+ with Autoconf exception", "GPL-2.0-or-later WITH Autoconf-exception-2.0"),
+    ("GPL-3+-autoconf-exception", "GPL-3.0-or-later WITH Autoconf-exception-3.0"),
+    ("GPL-3+ with GCC-Runtime-3.1 exception", "GPL-3.0-or-later WITH GCC-exception-3.1"),
+    ("GPL-2 with Linux-syscall-note exception", "GPL-2.0-only WITH Linux-syscall-note"),
+    ("GPL-1+ or Artistic", "Artistic-1.0-Perl OR GPL-1.0-or-later"),
+    ("GPL-1+ or Artistic, and Expat", "(Artistic-1.0-Perl OR GPL-1.0-or-later) AND MIT"),
+    ("LGPLv3+_or_GPLv2+", "GPL-2.0-or-later OR LGPL-3.0-or-later"),
+    ("ISC and/or LGPL-2.1+", "ISC OR LGPL-2.1-or-later"),
+    ("Expat and MIT or MIT", "MIT"),
+    ("GPL-2+ with OpenSSL exception", "LicenseRef-GPL-2-plus-with-OpenSSL-exception"),
+    ("public-domain", "LicenseRef-public-domain"),
+])
+def test_debian_license_names(field, expected):
+    from sbom.licenses import expression
+
+    assert expression(field, {"public-domain": "No rights reserved."})[0] == expected
+
+
+def test_licenses_of_copyright_files_that_are_not_machine_readable():
+    from sbom.licenses import copyright_licenses
+
+    gnu = ("This library is free software; you can redistribute it and/or\nmodify it under the terms of the GNU "
+           "Lesser General Public\n License as published by the Free Software Foundation; either\n version 2.1 of "
+           "the License, or (at your option) any later version.\n\nThe utilities are under the GNU General Public "
+           "License as published\nby the Free Software Foundation; version 2 of the License.\nOn Debian systems, "
+           "see `/usr/share/common-licenses/GPL-2'.\n")
+    assert copyright_licenses(gnu).expression == "GPL-2.0-only AND LGPL-2.1-or-later"
+    mit = "Copyright 2001 Someone\n\nPermission is hereby granted, free of charge, to any person obtaining a copy\n"
+    assert copyright_licenses(mit).expression == "MIT"
+    bsd = ("Redistribution and use in source and binary forms, with or without\nmodification, are permitted provided "
+           "that ...\n3. Neither the name of the University nor the names of its contributors may be used")
+    assert copyright_licenses(bsd).expression == "BSD-3-Clause"
+    pd = "This library (libselinux) is public domain software, i.e. not copyrighted.\n"
+    found = copyright_licenses(pd)
+    assert found.expression == "LicenseRef-public-domain" and found.refs["LicenseRef-public-domain"]
+    assert copyright_licenses("Nothing to see here.\n").expression == ""
+
+
+def test_spdx_declares_every_license_ref_once_per_text(tmp_path):
+    from spdx_tools.spdx.parser.parse_anything import parse_file
+    from spdx_tools.spdx.validation.document_validator import validate_full_spdx_document
+
+    from sbom import spdx
+    from sbom.catalogers import Package
+
+    packages = [
+        Package("deb", "a", "1", "pkg:deb/debian/a@1", licenses="LicenseRef-permissive AND MIT",
+                license_refs={"LicenseRef-permissive": "Do what you like."}),
+        Package("deb", "b", "1", "pkg:deb/debian/b@1", licenses="GPL-2.0-only OR LicenseRef-permissive",
+                license_refs={"LicenseRef-permissive": "Anything goes."}),
+        Package("npm", "c", "1", "pkg:npm/c@1", licenses="LicenseRef-Foo", license_text="Foo License"),
+    ]
+    out = tmp_path / "doc.spdx.json"
+    out.write_bytes(spdx.document("x", "sha256:" + "0" * 64, "2024-01-01T00:00:00Z", packages, "repro-test"))
+    messages = validate_full_spdx_document(parse_file(str(out)))
+    assert [m.validation_message for m in messages] == []
+    doc = json.loads(out.read_text())
+    texts = {x["licenseId"]: x["extractedText"] for x in doc["hasExtractedLicensingInfos"]}
+    assert sorted(texts.values()) == ["Anything goes.", "Do what you like.", "Foo License"]
+    declared = {p["name"]: p.get("licenseDeclared") for p in doc["packages"]}
+    assert declared["a"] != "LicenseRef-permissive AND MIT" and declared["a"].endswith(" AND MIT")
+    assert declared["c"] == "LicenseRef-Foo"

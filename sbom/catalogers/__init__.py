@@ -11,9 +11,7 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass, field
 
-from license_expression import get_spdx_licensing
-
-_licensing = get_spdx_licensing()
+from sbom.licenses import from_names
 
 
 @dataclass
@@ -24,6 +22,7 @@ class Package:
     purl: str
     licenses: str = ""  # an SPDX expression, or "" when unknown
     license_text: str = ""  # what the package said, when it is not an SPDX expression
+    license_refs: dict[str, str] = field(default_factory=dict)  # LicenseRef- in `licenses` -> its text
     files: list[str] = field(default_factory=list)
     layer: int = -1
     database: str = ""
@@ -36,54 +35,14 @@ class Package:
         return self.ecosystem, self.name, self.version
 
 
-# Debian's short license names (copyright-format 1.0) and their SPDX identifiers.
-_DEBIAN_NAMES = {
-    "expat": "MIT", "mit": "MIT", "bsd-2-clause": "BSD-2-Clause", "bsd-3-clause": "BSD-3-Clause",
-    "bsd-4-clause": "BSD-4-Clause", "isc": "ISC", "zlib": "Zlib", "apache-2.0": "Apache-2.0", "mpl-2.0": "MPL-2.0",
-    "psf-2": "PSF-2.0", "python": "Python-2.0", "artistic": "Artistic-1.0-Perl", "cc0-1.0": "CC0-1.0",
-    "gpl-1": "GPL-1.0-only", "gpl-1+": "GPL-1.0-or-later", "gpl-2": "GPL-2.0-only", "gpl-2+": "GPL-2.0-or-later",
-    "gpl-3": "GPL-3.0-only", "gpl-3+": "GPL-3.0-or-later", "lgpl-2": "LGPL-2.0-only", "lgpl-2+": "LGPL-2.0-or-later",
-    "lgpl-2.1": "LGPL-2.1-only", "lgpl-2.1+": "LGPL-2.1-or-later", "lgpl-3": "LGPL-3.0-only",
-    "lgpl-3+": "LGPL-3.0-or-later", "agpl-3": "AGPL-3.0-only", "agpl-3+": "AGPL-3.0-or-later",
-    "gfdl-1.2": "GFDL-1.2-only", "gfdl-1.2+": "GFDL-1.2-or-later", "gfdl-1.3": "GFDL-1.3-only",
-    "gfdl-1.3+": "GFDL-1.3-or-later", "bsl-1.0": "BSL-1.0", "unicode-dfs-2016": "Unicode-DFS-2016",
-}
-
-
-def _spdx_id(name: str) -> str:
-    """One license name as an SPDX identifier, or a LicenseRef- when SPDX has none for it."""
-    name = name.strip()
-    try:
-        parsed = _licensing.parse(name, validate=True, strict=True)
-        if parsed is not None and " " not in str(parsed):
-            return str(parsed)
-    except Exception:  # not an SPDX identifier as written
-        pass
-    mapped = _DEBIAN_NAMES.get(name.lower())
-    if mapped:
-        return mapped
-    safe = "".join(c if c.isalnum() or c in ".-" else "-" for c in name).strip("-")
-    return f"LicenseRef-{safe or 'unknown'}"
-
-
 def spdx_expression(names: list[str]) -> tuple[str, str]:
-    """(SPDX expression, original text) for license names; ("", text) when nothing usable is given.
+    """(SPDX expression, original text) for license names; ("", "") when nothing usable is given.
 
     A whole expression that parses is kept as it is; otherwise each name becomes an SPDX identifier
-    (Debian's short names are mapped) or a LicenseRef-, joined with AND."""
-    names = [n.strip() for n in names if n and n.strip()]
-    if not names:
-        return "", ""
-    text = " AND ".join(sorted(set(names)))
-    if len(names) == 1:
-        try:
-            parsed = _licensing.parse(names[0], validate=True, strict=False)
-            if parsed is not None:
-                return str(_licensing.dedup(parsed)), ""
-        except Exception:  # fall back to names one by one
-            pass
-    ids = sorted({_spdx_id(n) for n in names})
-    return " AND ".join(ids), text if any(i.startswith("LicenseRef-") for i in ids) else ""
+    (Debian's short names and other common spellings are mapped) or a LicenseRef-. The original text
+    is returned when a LicenseRef- was needed: it is that license's only description."""
+    found = from_names(names)
+    return found.expression, found.source
 
 
 def catalog(scan, distro: dict[str, str]) -> list[Package]:

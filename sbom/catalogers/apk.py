@@ -39,9 +39,13 @@ def catalog(scan, distro: dict[str, str]) -> list[Package]:
         if distro.get("ID") == "alpine" and distro.get("VERSION_ID"):
             qualifiers["distro"] = f"alpine-{distro['VERSION_ID']}"
         purl = PackageURL("apk", "alpine", fields["P"], fields.get("V", ""), qualifiers).to_string()
-        package = Package("apk", fields["P"], fields.get("V", ""), purl, files=files, database=INSTALLED)
+        package = Package("apk", fields["P"], fields.get("V", ""), purl, database=INSTALLED)
         package.licenses, package.license_text = spdx_expression([fields.get("L", "")])
-        package.missing = [f for f in files if f not in records]
+        for path in files:
+            resolved, record = scan.find(path)
+            package.files.append(resolved)
+            if record is None:
+                package.missing.append(path)
         package.layer = records[INSTALLED].layer if INSTALLED in records else -1
         out.append(package)
     return out

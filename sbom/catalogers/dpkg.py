@@ -1,14 +1,19 @@
 """Debian packages: /var/lib/dpkg/status (and distroless /var/lib/dpkg/status.d/*), their file
-lists and md5sums, and the machine-readable /usr/share/doc/PKG/copyright for licenses."""
+lists and md5sums, and /usr/share/doc/PKG/copyright for licenses.
+
+The paths dpkg recorded are the ones the packages shipped (/bin/sh); a merged-/usr image holds them
+under its directory links (bin -> usr/bin), so each is resolved through the image's own links before
+it is looked up.
+"""
 
 from __future__ import annotations
-
-import re
 
 from packageurl import PackageURL
 
 from repro.confined import clean_path
-from sbom.catalogers import Package, spdx_expression
+from repro.flatten import ancestors
+from sbom.catalogers import Package
+from sbom.licenses import copyright_licenses
 
 STATUS = "var/lib/dpkg/status"
 STATUS_D = "var/lib/dpkg/status.d/"
@@ -38,17 +43,6 @@ def _paragraphs(text: str):
             yield fields
 
 
-def _copyright_licenses(text: str) -> list[str]:
-    if "copyright-format" not in text.split("\n", 1)[0]:
-        return []
-    names = []
-    for match in re.finditer(r"^License:[ \t]*(\S[^\n]*)", text, re.M):
-        for name in re.split(r"\s+(?:or|and)\s+|\s*[|,]\s*", match.group(1).strip()):
-            if name:
-                names.append(name.strip())
-    return names
-
-
 def catalog(scan, distro: dict[str, str]) -> list[Package]:
     sources = [STATUS] if STATUS in scan.contents else []
     sources += sorted(p for p in scan.contents if p.startswith(STATUS_D))
@@ -70,11 +64,15 @@ def catalog(scan, distro: dict[str, str]) -> list[Package]:
                 f"{INFO}{name}:{arch}.list" if f"{INFO}{name}:{arch}.list" in scan.contents else (f"{INFO}{name}.list")
             )
             if listing:
-                for line in listing.decode(errors="replace").splitlines():
-                    path = clean_path(line.strip())
-                    record = records.get(path)
-                    if path and (record is None or record.type != "dir"):
-                        package.files.append(path)
+                listed = [clean_path(line.strip()) for line in listing.decode(errors="replace").splitlines()]
+                # dpkg lists the directories a package has files in; a linked one (bin) is one of them.
+                parents = {parent for path in listed for parent in ancestors(path)}
+                for path in listed:
+                    if not path or path in parents:
+                        continue
+                    resolved, record = scan.find(path)
+                    if record is None or record.type != "dir":
+                        package.files.append(resolved)
             if list_path in records:
                 package.layer = records[list_path].layer
             elif source in records:
@@ -86,14 +84,15 @@ def catalog(scan, distro: dict[str, str]) -> list[Package]:
                     path = path.strip()
                     if not path:
                         continue
-                    if path not in records:
+                    resolved, record = scan.find(path)
+                    if record is None:
                         package.missing.append(path)
-                    elif records[path].type == "file" and scan.md5.get(path) not in (None, digest):
+                    elif record.type == "file" and scan.md5.get(resolved) not in (None, digest):
                         package.modified.append(path)
-            copyright_text = scan.contents.get(f"usr/share/doc/{name}/copyright")
+            copyright_text = scan.contents.get(scan.resolve(f"usr/share/doc/{name}/copyright"))
             if copyright_text:
-                package.licenses, package.license_text = spdx_expression(
-                    _copyright_licenses(copyright_text.decode(errors="replace"))
-                )
+                found = copyright_licenses(copyright_text.decode(errors="replace"))
+                package.licenses, package.license_refs = found.expression, dict(found.refs)
+                package.license_text = found.source
             out.append(package)
     return out

@@ -63,10 +63,10 @@ def catalog(scan, distro: dict[str, str]) -> list[Package]:
                 if not row or not row[0]:
                     continue
                 file_path = clean_path(row[0] if row[0].startswith("/") else f"{site}/{row[0]}")
-                package.files.append(file_path)
+                resolved, record = scan.find(file_path)
+                package.files.append(resolved)
                 if len(row) > 1 and row[1].startswith("sha256="):
                     expected = base64.urlsafe_b64decode(row[1][7:] + "==").hex()
-                    record = records.get(file_path)
                     if record is None:
                         package.missing.append(file_path)
                     elif record.sha256 and record.sha256 != expected:

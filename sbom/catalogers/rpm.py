@@ -92,8 +92,9 @@ def catalog(scan, distro: dict[str, str]) -> list[Package]:
         dirs = tags.get(TAG_DIRNAMES) or []
         for base, index in zip(tags.get(TAG_BASENAMES) or [], tags.get(TAG_DIRINDEXES) or [], strict=False):
             path = clean_path(f"{dirs[index]}{base}")  # type: ignore[index]
-            package.files.append(path)
-            if path not in records:
+            resolved, record = scan.find(path)
+            package.files.append(resolved)
+            if record is None:
                 package.missing.append(path)
         package.layer = records[SQLITE_DB].layer if SQLITE_DB in records else -1
         out.append(package)
