@@ -14,7 +14,7 @@ from pathlib import Path
 
 from converters.rootfs import image_from_layer_writer
 from converters.tarball import copy_tar_stream, write_flat
-from repro.atomic import fsync_dir
+from repro.atomic import copy_into_special, fsync_dir, is_special
 from repro.errors import ReproError
 from repro.image import Image
 from repro.layers import TarWriter, source_date_epoch
@@ -64,10 +64,14 @@ def write(image: Image, ref: Reference, options: Options, progress=None) -> str:
         raise ReproError(f"--compression {compression}: not supported", f"use one of {', '.join(COMPRESSORS)}")
     if not target.parent.is_dir():
         raise ReproError(f"{ref}: directory {target.parent} does not exist", "create it first")
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.repro-tmp-", dir=target.parent)
+    special = is_special(target)  # /dev/null: written into, never replaced
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.repro-tmp-", dir=None if special else target.parent)
     os.close(fd)
     try:
         run_tar2sqfs(lambda out: write_flat(image, out), Path(tmp), compression, source_date_epoch(), str(ref))
+        if special:
+            copy_into_special(Path(tmp), target)
+            return image.digest
         os.chmod(tmp, 0o644)
         os.replace(tmp, target)
         fsync_dir(target.parent)

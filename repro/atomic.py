@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
+import stat
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
 from repro.confined import remove_tree
+from repro.digest import CHUNK
 from repro.errors import ReproError
 
 
@@ -34,11 +37,35 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def is_special(path: Path) -> bool:
+    """A device, FIFO or socket (through links: /dev/stdout): written into, never replaced."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        return False
+    return not stat.S_ISREG(mode) and not stat.S_ISDIR(mode)
+
+
+def copy_into_special(source: Path, path: Path) -> None:
+    with open(source, "rb") as src, open(path, "wb", buffering=0) as target:
+        shutil.copyfileobj(src, target, CHUNK)
+
+
 @contextlib.contextmanager
 def atomic_file(path: str | os.PathLike, mode: int = 0o644) -> Iterator[BinaryIO]:
-    """Yield a writable, seekable file that becomes `path` only when the block completes."""
+    """Yield a writable, seekable file that becomes `path` only when the block completes.
+
+    A destination that is a device, a FIFO or a socket (`-o /dev/null`, `/dev/stdout`) is written
+    into when the block completes, never replaced: renaming over /dev/null as root would make it a file."""
     path = Path(path)
     _check_parent(path)
+    if is_special(path):
+        with tempfile.TemporaryFile() as staged:
+            yield staged  # type: ignore[misc]
+            staged.seek(0)
+            with open(path, "wb", buffering=0) as target:
+                shutil.copyfileobj(staged, target, CHUNK)
+        return
     fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(path), dir=path.parent)
     try:
         with os.fdopen(fd, "w+b") as out:

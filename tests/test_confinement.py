@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import stat
 import subprocess
 import tempfile
 from pathlib import Path
@@ -283,3 +284,16 @@ def test_an_invalid_whiteout_is_refused(tmp_path):
     proc = repro("flatten", f"oci:{layout}:1", f"rootfs:{tmp_path / 'out'}", check=False)
     assert proc.returncode == 2 and "whiteout" in proc.stderr, proc.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_an_output_that_is_a_device_is_written_into_never_replaced(probe_image, tmp_path):
+    """`-o /dev/null` as root: renaming a finished output over it would turn the host's /dev/null into a
+    file. A device node made here stands in for it."""
+    null = tmp_path / "null"
+    os.mknod(null, 0o666 | stat.S_IFCHR, os.makedev(1, 3))
+    for args in (["sbom", probe_image, "-o", str(null)], ["convert", probe_image, f"tar:{null}"],
+                 ["convert", probe_image, f"docker-archive:{null}"], ["convert", probe_image, f"oci-archive:{null}"],
+                 ["convert", probe_image, f"sif:{null}"], ["flatten", probe_image, f"squashfs:{null}"]):
+        repro(*args)
+        assert stat.S_ISCHR(null.stat().st_mode) and os.major(null.stat().st_rdev) == 1, args
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["null"]
