@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -81,6 +82,24 @@ def layout_copy(busybox_layout, tmp_path) -> Path:
     dst = tmp_path / "copy"
     shutil.copytree(busybox_layout, dst)
     return dst
+
+
+@contextlib.contextmanager
+def public_directory(prefix: str = "repro-public-"):
+    """A directory under /tmp that a plain user can use too (pytest's temporary root is private to root)."""
+    path = Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
+    os.chmod(path, 0o777)
+    try:
+        yield path
+    finally:
+        subprocess.run(["chmod", "-R", "u+rwX", str(path)], check=False)
+        shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def public_dir():
+    with public_directory() as path:
+        yield path
 
 
 def _wait_for(predicate, timeout: float, what: str) -> None:

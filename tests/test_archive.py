@@ -10,13 +10,12 @@ import re
 import shutil
 import subprocess
 import tarfile
-import tempfile
 from pathlib import Path
 
 import pytest
 import udocker as UDOCKER_PACKAGE
 
-from tests.conftest import REPRO, repro, run
+from tests.conftest import REPRO, public_directory, repro, run
 from tests.test_build import stage_hello
 
 BAGIT = str(Path(REPRO).parent / "bagit.py")
@@ -29,13 +28,10 @@ RECORDS = ["--record", "cat /etc/motd", "--record", "echo $GREETING; wc -c /bin/
 
 
 @pytest.fixture(scope="module")
-def public(tmp_path_factory):
+def public():
     """A directory a plain user can read and write (pytest's temporary root is private to root)."""
-    path = Path(tempfile.mkdtemp(prefix="repro-archive-", dir="/tmp"))
-    os.chmod(path, 0o777)
-    yield path
-    subprocess.run(["chmod", "-R", "u+rwX", str(path)], check=False)
-    shutil.rmtree(path, ignore_errors=True)
+    with public_directory("repro-archive-") as path:
+        yield path
 
 
 @pytest.fixture(scope="module")

@@ -33,17 +33,6 @@ def digest_of(proc) -> str:
     return json.loads(proc.stdout)["digest"]
 
 
-@pytest.fixture
-def public_dir():
-    import tempfile
-
-    path = Path(tempfile.mkdtemp(prefix="repro-build-", dir="/tmp"))
-    os.chmod(path, 0o777)
-    yield path
-    subprocess.run(["chmod", "-R", "u+rwX", str(path)], check=False)
-    shutil.rmtree(path, ignore_errors=True)
-
-
 def test_hello_is_reproducible_as_root_and_as_a_user(public_dir):
     spec = stage_hello(public_dir)
     subprocess.run(["chmod", "-R", "a+rwX", str(public_dir)], check=True)

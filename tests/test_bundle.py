@@ -5,14 +5,12 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
-import tempfile
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import BUSYBOX_CONFIG, REPRO, busybox_layers, repro, run
+from tests.conftest import BUSYBOX_CONFIG, REPRO, busybox_layers, public_directory, repro, run
 from tests.imagekit import make_image
 
 NOBODY = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
@@ -20,11 +18,8 @@ NOBODY = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
 
 @pytest.fixture(scope="module")
 def public():
-    path = Path(tempfile.mkdtemp(prefix="repro-bundle-", dir="/tmp"))
-    os.chmod(path, 0o777)
-    yield path
-    subprocess.run(["chmod", "-R", "u+rwX", str(path)], check=False)
-    shutil.rmtree(path, ignore_errors=True)
+    with public_directory("repro-bundle-") as path:
+        yield path
 
 
 @pytest.fixture(scope="module")

@@ -5,9 +5,7 @@ removes trees nobody used for a while, and unpacks that were killed half-way."""
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
-import tempfile
 import time
 from pathlib import Path
 
@@ -20,12 +18,8 @@ NOBODY = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
 
 
 @pytest.fixture
-def public():
-    path = Path(tempfile.mkdtemp(prefix="repro-reuse-", dir="/tmp"))
-    os.chmod(path, 0o777)
-    yield path
-    subprocess.run(["chmod", "-R", "u+rwX", str(path)], check=False)
-    shutil.rmtree(path, ignore_errors=True)
+def public(public_dir):
+    return public_dir
 
 
 @pytest.fixture
