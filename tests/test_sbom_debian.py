@@ -43,7 +43,7 @@ def debian(tmp_path_factory) -> Debian:
     """bookworm minbase + python3 as oci:LAYOUT:base, and as oci:LAYOUT:deleted with one more layer
     whose whiteouts delete usr/bin/cat (dpkg says bin/cat) and usr/bin/python3.11."""
     if shutil.which("mmdebstrap") is None:
-        pytest.skip("mmdebstrap is not installed")
+        pytest.fail("mmdebstrap is missing (make setup installs it)")
     work = tmp_path_factory.mktemp("debian")
     tar = work / "bookworm.tar"
     run("mmdebstrap", "--quiet", "--variant=minbase", "--include=python3", "bookworm", str(tar))
