@@ -102,6 +102,16 @@ def public_dir():
         yield path
 
 
+def stop_group(proc: subprocess.Popen) -> None:
+    """Stop a service started in its own session: SIGTERM to its group, SIGKILL after 30 s."""
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(30)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
 def _wait_for(predicate, timeout: float, what: str) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -135,12 +145,7 @@ def dockerd():
             raise RuntimeError((base / "dockerd.log").read_text()[-2000:])
         yield env
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        stop_group(proc)
         log.close()
         subprocess.run(["umount", "-R", str(base / "exec")], capture_output=True)
         shutil.rmtree(base, ignore_errors=True)
@@ -297,10 +302,5 @@ def podman_socket(podman):
             raise RuntimeError((podman.base / "service.log").read_text()[-2000:])
         yield env
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        stop_group(proc)
         log.close()
