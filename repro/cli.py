@@ -150,7 +150,7 @@ def cmd_build(args: argparse.Namespace) -> int:
     spec = load(args.spec)
     if args.check:
         return _build_check(args, spec)
-    store = b.open_store(Path(args.store) if args.store else b.default_store())
+    store = b.open_store(Path(args.store) if args.store else default_store())
 
     def report(step: b.StepReport) -> None:
         if args.json:
