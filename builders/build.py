@@ -8,6 +8,9 @@ cache, keyed by the parent chain of diff_ids, the step, and the content of its i
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import os
 import tarfile
 import tempfile
 import time
@@ -17,8 +20,9 @@ from pathlib import Path
 
 from builders import cache as _cache
 from builders import lock as _lock
+from builders import sources as _sources
 from builders import tree as _tree
-from builders.spec import Spec, Step, check_copy_source
+from builders.spec import Spec, Step
 from converters.oci_layout import LayoutBlobs
 from repro import executors
 from repro.blobs import BlobImage, BlobLayer
@@ -72,54 +76,100 @@ def _epoch(spec: Spec) -> int:
 
 def _title(step: Step) -> str:
     if step.kind == "copy":
-        return f"copy {step.value['src']} -> {step.value['dst']}"
+        src = step.value["src"]
+        source = " ".join(src) if isinstance(src, list) else src
+        origin = f"--from={step.value['from']} " if step.value.get("from") else ""
+        return f"copy {origin}{source} -> {step.value['dst']}"
     if step.kind == "file":
         return f"file {step.value['dst']}"
+    if step.kind == "directory":
+        return f"directory {step.value['dst']}"
     if step.kind == "packages":
         return "packages " + " ".join(step.value)
     return f"run {step.value if isinstance(step.value, str) else ' '.join(step.value)}"
 
 
-def _owner(value: dict) -> tuple[int, int]:
-    uid, _, gid = (value.get("owner") or "0:0").partition(":")
-    return int(uid), int(gid)
+def _sources_of(step: Step) -> list[str]:
+    src = step.value["src"]
+    return list(src) if isinstance(src, list) else [src]
 
 
-def _copy_entries(spec: Spec, step: Step, epoch: int) -> Callable[[TarWriter], None]:
-    """The layer of a copy step: sources beside the spec, placed like `COPY` does."""
-    source = check_copy_source(spec, step)
+def _placement(spec: Spec, step: Step, sources: list[str], names: int) -> str:
+    """Where one file source lands; several sources (or a glob) need a directory destination."""
+    dst = step.value["dst"]
+    if (len(sources) > 1 or any(_sources.is_glob(s) for s in sources) or names > 1) and not dst.endswith("/"):
+        raise spec.error(f"steps[{step.index}].copy.dst", f"{dst!r}: several sources need a directory "
+                         "destination", "end dst with /")
+    return dst
+
+
+def _copy_entries(spec: Spec, step: Step, epoch: int, owner: tuple[int, int] | None, image: Image | None
+                  ) -> Callable[[TarWriter], None]:
+    """The layer of a copy step: context files (owned by root unless `owner`) or another image's files
+    (owners kept unless `owner`), placed like `COPY` places them."""
     dst = step.value["dst"]
     mode = int(step.value["mode"], 8) if step.value.get("mode") else None
-    uid, gid = _owner(step.value)
+    sources = _sources_of(step)
+
+    def error(message: str, hint: str) -> ReproError:
+        return spec.error(f"steps[{step.index}].copy.src", message, hint)
+
+    def place(info: tarfile.TarInfo, relative: str, is_root_file: bool) -> str:
+        if is_root_file:
+            target = dst + relative if dst.endswith("/") else dst
+            return clean_path(target)
+        return clean_path(f"{dst}/{relative}")
+
+    def add(tar: TarWriter, info: tarfile.TarInfo, content, name: str) -> None:
+        info.name = name
+        _refuse_whiteout(info.name, spec, step)
+        if owner is not None:
+            info.uid, info.gid = owner
+            info.uname = info.gname = ""
+        if mode is not None and not info.issym():
+            info.mode = mode if info.isreg() else info.mode
+        info.mtime = min(info.mtime, epoch)
+        if info.isreg() and isinstance(content, Path):
+            with open(content, "rb") as f:
+                tar.add(info, f)
+        else:
+            tar.add(info, content)
 
     def produce(tar: TarWriter) -> None:
-        from repro.mutate import directory_entries
-
-        if source.is_dir():
-            base = clean_path(dst)
-            items = list(directory_entries(source, epoch))
-        else:
-            target = dst.rstrip("/") + "/" + source.name if dst.endswith("/") else dst
-            base = clean_path(target).rpartition("/")[0]
-            st = source.stat()
-            info = tarfile.TarInfo(clean_path(target).rpartition("/")[2])
-            info.size, info.mode, info.mtime = st.st_size, st.st_mode & 0o7777, min(int(st.st_mtime), epoch)
-            items = [(info, source)]
-        for info, path in items:
-            info.name = f"{base}/{info.name}" if base else info.name
-            _refuse_whiteout(info.name, spec, step)
+        if image is None:
+            ignore = _ignore(step)
+            found = _sources.context_sources(spec.directory, sources, ignore, error)
+            _placement(spec, step, sources, len(found))
+            for source in found:
+                is_dir = source.path.is_dir()
+                base = "" if is_dir else None
+                for info, path in _sources.context_entries(source, ignore, epoch):
+                    relative = info.name
+                    if owner is None:
+                        info.uid = info.gid = 0
+                    name = place(info, relative, base is None)
+                    if info.islnk():
+                        info.linkname = place(info, info.linkname, False)
+                    add(tar, info, path, name)
+            return
+        _placement(spec, step, sources, 1)
+        copied: dict[str, str] = {}
+        for _source, relative, whole, info, content in _sources.image_entries(image, sources, error):
+            name = place(info, relative, whole)
+            original = info.name
             if info.islnk():
-                info.linkname = f"{base}/{info.linkname}" if base else info.linkname
-            info.uid, info.gid = uid, gid
-            if mode is not None and info.isreg():
-                info.mode = mode
-            if info.isreg():
-                with open(path, "rb") as f:
-                    tar.add(info, f)
-            else:
-                tar.add(info)
+                if info.linkname not in copied:
+                    raise error(f"{original!r} is a hard link to {info.linkname!r}, outside what is copied",
+                                "copy the directory that holds both")
+                info.linkname = copied[info.linkname]
+            copied[original] = name
+            add(tar, info, content, name)
 
     return produce
+
+
+def _ignore(step: Step) -> _sources.Ignore:
+    return _sources.Ignore.parse(list(step.value.get("exclude") or []))
 
 
 def _refuse_whiteout(name: str, spec: Spec, step: Step) -> None:
@@ -138,7 +188,8 @@ def _file_entry(spec: Spec, step: Step, epoch: int) -> Callable[[TarWriter], Non
         _refuse_whiteout(info.name, spec, step)
         info.size, info.mtime = len(data), epoch
         info.mode = int(step.value.get("mode") or "0644", 8)
-        info.uid, info.gid = _owner(step.value)
+        uid, _, gid = (step.value.get("owner") or "0:0").partition(":")
+        info.uid, info.gid = int(uid), int(gid)
         tar.add(info, io.BytesIO(data))
 
     return produce
@@ -174,6 +225,32 @@ def _container_config(base: dict, spec: Spec) -> dict:
 
 
 MAX_DPKG_STATUS = 256 << 20
+
+
+MAX_ACCOUNTS = 4 << 20
+
+
+def _accounts(root: Path, name: str) -> dict[str, list[str]]:
+    """passwd or group of the tree (read inside it, bounded): name -> its colon-separated fields."""
+    try:
+        with Tree(root) as tree, tree.open_file(name) as f:
+            text = f.read(MAX_ACCOUNTS).decode(errors="replace")
+    except (FileNotFoundError, NotADirectoryError):
+        return {}
+    out = {}
+    for line in text.splitlines():
+        fields = line.split(":")
+        if len(fields) >= 4 and fields[0] not in out and fields[2].isdigit():
+            out[fields[0]] = fields
+    return out
+
+
+def _home(root: Path, uid: int) -> str:
+    """HOME as docker sets it: the user's from passwd, else /root for root and / for others."""
+    for fields in _accounts(root, "etc/passwd").values():
+        if fields[2] == str(uid) and len(fields) >= 6 and fields[5].startswith("/"):
+            return fields[5]
+    return "/root" if uid == 0 else "/"
 
 
 def _installed_packages(root: Path) -> list[dict]:
@@ -230,6 +307,11 @@ class Builder:
         self._tmp = Path(tempfile.mkdtemp(prefix="repro-build-"))
         self.executor = ""
         self.policy = Policy()
+        self.stage_images: dict[str, tuple[BlobImage, dict]] = {}  # built stages: image, container config
+        self.stages: dict[str, Spec] = spec.stages
+        self.building: tuple[str, ...] = ()  # the stages being built, to refuse a cycle
+        self.claimed: dict[str, tuple[int, int]] = {}  # plain user: owners of what a `user` step made
+        self.sources: dict[str, Image] = {}  # images that copy steps read from, by reference
 
     # --- base ---------------------------------------------------------------------------
     def _base(self, reports: list[StepReport], total: int) -> None:
@@ -237,6 +319,16 @@ class Builder:
         started = time.monotonic()
         if kind == "scratch":
             self.resolved["base"] = {"scratch": True}
+            return
+        if kind == "stage":
+            image, config = self._stage(value)
+            self.base_config = dict(config)
+            self.history = list(parse_json(image.raw_config, f"stage {value}: config").get("history") or [])
+            self.platform = image.config.platform
+            self.layers = [NewLayer(layer.descriptor, layer.diff_id) for layer in image.layers]
+            self.resolved["base"] = {"stage": value}
+            reports.append(StepReport(0, total, f"base stage {value}", True, time.monotonic() - started,
+                                      sum(x.descriptor.size for x in self.layers)))
             return
         if kind == "image":
             try:
@@ -320,7 +412,7 @@ class Builder:
             if stats.skipped_devices and self.log:
                 self.log(f"left {stats.skipped_devices} device nodes out of the working tree (runs get a minimal /dev)")
         self.tree = tree
-        self.snapshot = _tree.snapshot(tree, id_offset=self.policy.id_offset)
+        self.snapshot = self._snapshot(None)
         return tree
 
     def _apply_to_tree(self, layer: NewLayer) -> None:
@@ -350,14 +442,65 @@ class Builder:
             extractor.finish()
         finally:
             extractor.close()
-        self.snapshot = _tree.snapshot(self.tree, self.snapshot, self.policy.id_offset)
+        self.snapshot = self._snapshot(self.snapshot)
+
+    def _user(self, text: str, where: str) -> tuple[int, int]:
+        """uid and gid of `user[:group]`: numbers as given, names from the tree's passwd and group
+        (read inside the tree), and a user's own group when only the user is given, as docker does."""
+        name, _, group = text.partition(":")
+        passwd = _accounts(self._materialize(), "etc/passwd") if not (name.isdigit() and group.isdigit()) else {}
+        if name.isdigit():
+            uid = int(name)
+            gid = next((int(f[3]) for f in passwd.values() if f[2] == name), 0)
+        elif name in passwd:
+            uid, gid = int(passwd[name][2]), int(passwd[name][3])
+        else:
+            raise self.spec.error(where, f"user {name!r} is not in the image's /etc/passwd",
+                                  "create the user in an earlier step, or give a numeric uid")
+        if group.isdigit():
+            gid = int(group)
+        elif group:
+            groups = _accounts(self._materialize(), "etc/group")
+            if group not in groups:
+                raise self.spec.error(where, f"group {group!r} is not in the image's /etc/group",
+                                      "create the group in an earlier step, or give a numeric gid")
+            gid = int(groups[group][2])
+        return uid, gid
+
+    def _cache_mount(self, path: str) -> str:
+        """The store's directory kept for a step-local cache at `path` (docker's default id: the path),
+        owned by root inside the tree."""
+        directory = self.store.path / "cache-mounts" / hashlib.sha256(clean_path(path).encode()).hexdigest()[:32]
+        directory.mkdir(parents=True, exist_ok=True)
+        offset = self.policy.id_offset
+        if offset and directory.stat().st_uid != offset:
+            os.chown(directory, offset, offset)
+        return str(directory)
 
     def _run_step(self, step: Step) -> tuple[NewLayer, list[str], list[dict]]:
         tree = self._materialize()
         before = self.snapshot or {}
-        env = dict(e.partition("=")[::2] for e in _container_config(self.base_config, self.spec).get("Env", []))
+        if "env" in step.extras:
+            env = dict(step.extras["env"])
+        else:
+            env = dict(e.partition("=")[::2] for e in _container_config(self.base_config, self.spec).get("Env", []))
         env.setdefault("PATH", DEFAULT_ENV_PATH)
-        env.update({"HOME": "/root", "SOURCE_DATE_EPOCH": str(self.epoch), "LC_ALL": "C.UTF-8"})
+        user = self._user(step.extras["user"], f"steps[{step.index}].user") if step.extras.get("user") else (0, 0)
+        home = _home(tree, user[0]) if user != (0, 0) else "/root"
+        if "env" in step.extras:  # a front end's whole environment: add only what it left out
+            env.setdefault("HOME", home)
+            env.setdefault("LC_ALL", "C.UTF-8")
+            env["SOURCE_DATE_EPOCH"] = str(self.epoch)
+        else:
+            env.update({"HOME": home, "SOURCE_DATE_EPOCH": str(self.epoch), "LC_ALL": "C.UTF-8"})
+        workdir = "/"
+        binds: list[tuple[str, str]] = []
+        owner = self.policy.id_offset or None
+        with Tree(tree, f"{self.spec.path}: {step.where}", owner) as confined:
+            if step.extras.get("workdir"):
+                workdir = "/" + confined.resolve_dir(step.extras["workdir"], create=True)
+            for path in step.extras.get("cache") or []:
+                binds.append((self._cache_mount(path), confined.resolve_dir(path, create=True)))
         if step.kind == "packages":
             env["DEBIAN_FRONTEND"] = "noninteractive"
             # apt drops to its _apt user for downloads; in a plain user's namespace (bwrap) there is no
@@ -369,23 +512,68 @@ class Builder:
         else:
             script = step.value
         argv = list(script) if isinstance(script, list) else ["/bin/sh", "-c", script]
-        result = executors.run(self.executor, tree, executors.Command(argv, env, "/", step.network))
+        command = executors.Command(argv, env, workdir, step.network, tuple(binds), user=user)
+        result = executors.run(self.executor, tree, command)
         if result.exit_code != 0:
             failure = CheckFailed(
-                f"{self.spec.path}:{step.line}: steps[{step.index}] ({_title(step)}) exited {result.exit_code}; "
+                f"{self.spec.path}:{step.line}: {step.where} ({_title(step)}) exited {result.exit_code}; "
                 f"last lines:\n{result.tail.rstrip()}",
                 "nothing was written; fix the command and build again",
             )
             raise failure
         packages = _installed_packages(tree) if step.kind == "packages" else []
+        return (*self._tree_layer(before, user), packages)
+
+    def _directory_step(self, step: Step) -> tuple[NewLayer, list[str]]:
+        """mkdir -p in the working tree, so that only what is new (and the parent it changed) enters the layer."""
+        tree = self._materialize()
+        before = self.snapshot or {}
+        owner = (self._user(step.value["owner"], f"steps[{step.index}].directory.owner")
+                 if step.value.get("owner") else (0, 0))
+        mode = int(step.value.get("mode") or "0755", 8)
+        offset = self.policy.id_offset
+        with Tree(tree, f"{self.spec.path}: {step.where}", offset or None) as confined:
+            path = confined.resolve_dir(step.value["dst"], create=True)
+            if owner != (0, 0) or mode != 0o755:
+                fd = confined.open_dir(path)
+                try:
+                    os.fchmod(fd, mode)
+                    if os.geteuid() == 0:
+                        os.fchown(fd, owner[0] + offset, owner[1] + offset)
+                finally:
+                    os.close(fd)
+        if os.geteuid() != 0 and owner != (0, 0):
+            self.claimed[path] = owner  # a plain user cannot chown: the layer says who owns it
+        return self._tree_layer(before, (0, 0))
+
+    def _snapshot(self, previous: dict[str, _tree.Node] | None) -> dict[str, _tree.Node]:
+        return self._claim(_tree.snapshot(self._materialize(), previous, self.policy.id_offset))
+
+    def _claim(self, nodes: dict[str, _tree.Node]) -> dict[str, _tree.Node]:
+        if not self.claimed:
+            return nodes
+        me = os.getuid()
+        return {p: dataclasses.replace(n, uid=self.claimed[p][0], gid=self.claimed[p][1])
+                if p in self.claimed and n.uid == me else n for p, n in nodes.items()}
+
+    def _tree_layer(self, before: dict[str, _tree.Node], user: tuple[int, int]) -> tuple[NewLayer, list[str]]:
+        """The layer of what changed in the working tree since `before`. A plain user cannot give files
+        away: what a step run as another user made is recorded as that user's, as root would have it."""
+        tree = self._materialize()
         normalized = _tree.apply_hygiene(tree, before)
-        after = _tree.snapshot(tree, before, self.policy.id_offset)
+        after = self._snapshot(before)
+        if os.geteuid() != 0 and user != (0, 0):
+            me = os.getuid()
+            for path, node in after.items():
+                if path not in before and node.uid == me:
+                    self.claimed[path] = user
+            after = self._claim(after)
         changed, deleted = _tree.changes(before, after)
         layer = write_layer(
             self.store, lambda tar: _tree.write_changes(tar, tree, after, changed, deleted, self.epoch), "gzip"
         )
         self.snapshot = after
-        return layer, normalized, packages
+        return layer, normalized
 
     # --- the whole build -----------------------------------------------------------------
     def _commit(self, tag: str) -> BlobImage:
@@ -405,6 +593,45 @@ class Builder:
         with reaper(remove_command(str(self._tmp))):  # the working tree goes even if repro is killed
             return self._build()
 
+    def _stage(self, name: str) -> tuple[BlobImage, dict]:
+        """An earlier stage's image and container config, built on first use (only stages the image needs)."""
+        if name in self.stage_images:
+            return self.stage_images[name]
+        if name in self.building:
+            raise ReproError(f"{self.spec.path}: stage {name!r} depends on itself "
+                             f"({' -> '.join([*self.building, name])})", "break the cycle of stages")
+        stage = Builder(self.stages[name], self.store, self.executor_name, self.cache.enabled, self.report, self.log)
+        stage.cache, stage.used_keys, stage.stages = self.cache, self.used_keys, self.stages
+        stage.stage_images, stage.building = self.stage_images, (*self.building, name)
+        stage.sources = self.sources
+        result = stage.build()
+        self.resolved.setdefault("stages", {})[name] = stage.resolved["base"]
+        self.resolved.setdefault("stages", {}).update(stage.resolved.get("stages", {}))
+        self._add_packages(stage.resolved["packages"])
+        self.stage_images[name] = (result.image, _container_config(stage.base_config, stage.spec))
+        return self.stage_images[name]
+
+    def _copy_origin(self, step: Step) -> Image | None:
+        """The image a copy step reads from: an earlier stage or any reference; None for the context."""
+        origin = step.value.get("from")
+        if origin is None:
+            return None
+        if origin in self.stages:
+            return self._stage(origin)[0]
+        if origin not in self.sources:
+            try:
+                self.sources[origin] = open_image(origin, Options())
+            except ReproError as exc:
+                raise self.spec.error(f"steps[{step.index}].copy.from", f"cannot read {origin!r}: {exc}",
+                                      "check the reference") from None
+            self.resolved.setdefault("sources", {})[origin] = self.sources[origin].digest
+        return self.sources[origin]
+
+    def _add_packages(self, packages: list[dict]) -> None:
+        known = {p["name"]: p for p in self.resolved["packages"]}
+        new = [p for p in packages if p["name"] not in known]
+        self.resolved["packages"] = sorted([*known.values(), *new], key=lambda p: p["name"])
+
     def _build(self) -> BuildResult:
         steps = self.spec.steps
         total = len(steps)
@@ -416,47 +643,55 @@ class Builder:
             for step in steps:
                 started = time.monotonic()
                 parent = [x.diff_id for x in self.layers]
-                inputs = {}
+                inputs: dict[str, str] = {}
+                origin: Image | None = None
                 if step.kind == "copy":
-                    inputs = _cache.hash_inputs([check_copy_source(self.spec, step)])
+                    origin = self._copy_origin(step)
+                    if origin is None:
+                        found = _sources.context_sources(
+                            self.spec.directory, _sources_of(step), _ignore(step),
+                            lambda m, h, s=step: self.spec.error(f"steps[{s.index}].copy.src", m, h))
+                        inputs = _cache.hash_inputs([s.path for s in found])
+                    else:
+                        inputs = {"from": origin.digest}
                 definition = {**step.definition(), "epoch": self.epoch}
-                if step.kind in ("run", "packages"):
+                if step.kind in ("run", "packages") and "env" not in step.extras:
                     definition["env"] = _container_config(self.base_config, self.spec).get("Env")
                 cache_key = _cache.key(parent, definition, inputs)
                 self.used_keys.append(cache_key)
                 entry = self.cache.get(cache_key)
                 cached = entry is not None
+                created_by = step.extras.get("history") or f"repro {_title(step)}"
                 if entry is not None:
                     layer = NewLayer(entry["descriptor"], entry["diff_id"])
                     history = entry["history"]
-                    self.resolved["packages"] = sorted(
-                        {p["name"]: p for p in [*self.resolved["packages"], *entry.get("packages", [])]}.values(),
-                        key=lambda p: p["name"],
-                    )
+                    self._add_packages(entry.get("packages", []))
                     self._apply_to_tree(layer)
                 elif step.kind in ("copy", "file"):
-                    produce = (
-                        _copy_entries(self.spec, step, self.epoch)
-                        if step.kind == "copy"
-                        else _file_entry(self.spec, step, self.epoch)
-                    )
+                    if step.kind == "copy":
+                        owner = (self._user(step.value["owner"], f"steps[{step.index}].copy.owner")
+                                 if step.value.get("owner") else None)
+                        produce = _copy_entries(self.spec, step, self.epoch, owner, origin)
+                    else:
+                        produce = _file_entry(self.spec, step, self.epoch)
                     layer = write_layer(self.store, produce, "gzip")
-                    history = {"created": self.created, "created_by": f"repro {_title(step)}"}
+                    history = {"created": self.created, "created_by": created_by}
                     self.cache.put(cache_key, layer.descriptor, layer.diff_id, history)
                     self._apply_to_tree(layer)
                 else:
-                    layer, normalized, packages = self._run_step(step)
-                    history = {"created": self.created, "created_by": f"repro {_title(step)}"}
+                    packages: list[dict] = []
+                    if step.kind == "directory":
+                        layer, normalized = self._directory_step(step)
+                    else:
+                        layer, normalized, packages = self._run_step(step)
+                    history = {"created": self.created, "created_by": created_by}
                     if normalized:
                         history["comment"] = (
                             "normalized: "
                             + ", ".join(sorted(normalized)[:50])
                             + (f" and {len(normalized) - 50} more" if len(normalized) > 50 else "")
                         )
-                    if packages:
-                        known = {p["name"]: p for p in self.resolved["packages"]}
-                        new = [p for p in packages if p["name"] not in known]
-                        self.resolved["packages"] = sorted([*known.values(), *new], key=lambda p: p["name"])
+                    self._add_packages(packages)
                     self.cache.put(
                         cache_key,
                         layer.descriptor,
@@ -471,7 +706,7 @@ class Builder:
                 )
                 reports.append(report)
                 self.report(report)
-            image = self._commit(self.spec.tag)
+            image = self._commit(self.spec.tag if not self.spec.prefix else "")
             return BuildResult(image, image.digest, self.spec.tag, reports)
         finally:
             remove_tree(self._tmp)

@@ -51,28 +51,52 @@ def schema() -> dict:
     return json.loads(resources.files("builders").joinpath(SCHEMA_FILE).read_text())
 
 
+STEP_KINDS = ("copy", "file", "directory", "packages", "run")
+RUN_ONLY = ("env", "workdir", "user", "cache")  # what a run step may give beside the command
+
+
 @dataclass(frozen=True)
 class Step:
-    kind: str  # copy, file, packages, run
+    kind: str  # one of STEP_KINDS
     value: Any
     network: bool
     line: int
     index: int
+    extras: dict = field(default_factory=dict)  # run's env, workdir, user, cache; any step's history
+    where: str = ""  # the step's place in the spec, e.g. stages[0].steps[2]
 
     def definition(self) -> dict:
-        """What identifies the step in the cache key."""
-        return {"kind": self.kind, "value": self.value, "network": self.network}
+        """What identifies the step in the cache key (history text is a label, not an input)."""
+        out = {"kind": self.kind, "value": self.value, "network": self.network}
+        out.update({k: v for k, v in self.extras.items() if k != "history"})
+        return out
 
 
 @dataclass(frozen=True)
 class Spec:
+    """A spec, or one stage of it (`prefix` names where the stage sits, for errors and line numbers).
+    Front ends (Containerfile, def file) make the same object with `from_dict`."""
+
     path: Path
     raw: dict
     lines: dict[str, int] = field(repr=False)
+    context: Path | None = None  # where copy sources come from; the spec's directory by default
+    prefix: str = ""
+    text: bytes | None = field(default=None, repr=False)  # the source a front end translated, for provenance
 
     @property
     def directory(self) -> Path:
-        return self.path.parent
+        return self.context or self.path.parent
+
+    @property
+    def stages(self) -> dict[str, Spec]:
+        """The earlier stages by name, each a Spec of its own sharing this one's file and context."""
+        out = {}
+        for i, stage in enumerate(self.raw.get("stages") or []):
+            raw = {"spec": 1, "name": stage["name"], **{k: v for k, v in stage.items() if k != "name"}}
+            raw["source_date_epoch"] = self.raw.get("source_date_epoch", 0)
+            out[stage["name"]] = Spec(self.path, raw, self.lines, self.context, f"stages[{i}].", self.text)
+        return out
 
     @property
     def name(self) -> str:
@@ -91,9 +115,11 @@ class Spec:
     def steps(self) -> list[Step]:
         out = []
         for i, item in enumerate(self.raw.get("steps") or []):
-            kind = next(k for k in item if k != "network")
+            kind = next(k for k in item if k in STEP_KINDS)
             network = bool(item.get("network", kind == "packages"))
-            out.append(Step(kind, item[kind], network, self.line(f"steps[{i}]"), i))
+            extras = {k: v for k, v in item.items() if k in (*RUN_ONLY, "history")}
+            out.append(Step(kind, item[kind], network, self.line(f"steps[{i}]"), i, extras,
+                            f"{self.prefix}steps[{i}]"))
         return out
 
     @property
@@ -109,11 +135,15 @@ class Spec:
         return list(self.raw.get("tests") or [])
 
     def line(self, where: str) -> int:
+        where = self.prefix + where if not where.startswith(self.prefix) else where
         while where and where not in self.lines:
             where = where.rpartition(".")[0] if "." in where else where.rpartition("[")[0]
         return self.lines.get(where, 1)
 
     def error(self, where: str, message: str, hint: str = "") -> ReproError:
+        where = self.prefix + where if not where.startswith(self.prefix) else where
+        if self.text is not None:  # a front end's file: its line says where, the spec's field names would not
+            return _fail(f"{self.path}:{self.line(where)}: {message}", hint)
         return _fail(f"{self.path}:{self.line(where)}: {where}: {message}", hint)
 
 
@@ -255,9 +285,18 @@ def load(path: str | Path) -> Spec:
         raw = _walk(node, "", lines, _SpecLoader(""))
     except _Refused as exc:
         raise _fail(f"{path}:{exc.line}: {exc.message}", exc.hint) from None
-    spec = Spec(path.resolve(), raw if isinstance(raw, dict) else {}, lines)
     if not isinstance(raw, dict):
-        raise spec.error("", "the spec must be a mapping of keys", "see catalog/ for examples")
+        raise Spec(path.resolve(), {}, lines).error("", "the spec must be a mapping of keys",
+                                                      "see catalog/ for examples")
+    return from_dict(path, raw, lines)
+
+
+def from_dict(path: str | Path, raw: dict, lines: dict[str, int], context: Path | None = None,
+              text: bytes | None = None) -> Spec:
+    """A spec from its dict: the YAML loader's, or a front end's translation of a Containerfile or a def
+    file (then `text` is that file, recorded in the provenance, and `lines` maps fields to its lines)."""
+    path = Path(path)
+    spec = Spec(path.resolve(), raw, lines, context.resolve() if context else None, "", text)
     errors = sorted(_validator_class()(schema()).iter_errors(raw), key=lambda e: (len(list(e.path)), str(e.path)))
     if errors:
         error = max(errors, key=lambda e: len(list(e.absolute_path)))
@@ -269,26 +308,43 @@ def load(path: str | Path) -> Spec:
             where = f"{where}.{unknown[0]}" if where else unknown[0]
             message = f"unknown key (expected one of: {', '.join(allowed)})"
         raise spec.error(where or "spec", message, "see builders/spec.schema.json for the fields")
-    for step in spec.steps:
-        owner = step.value.get("owner") if isinstance(step.value, dict) else None
-        if owner is not None and any(len(part) > 10 or int(part) > MAX_ID for part in owner.split(":")):
-            raise spec.error(f"steps[{step.index}].{step.kind}.owner", f"{owner!r}: ids go up to {MAX_ID}",
-                             "give a numeric uid:gid that a file can have")
-        if step.kind == "copy":
-            check_copy_source(spec, step)
+    for part in (spec, *spec.stages.values()):
+        _check_steps(part, set(spec.stages))
     return spec
 
 
-def check_copy_source(spec: Spec, step: Step) -> Path:
+def _check_steps(spec: Spec, stages: set[str]) -> None:
+    """What the schema cannot say: ids in range, run-only keys, stages that exist, sources beside the spec."""
+    kind, value = spec.base
+    if kind == "stage" and value not in stages:
+        raise spec.error("base.stage", f"no stage named {value!r}", "name one of the spec's stages")
+    for step in spec.steps:
+        where = f"steps[{step.index}]"
+        for owner in (step.value.get("owner") if isinstance(step.value, dict) else None, step.extras.get("user")):
+            if owner is not None and any(p.isdigit() and (len(p) > 10 or int(p) > MAX_ID) for p in owner.split(":")):
+                raise spec.error(f"{where}.{step.kind}.owner", f"{owner!r}: ids go up to {MAX_ID}",
+                                 "give a uid:gid that a file can have")
+        if step.kind != "run" and any(k in step.extras for k in RUN_ONLY):
+            key = next(k for k in RUN_ONLY if k in step.extras)
+            raise spec.error(f"{where}.{key}", f"{key} is for run steps only", "move it to a run step")
+        if step.kind == "copy":
+            source = step.value.get("from")
+            if source is None:
+                check_copy_sources(spec, step)
+            elif ":" not in source and source not in stages:
+                raise spec.error(f"{where}.copy.from", f"no stage named {source!r}",
+                                 "name an earlier stage, or give an image reference such as oci:DIR:TAG")
+
+
+def check_copy_sources(spec: Spec, step: Step) -> None:
+    """Every source of a context copy exists inside the context (globs match something)."""
+    from builders import sources  # the copy machinery imports the image floor, which a spec check needs only here
+
     src = step.value["src"]
     where = f"steps[{step.index}].copy.src"
     try:
-        candidate = (spec.directory / src).resolve()
-        root = spec.directory.resolve()
-        if not candidate.is_relative_to(root):
-            raise spec.error(where, f"{src!r} is outside the spec's directory", "copy only files beside the spec")
-        if not candidate.exists():
-            raise spec.error(where, f"{src!r} does not exist", f"looked for {candidate}")
+        sources.context_sources(spec.directory, list(src) if isinstance(src, list) else [src],
+                                sources.Ignore.parse(list(step.value.get("exclude") or [])),
+                                lambda message, hint: spec.error(where, message, hint))
     except (OSError, ValueError) as exc:
         raise spec.error(where, f"{_short(src)} cannot be looked up ({exc})", "check the path") from None
-    return candidate

@@ -131,7 +131,7 @@ BAD_SPECS = {
     "missing copy source": ("spec: 1\nbase: {scratch: true}\nsteps:\n  - copy: {src: nothing, dst: /x}\n",
                             ":4: steps[0].copy.src: 'nothing' does not exist"),
     "copy source escapes": ("spec: 1\nbase: {scratch: true}\nsteps:\n  - copy: {src: ../../etc/passwd, dst: /x}\n",
-                            "is outside the spec's directory"),
+                            "is outside the context (the spec's directory)"),
     "two bases": ("spec: 1\nbase: {scratch: true, image: 'oci:x:1'}\n", ":2: base: give exactly one of"),
     "unreadable base": ("spec: 1\nbase: {image: 'oci:/nonexistent/layout:1'}\n", ":2: base.image: cannot read"),
     "not yaml": ("spec: 1\nbase: [unclosed\n", "not valid YAML"),

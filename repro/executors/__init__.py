@@ -12,6 +12,7 @@ As root only runc is used: bwrap and proot would run the image with root's power
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import os
 import shutil
@@ -98,7 +99,7 @@ def _prepare(root: Path, name: str, command: Command, overlay: bool = False) -> 
             st = tree.lstat("etc/resolv.conf")
             if st is not None and stat.S_ISREG(st.st_mode):
                 resolv_conf = tree.resolve_dir("etc") + "/resolv.conf"
-    return made, Command(command.argv, command.env, command.workdir, command.network, binds, resolv_conf)
+    return made, dataclasses.replace(command, binds=binds, resolv_conf=resolv_conf)
 
 
 def _bind_target(tree: Tree, source: str, inside: str) -> str:

@@ -23,7 +23,8 @@ def available() -> bool:
 @contextlib.contextmanager
 def launch(root: Path, command: Command) -> Iterator[tuple[list[str], dict[str, str] | None]]:
     argv = ["bwrap", "--bind", str(root), "/", "--dev", "/dev", "--proc", "/proc", "--unshare-all",
-            "--uid", "0", "--gid", "0", "--die-with-parent", "--chdir", command.workdir, "--clearenv"]
+            "--uid", str(command.user[0]), "--gid", str(command.user[1]), "--die-with-parent",
+            "--chdir", command.workdir, "--clearenv"]
     if command.network:
         argv += ["--share-net"]
     if command.resolv_conf:

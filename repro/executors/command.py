@@ -22,3 +22,4 @@ class Command:
     network: bool = False
     binds: tuple[tuple[str, str], ...] = ()  # (host path, clean symlink-free path inside the root)
     resolv_conf: str = ""  # with network: the image's own /etc/resolv.conf, resolved in the tree, to bind over
+    user: tuple[int, int] = (0, 0)  # uid and gid inside

@@ -18,7 +18,8 @@ def available() -> bool:
 
 @contextlib.contextmanager
 def launch(root: Path, command: Command) -> Iterator[tuple[list[str], dict[str, str] | None]]:
-    argv = [shutil.which("proot") or "proot", "-0", "-r", str(root), "-b", "/dev", "-b", "/proc", "-b", "/sys",
+    who = ["-0"] if command.user == (0, 0) else ["-i", f"{command.user[0]}:{command.user[1]}"]
+    argv = [shutil.which("proot") or "proot", *who, "-r", str(root), "-b", "/dev", "-b", "/proc", "-b", "/sys",
             "-w", command.workdir]
     if command.resolv_conf:
         argv += ["-b", f"/etc/resolv.conf:/{command.resolv_conf}"]

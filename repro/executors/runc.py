@@ -86,7 +86,9 @@ def config(root: Path | str, command: Command, user: tuple[int, int] = (0, 0)) -
             "env": [f"{k}={v}" for k, v in sorted(command.env.items())],
             "cwd": command.workdir or "/",
             "noNewPrivileges": True,
-            "capabilities": {kind: CAPABILITIES for kind in ("bounding", "effective", "permitted")},
+            # as docker: a process run as another user than root starts with no capabilities in effect
+            "capabilities": {kind: CAPABILITIES if user[0] == 0 or kind == "bounding" else []
+                             for kind in ("bounding", "effective", "permitted")},
         },
         "root": {"path": str(root), "readonly": False},
         "hostname": "repro",
@@ -134,7 +136,7 @@ def launch(root: Path, command: Command) -> Iterator[tuple[list[str], dict[str, 
     state = bundle / "state"
     name = f"repro-{uuid.uuid4().hex[:16]}"
     try:
-        (bundle / "config.json").write_text(json.dumps(config(root, command)))
+        (bundle / "config.json").write_text(json.dumps(config(root, command, command.user)))
         with reaper(["runc", "--root", str(state), "delete", "--force", name], remove_command(str(bundle))):
             yield ["runc", "--root", str(state), "run", "--bundle", str(bundle), name], None
     finally:
