@@ -732,7 +732,8 @@ def build(
     result = builder.build()
     for ref in cache_to or []:
         _cache.export_to(builder.cache, result.image, builder.used_keys, ref)
-    resolved = _lock.new_lock(builder.resolved["base"], builder.resolved["packages"])
+    resolved = _lock.new_lock(builder.resolved["base"], builder.resolved["packages"],
+                              builder.resolved.get("stages"), builder.resolved.get("sources"))
     existing = _lock.read(spec.path)
     if locked:
         if existing is None:

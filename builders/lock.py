@@ -20,13 +20,20 @@ def lock_path(spec_path: Path) -> Path:
     return spec_path.with_name(spec_path.name.rsplit(".", 1)[0] + ".lock")
 
 
-def new_lock(base: dict, packages: list[dict]) -> dict:
-    return {
+def new_lock(base: dict, packages: list[dict], stages: dict | None = None, sources: dict | None = None) -> dict:
+    """The lock; `stages` (each earlier stage's base) and `sources` (images copied from, by digest) only
+    when the spec has them, so that single-stage locks stay as they were."""
+    lock = {
         "lock": LOCK_VERSION,
         "base": base,
         "packages": packages,
         "compressor": {"layers": compressed_writer_id("gzip"), "versions": compressor_versions()},
     }
+    if stages:
+        lock["stages"] = stages
+    if sources:
+        lock["sources"] = sources
+    return lock
 
 
 def write(spec_path: Path, lock: dict) -> Path:
@@ -52,6 +59,10 @@ def compare(spec_path: Path, locked: dict, resolved: dict) -> None:
     if locked.get("base") != resolved.get("base"):
         raise ReproError(f"{path}: the base resolved to {resolved.get('base')}, the lock says {locked.get('base')}",
                          "build without --locked to update the lock")
+    for key, what in (("stages", "the stages' bases"), ("sources", "the images copied from")):
+        if locked.get(key) != resolved.get(key):
+            raise ReproError(f"{path}: {what} resolved to {resolved.get(key)}, the lock says {locked.get(key)}",
+                             "build without --locked to update the lock")
     old = {p["name"]: p for p in locked.get("packages", [])}
     new = {p["name"]: p for p in resolved.get("packages", [])}
     for name in sorted(old.keys() | new.keys()):

@@ -86,6 +86,8 @@ def test_stages_and_step_options_as_root_and_as_a_user(public_dir, hello_base):
     assert files["home/app/work/made"][:2] == (1000, 1001)
     assert files["home/app/work/id"][2].startswith(b"uid=1000(app) gid=1001(app)")
     assert files["home/app/work/home"][2] == b"/home/app\n"
+    lock = json.loads((spec.parent / "spec.lock").read_text())
+    assert lock["stages"] == {"builder": {"image": hello_base, "digest": lock["base"]["digest"]}}
     history = json.loads(repro("inspect", "--json", image).stdout)["history"]
     assert not any(h.get("created_by") == "RUN make" for h in history)  # the builder stage is not in the image
 
