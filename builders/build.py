@@ -753,7 +753,7 @@ def _attach_provenance(spec: Spec, store: Layout, result: BuildResult) -> None:
     from repro import provenance, referrers
     from repro.mutate import document_time
 
-    statement = provenance.for_spec(result.image, str(spec.path))
+    statement = provenance.for_build(result.image, spec)
     referrers.attach(f"oci:{store.path}:{result.tag}", result.image, statement, provenance.MEDIA_TYPE,
                      provenance.MEDIA_TYPE, document_time(result.image))
 

@@ -77,10 +77,16 @@ def subject_digests(document: bytes) -> list[str]:
 def for_spec(image: Image, spec_file: str) -> bytes:
     """Provenance from a spec file and the lock beside it: what `repro build` attaches to what it builds
     (named by the spec's tag, so `repro archive --spec` of the same build gives the same statement)."""
-    from builders import lock as _lock
     from builders.spec import load
+
+    return for_build(image, load(spec_file))
+
+
+def for_build(image: Image, spec) -> bytes:
+    """Provenance of a loaded spec (YAML, or a Containerfile or def file translated by its front end):
+    its file's text and the lock beside it."""
+    from builders import lock as _lock
     from repro.layers import source_date_epoch
 
-    spec = load(spec_file)
     epoch = source_date_epoch(int(spec.raw.get("source_date_epoch", 0)))
     return statement(image, spec.tag, spec.path, _lock.read(spec.path), epoch)
