@@ -141,13 +141,47 @@ def cmd_convert(args: argparse.Namespace) -> int:
     return 0
 
 
+def _load_spec(args: argparse.Namespace):
+    """The spec to build: a YAML spec, or a Containerfile/Dockerfile (by name, or -f FILE with the
+    positional argument as the build context; a directory alone means its Containerfile or Dockerfile)."""
+    import os
+    from pathlib import Path
+
+    from builders import containerfile
+
+    path, context = args.spec, None
+    if args.file:
+        path, context = args.file, args.spec or "."
+    elif path and Path(path).is_dir():
+        found = [Path(path) / n for n in ("Containerfile", "Dockerfile") if (Path(path) / n).is_file()]
+        if not found:
+            raise ReproError(f"{path}: no Containerfile or Dockerfile in this directory", "name the file with -f")
+        path, context = str(found[0]), path
+    if not path:
+        raise ReproError("repro build: no spec or Containerfile given", "repro build SPEC.yaml, repro build "
+                         "Containerfile or repro build -f Dockerfile DIR")
+    if args.file or containerfile.is_containerfile(path):
+        build_args = {}
+        for item in args.build_arg or []:
+            key, eq, value = item.partition("=")
+            if eq:
+                build_args[key] = value
+            elif key in os.environ:  # --build-arg NAME takes the value from the environment, as docker's
+                build_args[key] = os.environ[key]
+        return containerfile.load(path, context, build_args, args.target, args.registry)
+    if args.build_arg or args.target or args.registry:
+        raise ReproError("--build-arg, --target and --registry are for Containerfiles", "leave them out for a spec")
+    from builders.spec import load
+
+    return load(path)
+
+
 def cmd_build(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from builders import build as b
-    from builders.spec import load
 
-    spec = load(args.spec)
+    spec = _load_spec(args)
     if args.check:
         return _build_check(args, spec)
     store = b.open_store(Path(args.store) if args.store else default_store())
@@ -599,7 +633,12 @@ def build_parser() -> argparse.ArgumentParser:
         return p
 
     p = command("build", cmd_build, "build an image from a spec, reproducibly")
-    p.add_argument("spec", help="the spec YAML file")
+    p.add_argument("spec", nargs="?", help="the spec YAML file, a Containerfile or Dockerfile, or (with -f, or "
+                   "holding a Containerfile) the build context directory")
+    p.add_argument("-f", "--file", help="the Containerfile or Dockerfile; the positional argument is the context")
+    p.add_argument("--build-arg", action="append", metavar="NAME[=VALUE]", help="Containerfile ARG value (repeatable)")
+    p.add_argument("--target", help="Containerfile stage to build (default: the last)")
+    p.add_argument("--registry", help="registry of plain FROM names such as debian:bookworm (default docker.io)")
     p.add_argument("-o", "--output", action="append", help="also write the image here (any writable reference)")
     p.add_argument("--locked", action="store_true", help="fail if resolution differs from SPEC.lock")
     p.add_argument("--no-cache", action="store_true", help="rebuild every step")
