@@ -25,12 +25,12 @@ from builders import tree as _tree
 from builders.spec import Spec, Step
 from converters.oci_layout import LayoutBlobs
 from repro import executors
-from repro.blobs import BlobImage, BlobLayer
+from repro.blobs import BlobImage, BlobLayer, IndexImage
 from repro.confined import Tree, clean_path, remove_tree
 from repro.errors import CheckFailed, ReproError
 from repro.extract import Extractor, Policy
 from repro.flatten import WHITEOUT_PREFIX, extract, whiteout_target
-from repro.image import Image, Platform, parse_json
+from repro.image import OCI_INDEX, REF_NAME, Image, Index, Platform, canonical_json, parse_json
 from repro.layers import TarWriter, source_date_epoch
 from repro.mutate import NewLayer, commit, new_config, rfc3339, write_layer
 from repro.reaper import reaper, remove_command
@@ -228,6 +228,19 @@ MAX_DPKG_STATUS = 256 << 20
 
 
 MAX_ACCOUNTS = 4 << 20
+DEBIAN_ARCHITECTURES = {"amd64": "amd64", "arm64": "arm64", "arm/v7": "armhf", "arm/v5": "armel", "386": "i386",
+                        "ppc64le": "ppc64el", "s390x": "s390x", "riscv64": "riscv64", "mips64le": "mips64el"}
+
+
+def debian_architecture(platform: Platform) -> str:
+    """Debian's name of an OCI platform's architecture (arm64, armhf, ppc64el, ...)."""
+    key = f"{platform.architecture}/{platform.variant}" if platform.architecture == "arm" else platform.architecture
+    if key == "arm":
+        key = "arm/v7"
+    if key not in DEBIAN_ARCHITECTURES:
+        raise ReproError(f"platform {platform}: Debian has no such architecture",
+                         f"use one of {', '.join('linux/' + k for k in DEBIAN_ARCHITECTURES)}")
+    return DEBIAN_ARCHITECTURES[key]
 
 
 def _accounts(root: Path, name: str) -> dict[str, list[str]]:
@@ -287,6 +300,7 @@ class Builder:
         use_cache: bool = True,
         report: Callable[[StepReport], None] | None = None,
         log: Callable[[str], None] | None = None,
+        platform: Platform | None = None,
     ):
         self.spec = spec
         self.store = store
@@ -299,7 +313,9 @@ class Builder:
         self.layers: list[NewLayer] = []
         self.history: list[dict] = []
         self.base_config: dict = {}
-        self.platform = Platform.host()
+        self.tag = "" if spec.prefix else spec.tag  # stages and the platforms of an index stay untagged
+        self.requested = platform  # --platform: the image is for it, built under emulation if foreign
+        self.platform = platform or Platform.host()
         self.resolved: dict = {"base": {}, "packages": []}
         self.tree: Path | None = None
         self.used_keys: list[str] = []  # the cache keys of this build's layers, for --cache-to
@@ -332,7 +348,7 @@ class Builder:
             return
         if kind == "image":
             try:
-                image = open_image(value, Options())
+                image = open_image(value, Options(platform=self.requested))
                 from converters.oci_layout import copy_into
 
                 with self.store.transaction():
@@ -343,6 +359,9 @@ class Builder:
             self.base_config = config.get("config") or {}
             self.history = list(config.get("history") or [])
             self.platform = image.config.platform
+            if self.requested and not self.platform.matches(self.requested):
+                raise self.spec.error("base.image", f"{value} is for {self.platform}, not {self.requested}",
+                                      "give a base with that platform (or an index that has it)")
             self.layers = [NewLayer(layer.descriptor, layer.diff_id) for layer in image.layers]
             self.resolved["base"] = {"image": value, "digest": image.digest}
             reports.append(
@@ -357,6 +376,8 @@ class Builder:
             )
             return
         options = dict(value)
+        if self.foreign:
+            options["arch"] = debian_architecture(self.platform)
         definition = {"debian": options, "epoch": self.epoch}
         cache_key = _cache.key([], definition, {})
         self.used_keys.append(cache_key)
@@ -400,10 +421,16 @@ class Builder:
         )
 
     # --- the working tree ---------------------------------------------------------------
+    @property
+    def foreign(self) -> bool:
+        """Built for another platform than the host's: its steps run under emulation."""
+        return self.requested is not None and not Platform.host().matches(self.requested)
+
     def _materialize(self) -> Path:
         if self.tree is not None:
             return self.tree
-        self.executor = executors.choose(self.executor_name)
+        self.executor = (executors.choose(self.executor_name, platform=self.platform) if self.foreign
+                         else executors.choose(self.executor_name))
         self.policy = Policy(id_offset=executors.id_offset(self.executor))
         tree = executors.new_root(self._tmp, self.executor)
         if self.layers:
@@ -600,7 +627,8 @@ class Builder:
         if name in self.building:
             raise ReproError(f"{self.spec.path}: stage {name!r} depends on itself "
                              f"({' -> '.join([*self.building, name])})", "break the cycle of stages")
-        stage = Builder(self.stages[name], self.store, self.executor_name, self.cache.enabled, self.report, self.log)
+        stage = Builder(self.stages[name], self.store, self.executor_name, self.cache.enabled, self.report, self.log,
+                        self.requested)
         stage.cache, stage.used_keys, stage.stages = self.cache, self.used_keys, self.stages
         stage.stage_images, stage.building = self.stage_images, (*self.building, name)
         stage.sources = self.sources
@@ -655,6 +683,8 @@ class Builder:
                     else:
                         inputs = {"from": origin.digest}
                 definition = {**step.definition(), "epoch": self.epoch}
+                if self.foreign:
+                    definition["platform"] = str(self.platform)
                 if step.kind in ("run", "packages") and "env" not in step.extras:
                     definition["env"] = _container_config(self.base_config, self.spec).get("Env")
                 cache_key = _cache.key(parent, definition, inputs)
@@ -706,7 +736,7 @@ class Builder:
                 )
                 reports.append(report)
                 self.report(report)
-            image = self._commit(self.spec.tag if not self.spec.prefix else "")
+            image = self._commit(self.tag)
             return BuildResult(image, image.digest, self.spec.tag, reports)
         finally:
             remove_tree(self._tmp)
@@ -723,17 +753,33 @@ def build(
     log=None,
     cache_from: list[str] | None = None,
     cache_to: list[str] | None = None,
+    platforms: list[Platform] | None = None,
 ) -> BuildResult:
-    builder = Builder(spec, store, executor, use_cache, report, log)
-    for ref in cache_from or []:
-        imported = _cache.import_from(builder.cache, ref)
-        if log:
-            log(f"cache from {ref}: {imported} entries")
-    result = builder.build()
+    """Build `spec` into `store`: for the host (or the one platform given), or for several platforms as
+    one OCI image index whose manifests each name their platform."""
+    wanted: list[Platform | None] = list(platforms or [None])
+    several = len(wanted) > 1
+    if several and len({str(p) for p in wanted}) != len(wanted):
+        raise ReproError(f"--platform names a platform twice: {', '.join(map(str, wanted))}", "name each once")
+    builders: list[Builder] = []
+    results: list[BuildResult] = []
+    for platform in wanted:
+        builder = Builder(spec, store, executor, use_cache, report, log, platform)
+        builder.tag = "" if several else spec.tag
+        if not builders:
+            for ref in cache_from or []:
+                imported = _cache.import_from(builder.cache, ref)
+                if log:
+                    log(f"cache from {ref}: {imported} entries")
+        builders.append(builder)
+        results.append(builder.build())
+    result = _index(spec, store, results) if several else results[0]
     for ref in cache_to or []:
-        _cache.export_to(builder.cache, result.image, builder.used_keys, ref)
-    resolved = _lock.new_lock(builder.resolved["base"], builder.resolved["packages"],
-                              builder.resolved.get("stages"), builder.resolved.get("sources"))
+        _cache.export_to(builders[0].cache, [r.image for r in results], [k for b in builders for k in b.used_keys],
+                         ref)
+    locks = {str(b.platform): _lock.new_lock(b.resolved["base"], b.resolved["packages"], b.resolved.get("stages"),
+                                             b.resolved.get("sources")) for b in builders}
+    resolved = _lock.for_platforms(locks) if several else next(iter(locks.values()))
     existing = _lock.read(spec.path)
     if locked:
         if existing is None:
@@ -743,8 +789,21 @@ def build(
         result.lock_file = _lock.write(spec.path, resolved)
     else:
         result.lock_file = _lock.lock_path(spec.path)
-    _attach_provenance(spec, store, result)
+    for one in results:
+        _attach_provenance(spec, store, one)
     return result
+
+
+def _index(spec: Spec, store: Layout, results: list[BuildResult]) -> BuildResult:
+    """One OCI image index over the platforms' images, tagged in the store like a single image."""
+    manifests = tuple(dataclasses.replace(manifest_descriptor(r.image), platform=r.image.config.platform)
+                      for r in results)
+    raw = canonical_json(Index(manifests, {}, OCI_INDEX).to_json())
+    descriptor = store.put_bytes(raw, OCI_INDEX)
+    store.add_manifest(dataclasses.replace(descriptor, annotations={REF_NAME: spec.tag}), spec.tag)
+    image = IndexImage(f"oci:{store.path}:{spec.tag}", raw, OCI_INDEX, [r.image for r in results])
+    steps = [step for r in results for step in r.steps]
+    return BuildResult(image, image.digest, spec.tag, steps)
 
 
 def _attach_provenance(spec: Spec, store: Layout, result: BuildResult) -> None:
@@ -754,7 +813,7 @@ def _attach_provenance(spec: Spec, store: Layout, result: BuildResult) -> None:
     from repro.mutate import document_time
 
     statement = provenance.for_build(result.image, spec)
-    referrers.attach(f"oci:{store.path}:{result.tag}", result.image, statement, provenance.MEDIA_TYPE,
+    referrers.attach(f"oci:{store.path}", result.image, statement, provenance.MEDIA_TYPE,
                      provenance.MEDIA_TYPE, document_time(result.image))
 
 

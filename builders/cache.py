@@ -84,9 +84,11 @@ CACHE_ANNOTATION = "dev.repro.build-cache"
 DIGEST_PATTERN = re.compile(r"sha256:[0-9a-f]{64}")
 
 
-def export_to(cache: Cache, image, keys: list[str], ref: str) -> str:
+def export_to(cache: Cache, images: list, keys: list[str], ref: str) -> str:
     """Share this build's cache through any writable reference (a registry, for CI machines): the
-    built image, with the cache entries for its layers in a manifest annotation."""
+    built image, with the cache entries for its layers in a manifest annotation. A multi-platform build
+    shares one image holding every platform's layers (its config lists them all), so one reference
+    carries the cache of every platform."""
     from repro.blobs import BlobImage
     from repro.image import Manifest
     from repro.refs import write_image
@@ -96,9 +98,20 @@ def export_to(cache: Cache, image, keys: list[str], ref: str) -> str:
         path = cache.directory / f"{cache_key}.json"
         if path.is_file():
             entries[cache_key] = json.loads(path.read_bytes())
+    image = images[0]
     manifest = image.manifest
     annotations = {**manifest.annotations, CACHE_ANNOTATION: canonical_json(entries).decode()}
-    raw = canonical_json(Manifest(manifest.media_type, manifest.config, manifest.layers, annotations).to_json())
+    config, layers = manifest.config, manifest.layers
+    if len(images) > 1:
+        seen: dict[str, tuple] = {}
+        for one in images:
+            for descriptor, layer in zip(one.manifest.layers, one.layers, strict=True):
+                seen.setdefault(descriptor.digest, (descriptor, layer.diff_id))
+        layers = tuple(d for d, _ in seen.values())
+        document = {"architecture": image.config.platform.architecture, "os": image.config.platform.os,
+                    "rootfs": {"type": "layers", "diff_ids": [diff_id for _, diff_id in seen.values()]}}
+        config = cache.layout.put_bytes(canonical_json(document), manifest.config.media_type)
+    raw = canonical_json(Manifest(manifest.media_type, config, layers, annotations).to_json())
     cache.layout.put_bytes(raw, manifest.media_type)
     return write_image(BlobImage(image.source, raw, manifest.media_type), ref)
 

@@ -36,6 +36,14 @@ def new_lock(base: dict, packages: list[dict], stages: dict | None = None, sourc
     return lock
 
 
+def for_platforms(locks: dict[str, dict]) -> dict:
+    """The lock of a multi-platform build: each platform's base and packages, one compressor."""
+    first = next(iter(locks.values()))
+    return {"lock": LOCK_VERSION, "compressor": first["compressor"],
+            "platforms": {name: {k: v for k, v in lock.items() if k not in ("lock", "compressor")}
+                          for name, lock in sorted(locks.items())}}
+
+
 def write(spec_path: Path, lock: dict) -> Path:
     path = lock_path(spec_path)
     with atomic_file(path) as out:
@@ -56,6 +64,14 @@ def read(spec_path: Path) -> dict | None:
 def compare(spec_path: Path, locked: dict, resolved: dict) -> None:
     """Raise naming the first difference between the lock and what this build resolved."""
     path = lock_path(spec_path)
+    if "platforms" in locked or "platforms" in resolved:
+        old, new = locked.get("platforms") or {}, resolved.get("platforms") or {}
+        if sorted(old) != sorted(new):
+            raise ReproError(f"{path}: the build is for {', '.join(sorted(new)) or 'the host'}, the lock for "
+                             f"{', '.join(sorted(old)) or 'the host'}", "build without --locked to update the lock")
+        for name in sorted(new):
+            compare(spec_path, old[name], new[name])
+        return
     if locked.get("base") != resolved.get("base"):
         raise ReproError(f"{path}: the base resolved to {resolved.get('base')}, the lock says {locked.get('base')}",
                          "build without --locked to update the lock")

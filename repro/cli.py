@@ -193,12 +193,17 @@ def cmd_build(args: argparse.Namespace) -> int:
         err.print(f"[{step.number}/{step.total}] {state} {step.seconds:6.2f}s {_human(step.size):>10}  {step.title}",
                   markup=False)
 
+    platforms = [Platform.parse(p) for p in args.platforms.split(",")] if args.platforms else None
     result = b.build(spec, store, executor=args.executor, use_cache=not args.no_cache, locked=args.locked,
                      report=report, log=lambda m: err.print(f"repro: {m}", markup=False),
-                     cache_from=args.cache_from, cache_to=args.cache_to)
+                     cache_from=args.cache_from, cache_to=args.cache_to, platforms=platforms)
     written = [f"oci:{store.path}:{result.tag}"]
+    several = hasattr(result.image, "children")
     for ref in args.output or []:
-        write_image(result.image, ref, _options(args))
+        if several and ref.partition(":")[0] not in ("oci", "docker"):
+            raise ReproError(f"{ref}: holds one platform, the build made an index of {len(platforms or [])}",
+                             f"write the index to oci: or docker://, then repro convert --platform to {ref}")
+        write_image(result.image, ref, Options(None, {**_options(args).extra, "all": several}))
         written.append(ref)
     failures = 0
     tests = []
@@ -231,7 +236,8 @@ def _build_check(args: argparse.Namespace, spec) -> int:
         images = []
         for n in (1, 2):
             store = b.open_store(Path(tmp) / f"store{n}")
-            result = b.build(spec, store, executor=args.executor, use_cache=False)
+            platforms = [Platform.parse(p) for p in args.platforms.split(",")] if args.platforms else None
+            result = b.build(spec, store, executor=args.executor, use_cache=False, platforms=platforms)
             digests.append(result.digest)
             images.append(result.image)
             err.print(f"build {n}: {result.digest}", markup=False)
@@ -240,8 +246,11 @@ def _build_check(args: argparse.Namespace, spec) -> int:
             return 0
         from sbom.diff import describe, diff_images
 
-        for record in diff_images(images[0], images[1]):
-            out.print(describe(record), markup=False)
+        pairs = (zip(images[0].children, images[1].children, strict=True) if hasattr(images[0], "children")
+                 else [(images[0], images[1])])
+        for first, second in pairs:
+            for record in diff_images(first, second):
+                out.print(describe(record), markup=False)
     raise CheckFailed(f"{spec.path}: two builds gave {digests[0]} and {digests[1]}", "see the differences above")
 
 
@@ -640,6 +649,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--target", help="Containerfile stage to build (default: the last)")
     p.add_argument("--registry", help="registry of plain FROM names such as debian:bookworm (default docker.io)")
     p.add_argument("-o", "--output", action="append", help="also write the image here (any writable reference)")
+    p.add_argument("--platform", dest="platforms", metavar="PLATFORM[,PLATFORM...]",
+                   help="build for these os/arch (an OCI index when several; foreign ones run emulated)")
     p.add_argument("--locked", action="store_true", help="fail if resolution differs from SPEC.lock")
     p.add_argument("--no-cache", action="store_true", help="rebuild every step")
     p.add_argument("--check", action="store_true", help="build twice in empty stores and compare the digests")
