@@ -2,7 +2,9 @@
 
 Writing: the flattened image, with what Apptainer expects in its root filesystem, streams into
 tar2sqfs; the squashfs becomes the primary system partition of a SIF after a deffile and two JSON
-objects (inspect-metadata.json, oci-config.json), in the order Apptainer writes them. Times come
+objects (inspect-metadata.json, oci-config.json), in the order Apptainer writes them. An image built
+from a def file (repro build app.def, or Apptainer's) keeps its own /.singularity.d files, and its
+def file is the deffile object, as in the SIFs Apptainer builds. Times come
 from SOURCE_DATE_EPOCH and the SIF's UUID from the manifest digest, so the same image gives the same
 bytes. Reading: the partition's tree becomes one layer; the config comes from oci-config.json, else
 from the environment scripts, runscript and labels.
@@ -82,9 +84,16 @@ def _file_object(path: Path, arch: str) -> fmt.NewObject:
     return fmt.NewObject(fmt.DATA_PARTITION, "", write, extra, alignment=fmt.PARTITION_ALIGNMENT)
 
 
-def sif_entries(image: Image, deffile_text: str, mtime: int):
-    """The flattened image with Apptainer's files on top: each path once, as tar2sqfs needs."""
+def sif_entries(image: Image, deffile_text: str, mtime: int, own: dict[str, bytes] | None = None):
+    """The flattened image with Apptainer's files: each path once, as tar2sqfs needs.
+
+    Without `own`, repro's /.singularity.d replaces the image's. With it (an image built from a def
+    file), the image's /.singularity.d files stay and repro's fill in only what it lacks; the files
+    named in OWN_FILES are copied into `own` on the way."""
     overlay = sd.overlay_entries(image.config, deffile_text, mtime)
+    if own is not None:
+        yield from _own_entries(image, overlay, mtime, own)
+        return
     owned = {info.name for info, _ in overlay}
     files = {info.name for info, _ in overlay if not info.isdir()}
 
@@ -98,12 +107,46 @@ def sif_entries(image: Image, deffile_text: str, mtime: int):
         if info.isdir():
             seen.add(name)
         yield info, content
+    yield from _default_dirs(seen, mtime)
+
+
+def _default_dirs(seen: set[str], mtime: int):
     for path in sd.DEFAULT_DIRS:
         if path not in seen:
             info = tarfile.TarInfo(path)
             info.type, info.mtime = tarfile.DIRTYPE, mtime
             info.mode = 0o1777 if path.endswith("tmp") else 0o755
             yield info, None
+
+
+def _own_entries(image: Image, overlay, mtime: int, own: dict[str, bytes]):
+    """The image first, its /.singularity.d included; then repro's overlay where the image has nothing.
+    Outside /.singularity.d the overlay still wins (etc/hosts, the /singularity links)."""
+
+    def in_sd(name: str) -> bool:
+        return name == sd.SD or name.startswith(f"{sd.SD}/")
+
+    owned = {info.name for info, _ in overlay if not in_sd(info.name)}
+    files = {info.name for info, _ in overlay if info.name in owned and not info.isdir()}
+    seen: set[str] = set()
+    blocked: set[str] = set()  # image paths under /.singularity.d that are not directories
+    for info, content in flat_entries(image):
+        name = info.name
+        if name in owned or any(name.startswith(f + "/") for f in files):
+            continue
+        seen.add(name)
+        if in_sd(name) and not info.isdir():
+            blocked.add(name)
+            if name in sd.OWN_FILES and info.isreg() and content is not None and info.size <= sd.MAX_OWN_FILE:
+                data = content.read(info.size)
+                own[name] = data
+                content = io.BytesIO(data)
+        yield info, content
+    for info, data in overlay:
+        if info.name in seen or any(info.name.startswith(b + "/") for b in blocked):
+            continue
+        yield info, io.BytesIO(data)
+    yield from _default_dirs(seen, mtime)
 
 
 def write(image: Image, ref: Reference, options: Options, progress=None) -> str:
@@ -118,22 +161,22 @@ def write(image: Image, ref: Reference, options: Options, progress=None) -> str:
     epoch = source_date_epoch()
     config = image.config
     deffile_text = sd.deffile(source_name(image), image.digest)
-    files = sd.files_for(config, deffile_text)
-    metadata = sd.inspect_metadata(files, config.labels)
+    own: dict[str, bytes] | None = {} if sd.built_from_def(config) else None
     config_obj = parse_json(image.raw_config, f"{image.name}: config").get("config") or {}
     fd, squashfs = tempfile.mkstemp(prefix=f".{target.name}.sqfs-", dir=target.parent)
     os.close(fd)
     try:
         def produce(out: BinaryIO) -> None:
             tar = TarWriter(out)
-            for info, content in sif_entries(image, deffile_text, epoch):
+            for info, content in sif_entries(image, deffile_text, epoch, own):
                 tar.add(info, content)
             tar.close()
 
         run_tar2sqfs(produce, Path(squashfs), compression, epoch, str(ref))
+        deffile_bytes, metadata = _metadata(config, deffile_text, own)
         arch = config.architecture or Platform.host().architecture
         objects = [
-            _bytes_object(fmt.DATA_DEFFILE, "", deffile_text.encode()),
+            _bytes_object(fmt.DATA_DEFFILE, "", deffile_bytes),
             _bytes_object(fmt.DATA_GENERIC_JSON, "inspect-metadata.json", canonical_json(metadata)),
             _bytes_object(fmt.DATA_GENERIC_JSON, "oci-config.json", canonical_json(config_obj)),
             _file_object(Path(squashfs), arch),
@@ -144,6 +187,23 @@ def write(image: Image, ref: Reference, options: Options, progress=None) -> str:
         if os.path.exists(squashfs):
             os.unlink(squashfs)
     return image.digest
+
+
+def _metadata(config, deffile_text: str, own: dict[str, bytes] | None) -> tuple[bytes, dict]:
+    """The deffile object's bytes and inspect-metadata.json: from repro's files, or, for an image built
+    from a def file, from the image's own (its def file, as Apptainer stores the one it built from)."""
+    files = sd.files_for(config, deffile_text)
+    labels = dict(config.labels)
+    if own is None:
+        return deffile_text.encode(), sd.inspect_metadata(files, labels)
+    files.update({name: data.decode(errors="replace") for name, data in own.items()})
+    try:
+        stored = json.loads(own.get(f"{sd.SD}/labels.json", b"null"))
+    except ValueError:
+        stored = None
+    if isinstance(stored, dict):
+        labels = {str(k): str(v) for k, v in stored.items()}
+    return own.get(f"{sd.SD}/Singularity", deffile_text.encode()), sd.inspect_metadata(files, labels)
 
 
 def _open_checked(path: Path, ref: Reference) -> tuple[fmt.Header, list[fmt.Descriptor]]:

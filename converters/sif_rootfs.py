@@ -152,13 +152,32 @@ def files_for(config: ImageConfig, deffile_text: str) -> dict[str, str]:
 
 
 def inspect_metadata(files: dict[str, str], labels: dict[str, str]) -> dict:
-    """The `apptainer inspect --all` view, as Apptainer stores it in its inspect-metadata.json object."""
-    scripts = (f"{SD}/env/10-docker2singularity.sh", f"{SD}/env/90-environment.sh")
-    env = {f"/{p}": files[p].rstrip("\n") for p in scripts}
-    return {"data": {"attributes": {"deffile": files[f"{SD}/Singularity"].rstrip("\n"), "environment": env,
-                                    "labels": labels, "runscript": files[f"{SD}/runscript"].rstrip("\n"),
-                                    "startscript": files[f"{SD}/startscript"].rstrip("\n")}},
-            "type": "container"}
+    """The `apptainer inspect --all` view, as Apptainer stores it in its inspect-metadata.json object
+    (test and helpfile only when the image has them, as from a def file's %test and %help)."""
+    scripts = (f"{SD}/env/10-docker2singularity.sh", f"{SD}/env/90-environment.sh", f"{SD}/env/91-environment.sh")
+    env = {f"/{p}": files[p].rstrip("\n") for p in scripts if p in files}
+    attributes = {"deffile": files[f"{SD}/Singularity"].rstrip("\n"), "environment": env, "labels": labels,
+                  "runscript": files[f"{SD}/runscript"].rstrip("\n"),
+                  "startscript": files[f"{SD}/startscript"].rstrip("\n")}
+    for key, path in (("test", f"{SD}/test"), ("helpfile", f"{SD}/runscript.help")):
+        if files.get(path):
+            attributes[key] = files[path].rstrip("\n")
+    return {"data": {"attributes": attributes}, "type": "container"}
+
+
+# A label every Apptainer build sets (and repro's def-file builds): the image's /.singularity.d is its own.
+DEF_BUILD_LABEL = "org.label-schema.usage.singularity.deffile.bootstrap"
+# What the SIF writer reads back from such an image for the deffile object and inspect-metadata.json.
+OWN_FILES = (f"{SD}/Singularity", f"{SD}/labels.json", f"{SD}/runscript", f"{SD}/startscript", f"{SD}/test",
+             f"{SD}/runscript.help", f"{SD}/env/10-docker2singularity.sh", f"{SD}/env/90-environment.sh",
+             f"{SD}/env/91-environment.sh")
+MAX_OWN_FILE = 1 << 20
+
+
+def built_from_def(config: ImageConfig) -> bool:
+    """Whether the image carries the /.singularity.d files of a def-file build (Apptainer's or repro's),
+    which a SIF keeps instead of writing its own."""
+    return DEF_BUILD_LABEL in config.labels
 
 
 def overlay_entries(config: ImageConfig, deffile_text: str, mtime: int):
