@@ -301,8 +301,6 @@ def cmd_run(args: argparse.Namespace) -> int:
         host, sep, inside = volume.partition(":")
         if not sep or not host or not inside.startswith("/"):
             raise ReproError(f"-v {volume}: expected HOST:/PATH/IN/CONTAINER", "e.g. -v $PWD/data:/data")
-        from pathlib import Path
-
         if not Path(host).exists():
             raise ReproError(f"-v {volume}: {host} does not exist", "create it first")
         binds.append((str(Path(host).resolve()), inside.split(":", 1)[0]))
