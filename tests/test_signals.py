@@ -7,6 +7,7 @@ import glob
 import signal
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 
@@ -84,3 +85,30 @@ def test_sigkill_of_repro_leaves_no_process_and_no_temporary_files(image):
         time.sleep(0.2)
     assert running("sleep 7778") == []
     assert leftovers() == before
+
+
+def _cgroups(pid: str) -> dict[str, str]:
+    """hierarchy -> path of a process, from the host's view."""
+    lines = Path(f"/proc/{pid}/cgroup").read_text().splitlines()
+    return {line.split(":", 2)[1]: line.split(":", 2)[2] for line in lines}
+
+
+def test_the_run_stays_inside_repro_s_cgroups_and_limits(image):
+    """The batch system's accounting sees the contained processes: every cgroup they are in is repro's
+    own or one below it, and they keep the limits repro was started with."""
+    marker = "5.1415926"
+    proc = subprocess.Popen(["prlimit", "--nofile=777:777", REPRO, "run", image, "--", "/bin/sh", "-c",
+                             f"ulimit -n; exec /bin/busybox sleep {marker}"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while not running(marker) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    pids = running(marker)
+    assert pids, proc.communicate()
+    mine = _cgroups("self")
+    theirs = _cgroups(pids[-1])
+    for hierarchy, path in mine.items():
+        assert theirs[hierarchy] == path or theirs[hierarchy].startswith(path.rstrip("/") + "/"), (hierarchy, theirs)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    assert out.strip() == "777"
