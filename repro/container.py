@@ -272,4 +272,4 @@ def session(image: Image, executor: str | None, store: Path | None = None
         return UdockerSession(image)
     if executor and executor not in NAMES:
         raise ReproError(f"--executor {executor}: unknown", f"use one of {', '.join(NAMES)}")
-    return RootfsSession(image, executors.choose(executor), store)
+    return RootfsSession(image, executors.choose(executor, image.config.platform), store)  # foreign: emulated

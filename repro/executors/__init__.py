@@ -7,6 +7,9 @@
 
 As root only runc is used: bwrap and proot would run the image with root's powers over the host.
 `choose()` picks the first that works here; `--executor` overrides it.
+
+A tree of another architecture runs under QEMU user emulation (see repro.emulation): `choose(name,
+platform)` returns a name that remembers the platform, and `run`/`run_attached` with it run emulated.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import logging
 import os
 import shutil
 import signal
@@ -24,13 +28,17 @@ import time
 from collections import deque
 from pathlib import Path
 
+from repro import emulation
 from repro.confined import Tree
 from repro.errors import ReproError
 from repro.executors import bwrap, proot, runc
 from repro.executors.command import DEFAULT_PATH, Command, Result
+from repro.image import Platform
 
-__all__ = ["DEFAULT_PATH", "NAMES", "Command", "Result", "choose", "id_offset", "new_root", "run", "run_attached"]
+__all__ = ["DEFAULT_PATH", "NAMES", "Command", "Executor", "Result", "choose", "id_offset", "new_root", "run",
+           "run_attached"]
 
+log = logging.getLogger(__name__)
 MODULES = {"runc": runc, "bwrap": bwrap, "proot": proot}
 NAMES = tuple(MODULES)
 MOUNT_POINTS = ("proc", "dev", "sys")
@@ -43,7 +51,43 @@ def available(name: str) -> bool:
     return MODULES[name].available()
 
 
-def choose(requested: str | None = None) -> str:
+class Executor(str):
+    """An executor's name ("runc", "bwrap", "proot") that remembers the platform of the trees it runs:
+    `run` and `run_attached` run a foreign one under QEMU. It compares and hashes as the plain name."""
+
+    platform: Platform | None
+
+    def __new__(cls, name: str, platform: Platform | None = None) -> Executor:
+        self = super().__new__(cls, name)
+        self.platform = platform if emulation.is_foreign(platform) else None
+        return self
+
+
+def choose(requested: str | None = None, platform: Platform | None = None) -> Executor:
+    """The executor asked for, or the first that works here; for a tree of `platform` when it is not
+    the host's: then the emulator must be installed, and a plain user gets bwrap with qemu in its own
+    user namespace (Linux 6.7 and later), or proot -q only when asked for by name."""
+    if not emulation.is_foreign(platform):
+        return Executor(_choose(requested))
+    assert platform is not None
+    emulation.emulator(platform)  # qemu installed? one line saying what to install, before any unpacking
+    if os.geteuid() == 0:
+        return Executor(_choose(requested), platform)
+    if requested == "proot":
+        log.warning("--executor proot: running %s binaries through qemu, proot shows this host's / to the image "
+                    "at /host-rootfs", platform)
+        return Executor(_choose(requested), platform)
+    if requested in (None, "bwrap") and available("bwrap") and emulation.namespaced():
+        return Executor("bwrap", platform)
+    why = ("a plain user can run them confined only through bwrap in a user namespace with its own binfmt_misc "
+           "(Linux 6.7 and later)")
+    if requested and requested not in MODULES:
+        _choose(requested)  # its own message
+    raise ReproError(f"running {platform} binaries: {why}, which this host lacks",
+                     "run as root (runc), or use --executor proot (it shows this host's / to the image)")
+
+
+def _choose(requested: str | None = None) -> str:
     if requested:
         if requested not in MODULES:
             raise ReproError(f"--executor {requested}: unknown", f"use one of {', '.join(NAMES)}")
@@ -199,8 +243,22 @@ class _Supervisor:
         return 128 - code if code < 0 else code  # killed by signal N: 128+N, as shells and docker say
 
 
-def run(name: str, root: Path, command: Command, stream_to=None) -> Result:
-    """Run `command` inside `root` with executor `name`; stdout and stderr together (build logs)."""
+def _emulated(name: str, command: Command, platform: Platform | None) -> Command:
+    """`command` with the emulator of the tree's platform (given, or remembered by `name`) if it is foreign."""
+    platform = platform if platform is not None else getattr(name, "platform", None)
+    if not emulation.is_foreign(platform):
+        return command
+    assert platform is not None
+    if name == "bwrap" and not emulation.namespaced():
+        raise ReproError(f"--executor bwrap: cannot run {platform} binaries here",
+                         "it needs a user namespace with its own binfmt_misc (Linux 6.7 and later)")
+    return dataclasses.replace(command, emulator=emulation.emulator(platform))
+
+
+def run(name: str, root: Path, command: Command, stream_to=None, platform: Platform | None = None) -> Result:
+    """Run `command` inside `root` with executor `name`; stdout and stderr together (build logs).
+    A tree of a foreign `platform` (or one `name` remembers, see `choose`) runs under QEMU."""
+    command = _emulated(name, command, platform)
     made, command = _prepare(root, name, command)
     try:
         with MODULES[name].launch(root, command) as (argv, env):
@@ -227,13 +285,16 @@ def run(name: str, root: Path, command: Command, stream_to=None) -> Result:
 
 
 def run_attached(name: str, root: Path, command: Command, stdin=None, stdout=None, stderr=None,
-                 stop_timeout: float = STOP_TIMEOUT, scratch: Path | None = None) -> int:
+                 stop_timeout: float = STOP_TIMEOUT, scratch: Path | None = None,
+                 platform: Platform | None = None) -> int:
     """Run with the given standard streams (the caller's terminal by default); returns the exit status.
 
     With `scratch` (an empty directory), `root` is an unpacked tree that must not change: the command
-    sees it through an overlay whose changes land in `scratch` (runc and bwrap; see `_overlay`)."""
+    sees it through an overlay whose changes land in `scratch` (runc and bwrap; see `_overlay`).
+    A tree of a foreign `platform` (or one `name` remembers, see `choose`) runs under QEMU."""
     if scratch is not None and name not in OVERLAY_EXECUTORS:
         raise ReproError(f"--executor {name}: cannot run a shared unpacked image", "use a fresh copy (--fresh)")
+    command = _emulated(name, command, platform)
     made, command = _prepare(root, name, command, overlay=scratch is not None)
     prefix: list[str] = []
     if scratch is not None:

@@ -9,6 +9,7 @@ import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
+from repro import emulation
 from repro.executors.command import Command
 
 
@@ -33,4 +34,6 @@ def launch(root: Path, command: Command) -> Iterator[tuple[list[str], dict[str, 
         argv += ["--bind", source, "/" + destination]
     for key, value in sorted(command.env.items()):
         argv += ["--setenv", key, value]
-    yield [*argv, *command.argv], None
+    # a foreign tree: bwrap runs in a user namespace whose own binfmt_misc has qemu (Linux 6.7 and later)
+    prefix = emulation.namespace_prefix(command.emulator) if command.emulator is not None else []
+    yield [*prefix, *argv, *command.argv], None

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from repro.emulation import Emulator
+
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
@@ -23,3 +25,4 @@ class Command:
     binds: tuple[tuple[str, str], ...] = ()  # (host path, clean symlink-free path inside the root)
     resolv_conf: str = ""  # with network: the image's own /etc/resolv.conf, resolved in the tree, to bind over
     user: tuple[int, int] = (0, 0)  # uid and gid inside
+    emulator: Emulator | None = None  # a foreign tree: its binaries run under this QEMU (see repro.emulation)

@@ -21,6 +21,7 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+from repro import emulation
 from repro.errors import ReproError
 from repro.executors.command import Command
 from repro.reaper import reaper, remove_command
@@ -77,6 +78,9 @@ def config(root: Path | str, command: Command, user: tuple[int, int] = (0, 0)) -
                        "options": ["rbind", "nosuid", "nodev"]})
     uid_map = id_mappings()
     gid_map = [{**uid_map[0], "hostID": os.getegid()}] if os.geteuid() else uid_map
+    hooks = {}
+    if command.emulator is not None and emulation.namespaced():  # qemu in the container's own binfmt_misc
+        hooks = {"hooks": {"createRuntime": [emulation.runc_hook(command.emulator, root)]}}
     return {
         "ociVersion": "1.0.2",
         "process": {
@@ -100,6 +104,7 @@ def config(root: Path | str, command: Command, user: tuple[int, int] = (0, 0)) -
             "maskedPaths": MASKED,
             "readonlyPaths": READ_ONLY,
         },
+        **hooks,
     }
 
 
@@ -137,9 +142,16 @@ def launch(root: Path, command: Command) -> Iterator[tuple[list[str], dict[str, 
     name = f"repro-{uuid.uuid4().hex[:16]}"
     try:
         (bundle / "config.json").write_text(json.dumps(config(root, command, command.user)))
-        with reaper(["runc", "--root", str(state), "delete", "--force", name], remove_command(str(bundle))):
+        with (reaper(["runc", "--root", str(state), "delete", "--force", name], remove_command(str(bundle))),
+              _host_emulation(command)):
             yield ["runc", "--root", str(state), "run", "--bundle", str(bundle), name], None
     finally:
         if state.exists():  # still there when runc was stopped before it cleaned up
             subprocess.run(["runc", "--root", str(state), "delete", "--force", name], capture_output=True)
         shutil.rmtree(bundle, ignore_errors=True)
+
+def _host_emulation(command: Command) -> contextlib.AbstractContextManager:
+    """Where a user namespace cannot have its own binfmt_misc, qemu is registered host-wide for the run."""
+    if command.emulator is None or emulation.namespaced():
+        return contextlib.nullcontext()
+    return emulation.global_handler(command.emulator)
