@@ -150,6 +150,7 @@ def launch(root: Path, command: Command) -> Iterator[tuple[list[str], dict[str, 
             subprocess.run(["runc", "--root", str(state), "delete", "--force", name], capture_output=True)
         shutil.rmtree(bundle, ignore_errors=True)
 
+
 def _host_emulation(command: Command) -> contextlib.AbstractContextManager:
     """Where a user namespace cannot have its own binfmt_misc, qemu is registered host-wide for the run."""
     if command.emulator is None or emulation.namespaced():
