@@ -229,16 +229,14 @@ def host_handler(emu: Emulator, directory: Path = BINFMT_DIR) -> Entry | None:
     """An enabled handler that is not repro's and claims `emu`'s binaries: returned when it opened its
     interpreter at registration (`F`, usable from a container), refused otherwise."""
     header = _bytes(MAGIC[emu.arch][0])
-    for entry in entries(directory):
-        if not entry.enabled or entry.name.startswith(PREFIX) or not entry.handles(header):
-            continue
+    theirs = [e for e in entries(directory) if e.enabled and not e.name.startswith(PREFIX) and e.handles(header)]
+    for entry in theirs:
         if "F" not in entry.flags:
             raise ReproError(
                 f"binfmt_misc already runs {emu.platform} binaries with {entry.name} ({entry.interpreter}), "
                 "which is not repro's and lacks the F flag a container needs",
                 f"remove it (echo -1 > {directory}/{entry.name}) or register it with flag F")
-        return entry
-    return None
+    return theirs[0] if theirs else None
 
 
 def _mounted(directory: Path) -> None:
