@@ -142,8 +142,9 @@ def cmd_convert(args: argparse.Namespace) -> int:
 
 
 def _load_spec(args: argparse.Namespace):
-    """The spec to build: a YAML spec, or a Containerfile/Dockerfile (by name, or -f FILE with the
-    positional argument as the build context; a directory alone means its Containerfile or Dockerfile)."""
+    """The spec to build: a YAML spec, an Apptainer def file (*.def), or a Containerfile/Dockerfile (by name,
+    or -f FILE with the positional argument as the build context; a directory alone means its Containerfile
+    or Dockerfile)."""
     import os
     from pathlib import Path
 
@@ -160,17 +161,24 @@ def _load_spec(args: argparse.Namespace):
     if not path:
         raise ReproError("repro build: no spec or Containerfile given", "repro build SPEC.yaml, repro build "
                          "Containerfile or repro build -f Dockerfile DIR")
+    build_args = {}
+    for item in args.build_arg or []:
+        key, eq, value = item.partition("=")
+        if eq:
+            build_args[key] = value
+        elif key in os.environ:  # --build-arg NAME takes the value from the environment, as docker's
+            build_args[key] = os.environ[key]
+    if path.endswith(".def") and not args.file:  # an Apptainer definition file
+        from builders import deffile
+
+        if args.target:
+            raise ReproError("--target is for Containerfiles", "a def file builds its last stage")
+        return deffile.load(path, build_args, args.registry)
     if args.file or containerfile.is_containerfile(path):
-        build_args = {}
-        for item in args.build_arg or []:
-            key, eq, value = item.partition("=")
-            if eq:
-                build_args[key] = value
-            elif key in os.environ:  # --build-arg NAME takes the value from the environment, as docker's
-                build_args[key] = os.environ[key]
         return containerfile.load(path, context, build_args, args.target, args.registry)
     if args.build_arg or args.target or args.registry:
-        raise ReproError("--build-arg, --target and --registry are for Containerfiles", "leave them out for a spec")
+        raise ReproError("--build-arg, --target and --registry are for Containerfiles and def files",
+                         "leave them out for a spec")
     from builders.spec import load
 
     return load(path)
@@ -640,12 +648,14 @@ def build_parser() -> argparse.ArgumentParser:
         return p
 
     p = command("build", cmd_build, "build an image from a spec, reproducibly")
-    p.add_argument("spec", nargs="?", help="the spec YAML file, a Containerfile or Dockerfile, or (with -f, or "
-                   "holding a Containerfile) the build context directory")
+    p.add_argument("spec", nargs="?", help="the spec YAML file, a Containerfile or Dockerfile, an Apptainer "
+                   "definition file (.def), or (with -f, or holding a Containerfile) the build context directory")
     p.add_argument("-f", "--file", help="the Containerfile or Dockerfile; the positional argument is the context")
-    p.add_argument("--build-arg", action="append", metavar="NAME[=VALUE]", help="Containerfile ARG value (repeatable)")
+    p.add_argument("--build-arg", action="append", metavar="NAME[=VALUE]", help="Containerfile ARG or def file "
+                   "{{ NAME }} value (repeatable)")
     p.add_argument("--target", help="Containerfile stage to build (default: the last)")
-    p.add_argument("--registry", help="registry of plain FROM names such as debian:bookworm (default docker.io)")
+    p.add_argument("--registry", help="registry of plain FROM names such as debian:bookworm (Containerfiles, "
+                   "def files' Bootstrap: docker; default docker.io)")
     p.add_argument("-o", "--output", action="append", help="also write the image here (any writable reference)")
     p.add_argument("--platform", dest="platforms", metavar="PLATFORM[,PLATFORM...]",
                    help="build for these os/arch (an OCI index when several; foreign ones run emulated)")
