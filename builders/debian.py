@@ -3,16 +3,23 @@
 mmdebstrap honours SOURCE_DATE_EPOCH, so the same packages give the same tree; a customize hook
 records every installed package (name, version, architecture) and the sha256 of each .deb for the
 lock file before mmdebstrap cleans its caches.
+
+`options["arch"]` (Debian's name: arm64, armhf, ...) bootstraps another architecture; when the host
+cannot run it, its maintainer scripts run under QEMU. mmdebstrap chroots into the tree on the host, so
+as root qemu is registered host-wide with binfmt_misc for the bootstrap (repro.emulation.global_handler,
+removed after). A plain user's unshare mode needs the host's own handler (with F) for that architecture.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
 import tempfile
 from pathlib import Path
 
+from repro import emulation
 from repro.errors import ReproError
 from repro.layers import TarWriter
 
@@ -42,9 +49,13 @@ def bootstrap(options: dict, epoch: int, tar: TarWriter, what: str, log=None) ->
         ]
         if packages:
             command.append("--include=" + ",".join(packages))
+        arch = options.get("arch") or ""
+        if arch:
+            command.append(f"--arch={arch}")
         command += [options["suite"], str(out), options.get("mirror") or DEFAULT_MIRROR]
         env = {**os.environ, "SOURCE_DATE_EPOCH": str(epoch)}
-        proc = subprocess.run(command, capture_output=True, text=True, env=env)
+        with _emulated(arch, what):
+            proc = subprocess.run(command, capture_output=True, text=True, env=env)
         if proc.returncode != 0:
             errors = [line for line in proc.stderr.splitlines() if line.startswith("E: ")]
             tail = errors[0] if errors else (proc.stderr.strip().splitlines() or ["(no output)"])[-1]
@@ -57,6 +68,29 @@ def bootstrap(options: dict, epoch: int, tar: TarWriter, what: str, log=None) ->
         with open(out, "rb") as f:
             copy_tar_stream(f, tar, what, epoch, skip=is_hygiene_path)
         return _installed(record)
+
+
+def host_architecture() -> str:
+    proc = subprocess.run(["dpkg", "--print-architecture"], capture_output=True, text=True)
+    return proc.stdout.strip() if proc.returncode == 0 else ""
+
+
+def _emulated(arch: str, what: str) -> contextlib.AbstractContextManager:
+    """What lets mmdebstrap run `arch`'s maintainer scripts here: nothing for the host's architecture
+    (or one its CPU runs, as i386 on amd64); else qemu, registered host-wide for the bootstrap as root."""
+    if not arch or arch == host_architecture() or (host_architecture(), arch) == ("amd64", "i386"):
+        return contextlib.nullcontext()
+    emu = emulation.debian_emulator(arch)
+    if shutil.which("arch-test") is None:
+        raise ReproError(f"{what}: bootstrapping Debian {arch} needs arch-test", "apt-get install arch-test")
+    if os.geteuid() == 0:
+        return emulation.global_handler(emu)
+    if emulation.host_handler(emu) is None:
+        raise ReproError(f"{what}: as a plain user, bootstrapping Debian {arch} needs this host's binfmt_misc to "
+                         f"run {arch} binaries, which it does not",
+                         "build as root (repro registers qemu for the bootstrap), or have an administrator "
+                         "install qemu-user-static and binfmt-support")
+    return contextlib.nullcontext()
 
 
 def _installed(record: Path) -> list[dict]:

@@ -120,9 +120,10 @@ def qemu_arch(platform: Platform) -> str:
     return arch
 
 
-def emulator(platform: Platform, arch: str = "") -> Emulator:
-    """The emulator of `platform` (or of QEMU architecture `arch`); one line naming the package if missing."""
-    arch = arch or qemu_arch(platform)
+def emulator(platform: Platform | str, arch: str = "") -> Emulator:
+    """The emulator of `platform` (or of QEMU architecture `arch`, `platform` then only naming it in
+    messages); one line naming the package if it is missing."""
+    arch = arch or qemu_arch(platform)  # type: ignore[arg-type]
     binary = shutil.which(f"qemu-{arch}-static")
     if binary is None:
         raise ReproError(f"running {platform} binaries needs qemu-{arch}-static, which is not installed",
@@ -132,6 +133,14 @@ def emulator(platform: Platform, arch: str = "") -> Emulator:
     if os.path.realpath(wrapper) == binary:  # Debian's: qemu keeps argv[0] when called by this name
         return Emulator(str(platform), arch, binary, wrapper, "PF")
     return Emulator(str(platform), arch, binary, binary, "F")
+
+
+def debian_emulator(arch: str) -> Emulator:
+    """The emulator of Debian architecture `arch` (arm64, armhf, ppc64el, ...)."""
+    if arch not in DEBIAN_QEMU_ARCH:
+        raise ReproError(f"Debian architecture {arch!r}: repro knows no QEMU emulator for it",
+                         f"use one of {', '.join(DEBIAN_QEMU_ARCH)}")
+    return emulator(f"Debian {arch}", DEBIAN_QEMU_ARCH[arch])
 
 
 @functools.cache

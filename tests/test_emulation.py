@@ -196,3 +196,30 @@ def test_a_missing_qemu_is_one_line(layout, tmp_path):
         assert proc.returncode == 2 and proc.stdout == ""
         assert proc.stderr == ("repro: running linux/arm64 binaries needs qemu-aarch64-static, which is not installed "
                                "(apt-get install qemu-user-static)\n")
+
+
+def test_a_foreign_debian_bootstrap_registers_qemu_for_mmdebstrap_only(monkeypatch):
+    """builders/debian.py with options["arch"]: mmdebstrap --arch, qemu registered host-wide while it
+    runs as root (it chroots on the host), removed after. (A real arm64 bootstrap takes minutes.)"""
+    from builders import debian
+
+    seen = []
+    real_run = subprocess.run
+
+    def fake_mmdebstrap(command, **kwargs):
+        if command[0] != "mmdebstrap":
+            return real_run(command, **kwargs)
+        seen.append((command, repro_entries()))
+        return subprocess.CompletedProcess(command, 1, "", "E: stop here\n")
+
+    monkeypatch.setattr(debian.subprocess, "run", fake_mmdebstrap)
+    monkeypatch.setattr(debian, "host_architecture", lambda: "amd64")
+    with pytest.raises(ReproError, match="mmdebstrap failed: E: stop here"):
+        debian.bootstrap({"suite": "bookworm", "arch": "arm64"}, 0, None, "spec")  # type: ignore[arg-type]
+    [(command, during)] = seen
+    assert "--arch=arm64" in command and "--mode=root" in command
+    assert [n.rsplit("-", 1)[0] for n in during] == ["repro-aarch64"] and not repro_entries()
+    seen.clear()
+    with pytest.raises(ReproError, match="mmdebstrap failed"):
+        debian.bootstrap({"suite": "bookworm", "arch": "amd64"}, 0, None, "spec")  # type: ignore[arg-type]
+    assert "--arch=amd64" in seen[0][0] and seen[0][1] == []
