@@ -280,8 +280,20 @@ def cmd_diff(args: argparse.Namespace) -> int:
 def cmd_sbom(args: argparse.Namespace) -> int:
     from sbom.generate import generate
 
-    image = open_image(args.ref, _options(args))
-    data = generate(image, args.format, args.ref.partition(":")[2] or args.ref)
+    options = _options(args)
+    if options.platform is None and args.ref.partition(":")[0] in ("oci", "docker"):
+        options = Options(None, {**options.extra, "all": True})  # an index: describe every platform
+    image = open_image(args.ref, options)
+    name = args.ref.partition(":")[2] or args.ref
+    if hasattr(image, "children"):
+        from sbom.index import generate_index
+
+        if args.attach:
+            raise ReproError(f"{args.ref}: is a multi-platform index", "attach an SBOM to each platform's image "
+                             "with --platform os/arch --attach")
+        data = generate_index(image, (args.format,), name)[args.format]
+    else:
+        data = generate(image, args.format, name)
     if args.attach:
         from repro import referrers
         from repro.mutate import document_time

@@ -64,3 +64,37 @@ def test_an_index_cannot_go_to_a_single_image_format(tmp_path):
                  "-o", f"docker-archive:{tmp_path / 'x.tar'}", check=False)
     assert proc.returncode != 0 and "holds one platform" in proc.stderr
     assert not (tmp_path / "x.tar").exists()
+
+
+def test_sbom_of_the_index_describes_every_platform(tmp_path):
+    from cyclonedx.schema import SchemaVersion
+    from cyclonedx.validation.json import JsonStrictValidator
+    from spdx_tools.spdx.parser.parse_anything import parse_file
+    from spdx_tools.spdx.validation.document_validator import validate_full_spdx_document
+
+    metadata = "Metadata-Version: 2.1\\nName: tool\\nVersion: 1.2\\n"
+    (tmp_path / "spec.yaml").write_text(SPEC.replace("config:", "  - file: {dst: /usr/lib/python3/dist-packages/"
+                                                     f'tool-1.2.dist-info/METADATA, content: "{metadata}"}}\nconfig:'))
+    built = json.loads(repro("build", str(tmp_path / "spec.yaml"), "--store", str(tmp_path / "store"), "--json",
+                             "--platform", "linux/amd64,linux/arm64").stdout)
+    ref = f"oci:{tmp_path / 'store'}:multi:1"
+    spdx = tmp_path / "index.spdx.json"
+    repro("sbom", "--format", "spdx-json", ref, "-o", str(spdx))
+    assert [m.validation_message for m in validate_full_spdx_document(parse_file(str(spdx)))] == []
+    doc = json.loads(spdx.read_text())
+    contains = {(r["spdxElementId"], r["relatedSpdxElement"]) for r in doc["relationships"]
+                if r["relationshipType"] == "CONTAINS"}
+    for platform in ("linux-amd64", "linux-arm64"):
+        assert ("SPDXRef-Index", f"SPDXRef-Image-{platform}") in contains
+        held = {b for a, b in contains if a == f"SPDXRef-Image-{platform}"}
+        assert [p["name"] for p in doc["packages"] if p["SPDXID"] in held] == ["tool"]
+    text = repro("sbom", "--format", "cyclonedx-json", ref).stdout
+    assert not JsonStrictValidator(SchemaVersion.V1_6).validate_str(text)
+    bom = json.loads(text)
+    assert bom["metadata"]["component"]["version"] == built["digest"]
+    images = {c["properties"][0]["value"]: c for c in bom["components"]}
+    assert sorted(images) == ["linux/amd64", "linux/arm64"]
+    for image in images.values():
+        assert [c["purl"] for c in image["components"]] == ["pkg:pypi/tool@1.2"]
+    one = json.loads(repro("sbom", "--format", "cyclonedx-json", "--platform", "linux/arm64", ref).stdout)
+    assert one["metadata"]["component"]["version"] == images["linux/arm64"]["version"]
