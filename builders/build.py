@@ -89,9 +89,24 @@ def _title(step: Step) -> str:
     return f"run {step.value if isinstance(step.value, str) else ' '.join(step.value)}"
 
 
-def _sources_of(step: Step) -> list[str]:
+PLATFORM_VARIABLES = ("TARGETPLATFORM", "TARGETOS", "TARGETARCH", "TARGETVARIANT")
+
+
+def platform_variables(platform: Platform) -> dict[str, str]:
+    """Docker's automatic platform ARGs, which a copy source may name (busybox-${TARGETARCH})."""
+    return {"TARGETPLATFORM": str(platform), "TARGETOS": platform.os, "TARGETARCH": platform.architecture,
+            "TARGETVARIANT": platform.variant}
+
+
+def _sources_of(step: Step, platform: Platform | None = None) -> list[str]:
     src = step.value["src"]
-    return list(src) if isinstance(src, list) else [src]
+    sources = list(src) if isinstance(src, list) else [src]
+    if platform is None:
+        return sources
+    values = platform_variables(platform)
+    for name in PLATFORM_VARIABLES:
+        sources = [s.replace("${" + name + "}", values[name]) for s in sources]
+    return sources
 
 
 def _placement(spec: Spec, step: Step, sources: list[str], names: int) -> str:
@@ -103,13 +118,13 @@ def _placement(spec: Spec, step: Step, sources: list[str], names: int) -> str:
     return dst
 
 
-def _copy_entries(spec: Spec, step: Step, epoch: int, owner: tuple[int, int] | None, image: Image | None
-                  ) -> Callable[[TarWriter], None]:
+def _copy_entries(spec: Spec, step: Step, epoch: int, owner: tuple[int, int] | None, image: Image | None,
+                  platform: Platform) -> Callable[[TarWriter], None]:
     """The layer of a copy step: context files (owned by root unless `owner`) or another image's files
     (owners kept unless `owner`), placed like `COPY` places them."""
     dst = step.value["dst"]
     mode = int(step.value["mode"], 8) if step.value.get("mode") else None
-    sources = _sources_of(step)
+    sources = _sources_of(step, platform)
 
     def error(message: str, hint: str) -> ReproError:
         return spec.error(f"steps[{step.index}].copy.src", message, hint)
@@ -677,7 +692,7 @@ class Builder:
                     origin = self._copy_origin(step)
                     if origin is None:
                         found = _sources.context_sources(
-                            self.spec.directory, _sources_of(step), _ignore(step),
+                            self.spec.directory, _sources_of(step, self.platform), _ignore(step),
                             lambda m, h, s=step: self.spec.error(f"steps[{s.index}].copy.src", m, h))
                         inputs = _cache.hash_inputs([s.path for s in found])
                     else:
@@ -701,7 +716,7 @@ class Builder:
                     if step.kind == "copy":
                         owner = (self._user(step.value["owner"], f"steps[{step.index}].copy.owner")
                                  if step.value.get("owner") else None)
-                        produce = _copy_entries(self.spec, step, self.epoch, owner, origin)
+                        produce = _copy_entries(self.spec, step, self.epoch, owner, origin, self.platform)
                     else:
                         produce = _file_entry(self.spec, step, self.epoch)
                     layer = write_layer(self.store, produce, "gzip")

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import subprocess
 from pathlib import Path
 
 from tests import oci_schema
-from tests.conftest import repro
+from tests.conftest import REPRO, repro
 
 SPEC = """\
 spec: 1
@@ -98,3 +99,37 @@ def test_sbom_of_the_index_describes_every_platform(tmp_path):
         assert [c["purl"] for c in image["components"]] == ["pkg:pypi/tool@1.2"]
     one = json.loads(repro("sbom", "--format", "cyclonedx-json", "--platform", "linux/arm64", ref).stdout)
     assert one["metadata"]["component"]["version"] == images["linux/arm64"]["version"]
+
+
+EMULATED = """\
+spec: 1
+name: hello-everywhere
+tag: hello-everywhere:1
+source_date_epoch: 1700000000
+base: {scratch: true}
+steps:
+  - copy: {src: "busybox-${TARGETARCH}", dst: /bin/busybox, mode: "0755"}
+  - run: [/bin/busybox, --install, -s, /bin]
+  - run: mkdir -p /etc && uname -m > /etc/arch
+"""
+
+
+def test_foreign_steps_run_emulated_alike_as_root_and_as_a_plain_user(public_dir):
+    """busybox-${TARGETARCH} is the platform's own binary; the arm64 steps run under QEMU, and a plain
+    user builds the same index as root."""
+    from tests.test_emulation import arm64_busybox
+
+    (public_dir / "busybox-arm64").write_bytes(arm64_busybox(public_dir))
+    (public_dir / "busybox-amd64").write_bytes(Path("/bin/busybox").read_bytes())
+    (public_dir / "spec.yaml").write_text(EMULATED)
+    subprocess.run(["chmod", "-R", "a+rwX", str(public_dir)], check=True)
+    args = ["build", str(public_dir / "spec.yaml"), "--json", "--platform", "linux/amd64,linux/arm64", "--store"]
+    as_root = json.loads(repro(*args, str(public_dir / "root")).stdout)
+    user = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", REPRO, *args,
+                           str(public_dir / "user")], capture_output=True, text=True,
+                          env={**os.environ, "HOME": str(public_dir)})
+    assert user.returncode == 0, user.stderr
+    assert json.loads(user.stdout)["digest"] == as_root["digest"]
+    image = f"oci:{public_dir / 'root'}:hello-everywhere:1"
+    assert repro("run", "--platform", "linux/arm64", image, "--", "cat", "/etc/arch").stdout == "aarch64\n"
+    assert repro("run", "--platform", "linux/amd64", image, "--", "cat", "/etc/arch").stdout == "x86_64\n"
