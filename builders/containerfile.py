@@ -904,6 +904,7 @@ def _platform_args() -> dict[str, str]:
 
 
 _STAGE_NAME = re.compile(r"^[a-z][a-z0-9-_.]*$")
+_ACCOUNT = re.compile(r"([0-9]+|[a-z_][a-z0-9_.-]*)(:([0-9]+|[a-z_][a-z0-9_.-]*))?")  # what the builder looks up
 
 
 class Translator:
@@ -997,12 +998,12 @@ class Translator:
                 self.results[stage.index] = self._translate_stage(stage)
         raw: dict = {"spec": 1}
         lines: dict[str, int] = {}
-        if "SOURCE_DATE_EPOCH" in self.build_args:
-            value = self.build_args["SOURCE_DATE_EPOCH"]
-            if not value.isdigit() or int(value) > 9223372036:
-                raise ReproError(f"--build-arg SOURCE_DATE_EPOCH={value!r}: expected seconds since 1970",
+        epoch = self.build_args.get("SOURCE_DATE_EPOCH", self.meta.get("SOURCE_DATE_EPOCH"))
+        if epoch is not None:  # BuildKit's build argument; a global ARG's default too (repro's addition)
+            if not epoch.isdigit() or int(epoch) > 9223372036:
+                raise ReproError(f"{self.path}: SOURCE_DATE_EPOCH={epoch!r}: expected seconds since 1970",
                                  "for example --build-arg SOURCE_DATE_EPOCH=1700000000")
-            raw["source_date_epoch"] = int(value)
+            raw["source_date_epoch"] = int(epoch)
             self.used_args.add("SOURCE_DATE_EPOCH")
         top = self.results[target.index]
         raw.update(top.spec)
@@ -1339,8 +1340,12 @@ class _StageState:
             path = "/" + path.lstrip("/")
         self.workdir = path
         self.set_config(ins, "workdir", path)
-        if path != "/":
-            self.add_step(ins, {"directory": {"dst": path, "mode": "0755", "owner": "0:0"},
+        if path != "/":  # made for the current USER, as buildah and BuildKit make it
+            owner = self.user or "0:0"
+            if not _ACCOUNT.fullmatch(owner):
+                raise self.fail(ins, f"WORKDIR as USER {owner}: repro takes uid[:gid] or lower-case user and group "
+                                "names of the image", "give USER as numbers, e.g. USER 1000:1000")
+            self.add_step(ins, {"directory": {"dst": path, "mode": "0755", "owner": owner},
                                 "history": f"/bin/sh -c #(nop) {ins.original}"})
 
     def do_user(self, ins: Instruction) -> None:
@@ -1432,7 +1437,11 @@ class _StageState:
         for value in flags.get("mount", []):
             expanded = self.tr._word(value or "", self.lookup, ins.line, "RUN --mount")
             target = self.tr._mount(ins, expanded)["target"]
-            caches.append(posixpath.normpath(posixpath.join(self.workdir, target)))
+            cache = posixpath.normpath(posixpath.join(self.workdir, target))
+            if cache.strip("/") == "":
+                raise self.fail(ins, f"RUN --mount=type=cache,target={target}: a cache cannot be the root",
+                                "mount it on a directory such as /root/.cache")
+            caches.append("/" + cache.lstrip("/"))
         network = (flags.get("network") or ["default"])[0] != "none"
         form = _json_form(rest)
         history = ins.rest
@@ -1452,6 +1461,9 @@ class _StageState:
         else:
             argv = [*self.shell, rest]
         step: dict = {"run": argv, "network": network, "env": self.run_env(), "workdir": self.workdir}
+        if self.user and not _ACCOUNT.fullmatch(self.user):
+            raise self.fail(ins, f"RUN as USER {self.user}: repro runs steps as uid[:gid] or as lower-case user "
+                            "and group names of the image", "give USER as numbers, e.g. USER 1000:1000")
         if self.user:
             step["user"] = self.user
         if caches:
@@ -1528,6 +1540,9 @@ class _StageState:
             if not user:
                 raise self.fail(ins, f"{keyword} --chown={text}: no user", "--chown=USER[:GROUP]")
             owner = f"{user}:{group or user}" if user.isdigit() and (not group or group.isdigit()) else text
+            if not _ACCOUNT.fullmatch(owner):
+                raise self.fail(ins, f"{keyword} --chown={text}: repro takes uid[:gid] or lower-case user and "
+                                "group names of the image", "give numbers, e.g. --chown=1000:1000")
         excludes = [self.word(ins, v or "") for v in flags.get("exclude", [])]
         link = flags.get("link")
         if link and link[0] not in (None, "true", "false"):
