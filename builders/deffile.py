@@ -109,6 +109,7 @@ class _Def:
         self.build_args = dict(build_args)
         self.registry = registry or DEFAULT_REGISTRY
         self.used_args: set[str] = set()
+        self.data = b""  # the file as read
 
     def error(self, line: int, message: str, hint: str = "") -> ReproError:
         text = "".join(c if c.isprintable() else repr(c)[1:-1] for c in f"{self.path}:{line}: {message}")
@@ -125,6 +126,7 @@ def _read(d: _Def) -> str:
         data = f.read(MAX_DEF_BYTES + 1)
     if len(data) > MAX_DEF_BYTES:
         raise d.error(1, f"the definition file is larger than {MAX_DEF_BYTES} bytes", "a def file is a short text")
+    d.data = data
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -754,17 +756,22 @@ def _unnamed(i: int, names: list[str]) -> str:
     return name
 
 
-def to_dict(path: str | Path, build_args: dict[str, str] | None = None, registry: str | None = None,
-            epoch: int | None = None) -> tuple[dict, dict[str, int]]:
-    """The spec dict of a def file (for tests and `load`)."""
+def _translated(path: str | Path, build_args: dict[str, str] | None, registry: str | None, epoch: int | None
+                ) -> tuple[_Def, dict, dict[str, int]]:
     from repro.layers import source_date_epoch
 
     d, stages = parse(path, build_args, registry)
-    return translate(d, stages, source_date_epoch() if epoch is None else epoch)
+    return (d, *translate(d, stages, source_date_epoch() if epoch is None else epoch))
+
+
+def to_dict(path: str | Path, build_args: dict[str, str] | None = None, registry: str | None = None,
+            epoch: int | None = None) -> tuple[dict, dict[str, int]]:
+    """The spec dict of a def file and the def file's line of each of its fields."""
+    _, raw, lines = _translated(path, build_args, registry, epoch)
+    return raw, lines
 
 
 def load(path: str | Path, build_args: dict[str, str] | None = None, registry: str | None = None) -> Spec:
-    """The build spec of an Apptainer definition file."""
-    path = Path(path)
-    raw, lines = to_dict(path, build_args, registry)
-    return from_dict(path, raw, lines, text=path.read_bytes())
+    """The build spec of an Apptainer definition file (its `text` is the file, for the provenance)."""
+    d, raw, lines = _translated(path, build_args, registry, None)
+    return from_dict(d.path, raw, lines, text=d.data)
