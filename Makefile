@@ -5,7 +5,7 @@ VENV := .venv
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: setup debian python demo test lint bench clean catalog
+.PHONY: setup debian python demo test test-slow lint bench clean catalog
 
 setup: debian python
 
@@ -31,10 +31,15 @@ catalog: setup
 lint: python
 	@$(VENV)/bin/ruff check .
 
+# `make test` leaves out the tests marked slow (real Debian images: mmdebstrap and apt, minutes each);
+# `make test-slow` runs just those. CI (.ci/run) runs both.
 test: setup lint
-	@$(VENV)/bin/pytest -q $(PYTEST_ARGS)
+	@$(VENV)/bin/pytest -q -m "not slow" $(PYTEST_ARGS)
 	@echo "benchmarks, quick mode (checks that every benchmark runs and gives a number):"
 	@$(VENV)/bin/python -m benchmarks --quick
+
+test-slow: setup
+	@$(VENV)/bin/pytest -q -m slow $(PYTEST_ARGS)
 
 bench: setup
 	@$(VENV)/bin/python -m benchmarks

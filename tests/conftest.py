@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -304,3 +305,52 @@ def podman_socket(podman):
     finally:
         stop_group(proc)
         log.close()
+
+
+CATALOG = Path(__file__).resolve().parents[1] / "catalog"
+DEBIAN_SPECS = ["python-science", "openmpi", "r-stats"]
+
+
+def staged(name: str, where: Path) -> Path:
+    """A copy of catalog/NAME without its lock (a build writes one beside the spec)."""
+    target = where / name
+    shutil.copytree(CATALOG / name, target, ignore=shutil.ignore_patterns("*.lock"))
+    return target / "spec.yaml"
+
+
+@pytest.fixture(scope="session")
+def catalog_images(tmp_path_factory) -> dict[str, dict]:
+    """The catalog's Debian images, built once per session into one store, the three at once (their time
+    is downloads and dpkg, which overlap well), each with its tests and as a docker-archive. Other tests
+    that need a real Debian image (bookworm, merged /usr, 100+ packages) take python-science from here."""
+    store = tmp_path_factory.mktemp("catalog-store")
+    started = {}
+    for name in DEBIAN_SPECS:
+        spec = staged(name, tmp_path_factory.mktemp(name))
+        archive = store / f"{name}.tar"
+        started[name] = (spec, archive, subprocess.Popen(
+            [REPRO, "build", str(spec), "--store", str(store / "store"), "--json", "--test",
+             "-o", f"docker-archive:{archive}:repro-catalog/{name}:1"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    out = {}
+    for name, (spec, archive, proc) in started.items():
+        stdout, stderr = proc.communicate(timeout=3600)
+        assert proc.returncode == 0, f"catalog/{name}: {stderr[-3000:]}"
+        out[name] = {**json.loads(stdout), "spec": spec, "archive": archive, "store": store / "store",
+                     "ref": f"oci:{store / 'store'}:{name}:1.0"}
+    return out
+
+
+# Tests that build or read real Debian images (mmdebstrap and apt downloads: minutes each) run in
+# `make test-slow`, which CI runs after `make test`; everything else stays in `make test`.
+SLOW_FIXTURES = {"catalog_images", "debian", "debian_base", "debian_defs"}
+
+
+def pytest_configure(config) -> None:
+    config.addinivalue_line("markers", "slow: builds or reads real Debian images (make test-slow)")
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    for item in items:
+        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)

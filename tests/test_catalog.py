@@ -9,33 +9,17 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import repro, run
-
-CATALOG = Path(__file__).resolve().parents[1] / "catalog"
-DEBIAN_SPECS = ["python-science", "openmpi", "r-stats"]
+from tests.conftest import DEBIAN_SPECS, repro, run, staged
 
 
 @pytest.fixture(scope="module")
-def catalog_store(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("catalog-store")
-
-
-def staged(name: str, where: Path) -> Path:
-    target = where / name
-    shutil.copytree(CATALOG / name, target, ignore=shutil.ignore_patterns("*.lock"))
-    return target / "spec.yaml"
+def built(catalog_images) -> dict[str, dict]:
+    return catalog_images
 
 
 @pytest.fixture(scope="module")
-def built(catalog_store, tmp_path_factory) -> dict[str, dict]:
-    out = {}
-    for name in DEBIAN_SPECS:
-        spec = staged(name, tmp_path_factory.mktemp(name))
-        archive = catalog_store / f"{name}.tar"
-        proc = repro("build", str(spec), "--store", str(catalog_store / "store"), "--json", "--test",
-                     "-o", f"docker-archive:{archive}:repro-catalog/{name}:1")
-        out[name] = {**json.loads(proc.stdout), "spec": spec, "archive": archive}
-    return out
+def catalog_store(catalog_images) -> Path:
+    return next(iter(catalog_images.values()))["store"].parent
 
 
 @pytest.mark.parametrize("name", DEBIAN_SPECS)

@@ -81,6 +81,7 @@ def test_default_limit_allows_ordinary_layers(busybox_layout, tmp_path):
     repro("flatten", f"oci:{busybox_layout}:1", f"tar:{tmp_path}/out.tar")
 
 
+@pytest.mark.slow  # three minutes of making and reading a million entries
 def test_a_million_entries_in_bounded_memory(tmp_path):
     """One layer of 1,000,000 empty files flattens to a tar without memory growing per entry."""
     count = 1_000_000

@@ -1,9 +1,9 @@
-"""SBOMs of a real Debian bookworm image (mmdebstrap minbase with python3: 100+ packages).
+"""SBOMs of a real Debian bookworm image (the catalog's python-science: 100+ packages).
 
 Debian is merged-/usr: dpkg records /bin/cat, the image holds usr/bin/cat under `bin -> usr/bin`, so
 a file is missing only if it is missing through the image's own links. Most copyright files are
 machine-readable (DEP-5) with Debian's short license names; some (libc6, python3, base-files) are
-not. The image is built once per session (about a minute) and shared by the tests here.
+not. The image is built once per session and shared with the catalog's tests.
 """
 
 from __future__ import annotations
@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import shutil
 import tarfile
 import time
 from dataclasses import dataclass
@@ -19,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import repro, run
+from tests.conftest import repro
 
 DELETED = {("coreutils", "bin/cat"), ("python3.11-minimal", "usr/bin/python3.11")}
 
@@ -39,17 +38,13 @@ class Debian:
 
 
 @pytest.fixture(scope="session")
-def debian(tmp_path_factory) -> Debian:
-    """bookworm minbase + python3 as oci:LAYOUT:base, and as oci:LAYOUT:deleted with one more layer
-    whose whiteouts delete usr/bin/cat (dpkg says bin/cat) and usr/bin/python3.11."""
-    if shutil.which("mmdebstrap") is None:
-        pytest.fail("mmdebstrap is missing (make setup installs it)")
+def debian(catalog_images, tmp_path_factory) -> Debian:
+    """The catalog's python-science image (bookworm minbase with python3, numpy and scipy, built once per
+    session) as oci:LAYOUT:base, and as oci:LAYOUT:deleted with one more layer whose whiteouts delete
+    usr/bin/cat (dpkg says bin/cat) and usr/bin/python3.11."""
     work = tmp_path_factory.mktemp("debian")
-    tar = work / "bookworm.tar"
-    run("mmdebstrap", "--quiet", "--variant=minbase", "--include=python3", "bookworm", str(tar))
     layout = work / "layout"
-    repro("convert", f"tar:{tar}", f"oci:{layout}:base")
-    tar.unlink()
+    repro("convert", catalog_images["python-science"]["ref"], f"oci:{layout}:base")
     _add_deleting_layer(layout, ["usr/bin/.wh.cat", "usr/bin/.wh.python3.11"])
     return Debian(layout, work)
 
