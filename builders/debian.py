@@ -7,7 +7,9 @@ lock file before mmdebstrap cleans its caches.
 `options["arch"]` (Debian's name: arm64, armhf, ...) bootstraps another architecture; when the host
 cannot run it, its maintainer scripts run under QEMU. mmdebstrap chroots into the tree on the host, so
 as root qemu is registered host-wide with binfmt_misc for the bootstrap (repro.emulation.global_handler,
-removed after). A plain user's unshare mode needs the host's own handler (with F) for that architecture.
+removed after). A plain user's mmdebstrap runs in root mode inside a user namespace that maps the
+user's subordinate ids (as its unshare mode does) and has qemu in its own binfmt_misc (Linux 6.7 and
+later); on older kernels only the host's own handler (with F) for that architecture lets it work.
 """
 
 from __future__ import annotations
@@ -37,9 +39,10 @@ def bootstrap(options: dict, epoch: int, tar: TarWriter, what: str, log=None) ->
         out = Path(tmp) / "base.tar"
         record = Path(tmp)
         packages = options.get("packages") or []
+        arch = options.get("arch") or ""
+        prefix, mode, context = _emulation(arch, what)
         command = [
-            "mmdebstrap", f"--variant={options.get('variant', 'minbase')}", "--mode=root" if os.geteuid() == 0
-            else "--mode=unshare", "--format=tar",
+            *prefix, "mmdebstrap", f"--variant={options.get('variant', 'minbase')}", f"--mode={mode}", "--format=tar",
             # Single quotes: the hook runs in a shell, and dpkg-query expands ${Package} itself.
             "--customize-hook", f"chroot \"$1\" dpkg-query -W -f '${{Package}}\\t${{Version}}\\t${{Architecture}}\\n' "
                                 f"> {record}/packages.tsv",
@@ -49,13 +52,16 @@ def bootstrap(options: dict, epoch: int, tar: TarWriter, what: str, log=None) ->
         ]
         if packages:
             command.append("--include=" + ",".join(packages))
-        arch = options.get("arch") or ""
         if arch:
             command.append(f"--arch={arch}")
         command += [options["suite"], str(out), options.get("mirror") or DEFAULT_MIRROR]
         env = {**os.environ, "SOURCE_DATE_EPOCH": str(epoch)}
-        with _emulated(arch, what):
+        with context:
             proc = subprocess.run(command, capture_output=True, text=True, env=env)
+        if proc.returncode != 0 and prefix and "/etc/sub" in proc.stderr:
+            raise ReproError(f"{what}: bootstrapping Debian {arch} as a plain user needs subordinate ids "
+                             "(/etc/subuid and /etc/subgid), as mmdebstrap's unshare mode does",
+                             "ask an administrator: usermod --add-subuids FIRST-LAST --add-subgids FIRST-LAST USER")
         if proc.returncode != 0:
             errors = [line for line in proc.stderr.splitlines() if line.startswith("E: ")]
             tail = errors[0] if errors else (proc.stderr.strip().splitlines() or ["(no output)"])[-1]
@@ -75,22 +81,27 @@ def host_architecture() -> str:
     return proc.stdout.strip() if proc.returncode == 0 else ""
 
 
-def _emulated(arch: str, what: str) -> contextlib.AbstractContextManager:
-    """What lets mmdebstrap run `arch`'s maintainer scripts here: nothing for the host's architecture
-    (or one its CPU runs, as i386 on amd64); else qemu, registered host-wide for the bootstrap as root."""
+def _emulation(arch: str, what: str) -> tuple[list[str], str, contextlib.AbstractContextManager]:
+    """(command prefix, mmdebstrap mode, context to run it in) that let mmdebstrap run `arch`'s
+    maintainer scripts here: nothing more for the host's architecture (or one its CPU runs, as i386 on
+    amd64); else qemu, registered host-wide for the bootstrap as root, or in a plain user's own user
+    namespace where the kernel allows it."""
+    native_mode = "root" if os.geteuid() == 0 else "unshare"
     if not arch or arch == host_architecture() or (host_architecture(), arch) == ("amd64", "i386"):
-        return contextlib.nullcontext()
+        return [], native_mode, contextlib.nullcontext()
     emu = emulation.debian_emulator(arch)
     if shutil.which("arch-test") is None:
         raise ReproError(f"{what}: bootstrapping Debian {arch} needs arch-test", "apt-get install arch-test")
     if os.geteuid() == 0:
-        return emulation.global_handler(emu)
+        return [], "root", emulation.global_handler(emu)
+    if emulation.namespaced():
+        return emulation.namespace_prefix(emu, all_ids=True), "root", contextlib.nullcontext()
     if emulation.host_handler(emu) is None:
-        raise ReproError(f"{what}: as a plain user, bootstrapping Debian {arch} needs this host's binfmt_misc to "
-                         f"run {arch} binaries, which it does not",
+        raise ReproError(f"{what}: as a plain user, bootstrapping Debian {arch} needs Linux 6.7 or later, or this "
+                         f"host's binfmt_misc to run {arch} binaries, which it does not",
                          "build as root (repro registers qemu for the bootstrap), or have an administrator "
                          "install qemu-user-static and binfmt-support")
-    return contextlib.nullcontext()
+    return [], "unshare", contextlib.nullcontext()
 
 
 def _installed(record: Path) -> list[dict]:

@@ -170,12 +170,16 @@ def namespaced() -> bool:
 REGISTER_SCRIPT = 'mount -t binfmt_misc binfmt_misc "$1" && printf "%s" "$2" > "$1/register" && shift 2 && exec "$@"'
 
 
-def namespace_prefix(emu: Emulator) -> list[str]:
+def namespace_prefix(emu: Emulator, all_ids: bool = False) -> list[str]:
     """A command prefix for a plain user: a new user and mount namespace with qemu registered in its
-    own binfmt_misc instance, in which the rest of the command line (bwrap) runs."""
+    own binfmt_misc instance, in which the rest of the command line (bwrap) runs. With `all_ids` the
+    namespace maps the user's subordinate ids too (/etc/subuid, as mmdebstrap's unshare mode) and has
+    its own PID namespace and /proc: a root in which mmdebstrap --mode=root works."""
     unshare = shutil.which("unshare") or "unshare"
-    return [unshare, "--user", "--map-root-user", "--mount", "/bin/sh", "-c", REGISTER_SCRIPT, "repro-binfmt",
-            str(BINFMT_DIR), emu.registration(f"{PREFIX}{emu.arch}")]
+    ids = ["--map-auto", "--map-root-user", "--mount", "--pid", "--fork", "--mount-proc"] if all_ids else [
+        "--user", "--map-root-user", "--mount"]
+    return [unshare, *ids, "/bin/sh", "-c", REGISTER_SCRIPT, "repro-binfmt", str(BINFMT_DIR),
+            emu.registration(f"{PREFIX}{emu.arch}")]
 
 
 def runc_hook(emu: Emulator, root: Path | str) -> dict:

@@ -223,3 +223,29 @@ def test_a_foreign_debian_bootstrap_registers_qemu_for_mmdebstrap_only(monkeypat
     with pytest.raises(ReproError, match="mmdebstrap failed"):
         debian.bootstrap({"suite": "bookworm", "arch": "amd64"}, 0, None, "spec")  # type: ignore[arg-type]
     assert "--arch=amd64" in seen[0][0] and seen[0][1] == []
+
+
+def test_a_plain_users_foreign_debian_bootstrap_runs_in_a_namespace_with_qemu(monkeypatch):
+    """As a plain user on Linux 6.7+: mmdebstrap --mode=root inside `unshare --map-auto` (the user's
+    subordinate ids, as mmdebstrap's unshare mode) that registered qemu in its own binfmt_misc."""
+    from builders import debian
+
+    if not emulation.sandboxed():
+        pytest.skip("this kernel has no binfmt_misc per user namespace")
+    seen = []
+    real_run = subprocess.run
+
+    def fake_unshare(command, **kwargs):
+        if not command[0].endswith("unshare"):
+            return real_run(command, **kwargs)
+        seen.append(command)
+        return subprocess.CompletedProcess(command, 1, "", "unshare: no line matching user \"u\" in /etc/subuid\n")
+
+    monkeypatch.setattr(debian.subprocess, "run", fake_unshare)
+    monkeypatch.setattr(debian, "host_architecture", lambda: "amd64")
+    monkeypatch.setattr(debian.os, "geteuid", lambda: 1000)
+    with pytest.raises(ReproError, match="as a plain user needs subordinate ids"):
+        debian.bootstrap({"suite": "bookworm", "arch": "arm64"}, 0, None, "spec")  # type: ignore[arg-type]
+    [command] = seen
+    assert command[1:3] == ["--map-auto", "--map-root-user"] and "--mode=root" in command
+    assert command[command.index("mmdebstrap") - 1].startswith(":repro-aarch64:M::")
