@@ -313,8 +313,12 @@ def cmd_sbom(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from repro import container
+    import subprocess
 
+    from repro import container, mpi
+    from repro.executors import terminal
+
+    terminal.check(args.interactive, args.tty)
     argv = list(args.command or [])
     binds = []
     for volume in args.volume or []:
@@ -325,11 +329,21 @@ def cmd_run(args: argparse.Namespace) -> int:
             raise ReproError(f"-v {volume}: {host} does not exist", "create it first")
         binds.append((str(Path(host).resolve()), inside.split(":", 1)[0]))
     env = tuple(_key_value(e, "-e") for e in args.env or ())
+    rank = mpi.under_launcher() if args.mpi is None else args.mpi
+    if rank:  # a rank of the MPI job that started repro: the launcher's variables and directories
+        if not mpi.under_launcher():
+            raise ReproError("--mpi: no MPI launcher started repro", "mpirun -n N repro run IMAGE -- CMD")
+        if args.executor in ("docker", "udocker"):
+            raise ReproError(f"--executor {args.executor}: an MPI rank runs with bwrap or proot",
+                             "leave out --executor, or give --no-mpi")
+        job = mpi.job()
+        binds, env = [*job.binds, *binds], (*job.env, *env)
     image = open_image(args.ref, _options(args))
-    invocation = container.Invocation(argv or None, "", tuple(binds), args.workdir or "", env, args.stop_timeout)
+    invocation = container.Invocation(argv or None, "", tuple(binds), args.workdir or "", env, args.stop_timeout,
+                                      network=args.network == "host", tty=args.tty, mpi=rank)
     store = None if args.fresh else Path(args.store) if args.store else default_store()
-    with container.session(image, args.executor, store) as active:
-        return active.run(invocation)
+    with container.session(image, args.executor, store) as active:  # stdin as docker's: only with -i
+        return active.run(invocation, stdin=None if args.interactive else subprocess.DEVNULL)
 
 
 def cmd_prune(args: argparse.Namespace) -> int:
@@ -755,6 +769,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--store", help="the store holding unpacked images (default $REPRO_STORE or ~/.local/share/repro)")
     p.add_argument("--stop-timeout", type=float, default=10.0, metavar="SECONDS",
                    help="after SIGTERM/SIGINT/SIGHUP/SIGQUIT, wait this long before killing the command (10)")
+    p.add_argument("-i", "--interactive", action="store_true",
+                   help="keep stdin attached to the command (else it reads /dev/null, as docker's)")
+    p.add_argument("-t", "--tty", action="store_true",
+                   help="run the command on a pseudo-terminal (-it from a terminal: an interactive shell)")
+    p.add_argument("--network", choices=("none", "host"), default="none",
+                   help="none: a network namespace with loopback only (default); host: the host's network")
+    p.add_argument("--mpi", action=argparse.BooleanOptionalAction, default=None,
+                   help="run as a rank of the MPI job that started repro: the host's network, PID and IPC, the "
+                        "launcher's environment and session directories, your own ids (default: when mpirun or "
+                        "srun --mpi=pmix started repro)")
     p.add_argument("--platform", help="os/arch[/variant] to pick from a multi-platform index")
     _registry_arguments(p)
 

@@ -31,6 +31,7 @@ from repro.image import Image
 from repro.reaper import reaper, remove_command
 
 NAMES = (*executors.NAMES, "docker", "udocker")
+MPI_LAUNCHERS = ("mpirun", "mpiexec", "orterun", "prterun", "mpiexec.hydra", "mpiexec.openmpi", "mpirun.openmpi")
 
 
 @dataclass(frozen=True)
@@ -43,6 +44,9 @@ class Invocation:
     workdir: str = ""
     env: tuple[tuple[str, str], ...] = ()
     stop_timeout: float = executors.STOP_TIMEOUT  # after a stop signal, seconds before the command is killed
+    network: bool = False  # the host's network (else none)
+    tty: bool = False  # on a pseudo-terminal that repro relays (-t)
+    mpi: bool = False  # a rank of an MPI job (see repro.mpi): the caller's ids, the host's PID and IPC
 
 
 class Session(Protocol):
@@ -61,10 +65,13 @@ def image_env(image: Image, extra: Sequence[tuple[str, str]] = ()) -> dict[str, 
 
 
 def command_line(image: Image, invocation: Invocation) -> list[str]:
-    """docker run's rule: arguments replace CMD and follow ENTRYPOINT; a shell string replaces both."""
+    """docker run's rule: arguments replace CMD and follow ENTRYPOINT; a shell string replaces both. An MPI
+    rank leaves out an ENTRYPOINT that is itself an MPI launcher (an image made to run standalone)."""
     if invocation.shell:
         return ["/bin/sh", "-c", invocation.shell]
     entrypoint = list(image.config.entrypoint or [])
+    if invocation.mpi and entrypoint and os.path.basename(entrypoint[0]) in MPI_LAUNCHERS:
+        entrypoint = []  # a rank of the host's launcher must not start a launcher of its own (see repro.mpi)
     argv = list(invocation.argv) if invocation.argv else list(image.config.cmd or [])
     if not entrypoint and not argv:
         raise ReproError(f"{image.name}: the image has no entrypoint or cmd", "give the command after --")
@@ -101,15 +108,23 @@ class RootfsSession:
         self._reaper.__exit__(None, None, None)
 
     def run(self, invocation: Invocation, stdout=None, stderr=None, stdin=None) -> int:
-        command = executors.Command(command_line(self.image, invocation), image_env(self.image, invocation.env),
-                                    invocation.workdir or self.image.config.workdir or "/", False, invocation.binds)
+        env = image_env(self.image, invocation.env)
+        if invocation.mpi:
+            from repro import mpi
+
+            env = {**mpi.DEFAULTS, **env}
+        command = executors.Command(command_line(self.image, invocation), env,
+                                    invocation.workdir or self.image.config.workdir or "/",
+                                    invocation.network or invocation.mpi, invocation.binds,
+                                    user=(os.getuid(), os.getgid()) if invocation.mpi else (0, 0),
+                                    host_pid=invocation.mpi, host_ipc=invocation.mpi)
         self.runs += 1
         scratch = None
         if self.store is not None:
             scratch = self._tmp / f"scratch-{self.runs}"
             scratch.mkdir()
         return executors.run_attached(self.name, self.root, command, stdin, stdout, stderr, invocation.stop_timeout,
-                                      scratch)
+                                      scratch, tty=invocation.tty)
 
     def open_file(self, path: str) -> BinaryIO:
         if self.store is not None:
@@ -140,9 +155,11 @@ class DockerSession:
 
     def run(self, invocation: Invocation, stdout=None, stderr=None, stdin=None) -> int:
         container = f"repro-{uuid.uuid4().hex[:12]}"
-        argv = ["docker", "run", "--name", container, "--network", "none"]
-        if stdin is None and os.isatty(0):
+        argv = ["docker", "run", "--name", container, "--network", "host" if invocation.network else "none"]
+        if stdin is None:  # attached (repro run -i)
             argv += ["-i"]
+        if invocation.tty:
+            argv += ["-t"]
         for src, dst in invocation.binds:
             argv += ["-v", f"{os.path.abspath(src)}:{dst}"]
         for key, value in invocation.env:

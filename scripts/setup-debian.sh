@@ -5,6 +5,7 @@ packages=(
   skopeo umoci buildah squashfs-tools squashfs-tools-ng siftool docker.io docker-registry
   mmdebstrap proot bubblewrap busybox-static uidmap iptables apache2-utils iproute2 time
   runc golang-github-opencontainers-image-spec-dev podman
+  openmpi-bin
   qemu-user-static arch-test
 )
 sudo=""

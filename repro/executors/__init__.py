@@ -31,7 +31,7 @@ from pathlib import Path
 from repro import emulation
 from repro.confined import Tree
 from repro.errors import ReproError
-from repro.executors import bwrap, proot, runc
+from repro.executors import bwrap, proot, runc, terminal
 from repro.executors.command import DEFAULT_PATH, Command, Result
 from repro.image import Platform
 
@@ -227,19 +227,27 @@ class _Supervisor:
         with contextlib.suppress(ProcessLookupError):
             self.proc.send_signal(signum)
 
-    def wait(self) -> int:
+    @contextlib.contextmanager
+    def forwarding(self):
         previous = {s: signal.signal(s, self._forward) for s in FORWARDED}
         try:
+            yield
+        finally:
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
+
+    def tick(self) -> None:
+        if self.received and time.monotonic() > self.deadline:
+            self.proc.kill()
+
+    def wait(self) -> int:
+        with self.forwarding():
             while True:
                 try:
                     code = self.proc.wait(timeout=0.2)  # short: a signal handler cannot end a blocking wait
                     break
                 except subprocess.TimeoutExpired:
-                    if self.received and time.monotonic() > self.deadline:
-                        self.proc.kill()
-        finally:
-            for signum, handler in previous.items():
-                signal.signal(signum, handler)
+                    self.tick()
         return 128 - code if code < 0 else code  # killed by signal N: 128+N, as shells and docker say
 
 
@@ -286,12 +294,14 @@ def run(name: str, root: Path, command: Command, stream_to=None, platform: Platf
 
 def run_attached(name: str, root: Path, command: Command, stdin=None, stdout=None, stderr=None,
                  stop_timeout: float = STOP_TIMEOUT, scratch: Path | None = None,
-                 platform: Platform | None = None) -> int:
+                 platform: Platform | None = None, tty: bool = False) -> int:
     """Run with the given standard streams (the caller's terminal by default); returns the exit status.
 
     With `scratch` (an empty directory), `root` is an unpacked tree that must not change: the command
     sees it through an overlay whose changes land in `scratch` (runc and bwrap; see `_overlay`).
-    A tree of a foreign `platform` (or one `name` remembers, see `choose`) runs under QEMU."""
+    A tree of a foreign `platform` (or one `name` remembers, see `choose`) runs under QEMU.
+    With `tty` the command runs on a pseudo-terminal that repro relays (see executors/terminal.py): to
+    `stdout`, from `stdin` unless that is DEVNULL; `stderr` is not used then (a terminal has one output)."""
     if scratch is not None and name not in OVERLAY_EXECUTORS:
         raise ReproError(f"--executor {name}: cannot run a shared unpacked image", "use a fresh copy (--fresh)")
     command = _emulated(name, command, platform)
@@ -299,9 +309,28 @@ def run_attached(name: str, root: Path, command: Command, stdin=None, stdout=Non
     prefix: list[str] = []
     if scratch is not None:
         root, prefix = _overlay(root, scratch, name)
+    console = None
+    if tty:
+        console = terminal.Terminal(None if stdin == subprocess.DEVNULL else _fileno(stdin, 0), _fileno(stdout, 1),
+                                    raw=name == "runc")
+        command = dataclasses.replace(command, tty=console.path)
     try:
         with MODULES[name].launch(root, command) as (argv, env):
-            proc = subprocess.Popen([*prefix, *argv], stdin=stdin, stdout=stdout, stderr=stderr, env=env)
-            return _Supervisor(proc, stop_timeout).wait()
+            if console is None:  # a session of its own: the caller's terminal is not its controlling terminal,
+                # so it cannot push input into the caller's shell (TIOCSTI); repro forwards the terminal's signals
+                proc = subprocess.Popen([*prefix, *argv], stdin=stdin, stdout=stdout, stderr=stderr, env=env,
+                                        start_new_session=True)
+                return _Supervisor(proc, stop_timeout).wait()
+            proc = subprocess.Popen([*prefix, *argv], env=env, **console.popen_options())
+            supervisor = _Supervisor(proc, stop_timeout)
+            with supervisor.forwarding():
+                console.relay(proc, supervisor.tick)
+            return supervisor.wait()
     finally:
+        if console is not None:
+            console.close()
         _unprepare(root, made)
+
+
+def _fileno(stream, default: int) -> int:
+    return default if stream is None else stream if isinstance(stream, int) else stream.fileno()

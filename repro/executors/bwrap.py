@@ -1,5 +1,6 @@
 """bubblewrap, for plain users: a user namespace in which the caller is root, pivot_root into the tree,
-a fresh /proc and a minimal /dev, no_new_privs. As root it would keep root's ids, so it is not used then."""
+a fresh /proc and a minimal /dev, no_new_privs. As root it would keep root's ids, so it is not used then.
+An MPI rank (see repro.mpi) runs as the caller's own ids and shares the host's PID and IPC namespaces."""
 
 from __future__ import annotations
 
@@ -23,11 +24,16 @@ def available() -> bool:
 
 @contextlib.contextmanager
 def launch(root: Path, command: Command) -> Iterator[tuple[list[str], dict[str, str] | None]]:
-    argv = ["bwrap", "--bind", str(root), "/", "--dev", "/dev", "--proc", "/proc", "--unshare-all",
-            "--uid", str(command.user[0]), "--gid", str(command.user[1]), "--die-with-parent",
-            "--chdir", command.workdir, "--clearenv"]
-    if command.network:
-        argv += ["--share-net"]
+    argv = ["bwrap", "--bind", str(root), "/", "--dev", "/dev", "--unshare-user", "--unshare-uts",
+            "--unshare-cgroup-try", "--uid", str(command.user[0]), "--gid", str(command.user[1]),
+            "--die-with-parent", "--chdir", command.workdir, "--clearenv"]
+    if not command.network:
+        argv += ["--unshare-net"]
+    # A fresh /proc needs a PID namespace of its own; the host's, for an MPI rank, is shown read-only.
+    argv += ["--ro-bind", "/proc", "/proc"] if command.host_pid else ["--unshare-pid", "--proc", "/proc"]
+    argv += ["--bind", "/dev/shm", "/dev/shm"] if command.host_ipc else ["--unshare-ipc"]
+    if command.tty:  # the pty at its own path, so that ttyname() finds it (the rest of /dev/pts stays out)
+        argv += ["--tmpfs", "/dev/pts", "--dev-bind", command.tty, command.tty]
     if command.resolv_conf:
         argv += ["--ro-bind", "/etc/resolv.conf", "/" + command.resolv_conf]
     for source, destination in command.binds:

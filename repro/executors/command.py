@@ -26,3 +26,6 @@ class Command:
     resolv_conf: str = ""  # with network: the image's own /etc/resolv.conf, resolved in the tree, to bind over
     user: tuple[int, int] = (0, 0)  # uid and gid inside
     emulator: Emulator | None = None  # a foreign tree: its binaries run under this QEMU (see repro.emulation)
+    host_pid: bool = False  # the host's PID namespace and /proc (an MPI rank: see repro.mpi)
+    host_ipc: bool = False  # the host's IPC namespace and /dev/shm (an MPI rank)
+    tty: str = ""  # -t: the host's pty (/dev/pts/N) the command runs on; runc makes its own inside

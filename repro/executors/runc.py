@@ -64,6 +64,8 @@ def config(root: Path | str, command: Command, user: tuple[int, int] = (0, 0)) -
         {"destination": "/dev/shm", "type": "tmpfs", "source": "shm",
          "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"]},
     ]
+    if command.host_pid or command.host_ipc:  # MPI ranks, which run as a plain user (see repro.mpi)
+        raise ReproError("runc: the host's PID and IPC namespaces are never shared as root", "internal")
     namespaces = ["pid", "ipc", "uts", "mount", "cgroup", "user"]
     if command.resolv_conf:
         mounts.append({"destination": "/" + command.resolv_conf, "type": "bind", "source": "/etc/resolv.conf",
@@ -84,7 +86,7 @@ def config(root: Path | str, command: Command, user: tuple[int, int] = (0, 0)) -
     return {
         "ociVersion": "1.0.2",
         "process": {
-            "terminal": False,
+            "terminal": bool(command.tty),  # runc makes the container's own pty and relays it to its stdio
             "user": {"uid": user[0], "gid": user[1]},
             "args": list(command.argv),
             "env": [f"{k}={v}" for k, v in sorted(command.env.items())],
