@@ -4,6 +4,7 @@ survives repro, and the exit status is the command's (128+N when a signal ended 
 from __future__ import annotations
 
 import glob
+import os
 import signal
 import subprocess
 import time
@@ -11,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPRO, busybox_layers
+from tests.conftest import REPRO, busybox_layers, public_directory
 from tests.imagekit import make_image
 
 
@@ -112,3 +113,22 @@ def test_the_run_stays_inside_repro_s_cgroups_and_limits(image):
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, err
     assert out.strip() == "777"
+
+
+@pytest.mark.parametrize("executor", ["bwrap", "proot"])
+def test_a_plain_user_s_command_gets_the_signal_and_its_grace_period(executor):
+    """bwrap and proot die of a signal and take the command down unwarned: the command's own processes
+    get it instead, its handler runs, and its exit status comes back."""
+    with public_directory("repro-signals-") as public:
+        make_image(public / "layout", "1", busybox_layers(), config={"Env": ["PATH=/bin"]})
+        subprocess.run(["chmod", "-R", "a+rwX", str(public)], check=True)
+        proc = subprocess.Popen(
+            ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", REPRO, "run", "--executor", executor,
+             "--store", str(public / "store"), f"oci:{public / 'layout'}:1", "--", "/bin/sh", "-c",
+             'trap "echo cleaned up; exit 7" TERM; echo started; while true; do /bin/busybox sleep 0.1; done'],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, "HOME": str(public)})
+        assert proc.stdout is not None
+        assert proc.stdout.readline() == "started\n"
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=60)
+        assert (proc.returncode, out) == (7, "cleaned up\n"), err

@@ -210,13 +210,41 @@ FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT)
 STOP_TIMEOUT = 10.0  # seconds between a forwarded signal and SIGKILL, as docker stop
 
 
+WRAPPERS = frozenset({"bwrap", "unshare", "proot"})  # executors' own processes, which pass no signal on
+
+
+def command_processes(pid: int) -> list[int]:
+    """The processes a stop signal is for: the first ones below `pid` that are not an executor's own
+    (bwrap and its pid-1 helper, unshare, proot), that is the contained command, as docker signals it."""
+    children: dict[int, list[int]] = {}
+    names: dict[int, str] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            text = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        close = text.rindex(")")
+        names[int(entry)] = text[text.index("(") + 1:close]
+        children.setdefault(int(text[close + 2:].split()[1]), []).append(int(entry))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            (todo if names.get(child) in WRAPPERS else found).append(child)
+    return found
+
+
 class _Supervisor:
     """While a contained command runs, the batch system's signals go to it rather than killing repro:
     repro must outlive it to remove the container and the unpacked tree. One that has not exited
-    `stop_timeout` seconds after the first signal is killed (runc's container then by `runc delete`)."""
+    `stop_timeout` seconds after the first signal is killed (runc's container then by `runc delete`).
+    runc passes a signal on to the container's first process itself; bwrap and proot would die of it
+    and take the command down unwarned, so the command's own processes are signalled instead."""
 
-    def __init__(self, proc: subprocess.Popen, stop_timeout: float) -> None:
+    def __init__(self, proc: subprocess.Popen, stop_timeout: float, name: str = "runc") -> None:
         self.proc, self.stop_timeout = proc, stop_timeout
+        self.direct = str(name) in ("bwrap", "proot")
         self.received: list[int] = []
         self.deadline = 0.0
 
@@ -224,8 +252,9 @@ class _Supervisor:
         if not self.received:
             self.deadline = time.monotonic() + self.stop_timeout
         self.received.append(signum)
-        with contextlib.suppress(ProcessLookupError):
-            self.proc.send_signal(signum)
+        for pid in (command_processes(self.proc.pid) if self.direct else []) or [self.proc.pid]:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signum)
 
     @contextlib.contextmanager
     def forwarding(self):
@@ -274,7 +303,7 @@ def run(name: str, root: Path, command: Command, stream_to=None, platform: Platf
                                     stdin=subprocess.DEVNULL, env=env)
             lines: deque[str] = deque(maxlen=20)
             chunks = []
-            supervisor = _Supervisor(proc, STOP_TIMEOUT)
+            supervisor = _Supervisor(proc, STOP_TIMEOUT, name)
             previous = {s: signal.signal(s, supervisor._forward) for s in FORWARDED}
             try:
                 for raw in proc.stdout:  # type: ignore[union-attr]
@@ -320,9 +349,9 @@ def run_attached(name: str, root: Path, command: Command, stdin=None, stdout=Non
                 # so it cannot push input into the caller's shell (TIOCSTI); repro forwards the terminal's signals
                 proc = subprocess.Popen([*prefix, *argv], stdin=stdin, stdout=stdout, stderr=stderr, env=env,
                                         start_new_session=True)
-                return _Supervisor(proc, stop_timeout).wait()
+                return _Supervisor(proc, stop_timeout, name).wait()
             proc = subprocess.Popen([*prefix, *argv], env=env, **console.popen_options())
-            supervisor = _Supervisor(proc, stop_timeout)
+            supervisor = _Supervisor(proc, stop_timeout, name)
             with supervisor.forwarding():
                 console.relay(proc, supervisor.tick)
             return supervisor.wait()
