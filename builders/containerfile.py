@@ -1571,8 +1571,8 @@ class _StageState:
                 if _is_archive(self.tr.context / rel):
                     raise self.fail(ins, f"ADD {rel}: a local tar archive, which Docker would unpack into {dst}; "
                                     "repro does not unpack archives",
-                                    f"use COPY {rel} /tmp/ and RUN tar -xf /tmp/{posixpath.basename(rel)} -C {dst}"
-                                    " (then remove it), or unpack it into the context")
+                                    "unpack it into the build context and COPY the directory, or RUN tar -xf "
+                                    "on a copy in the same RUN that removes it")
         if paths:
             step_copy: dict = {"src": paths if len(paths) > 1 else paths[0], "dst": dst, **options}
             if self.tr.ignore.patterns or excludes:
@@ -1641,7 +1641,7 @@ class _StageState:
         step: dict = {"from": name, "src": paths if len(paths) > 1 or _has_glob(paths[0]) else paths[0], "dst": dst,
                       **options}
         if excludes:
-            step["exclude"] = excludes
+            raise self.fail(ins, "COPY --from with --exclude is not supported", "copy what you need by name")
         history = _copy_history(keyword, f"--from={source_from} {' '.join(paths)}", dst_written)
         self.add_step(ins, {"copy": step, "history": history})
 
