@@ -132,3 +132,27 @@ def test_a_plain_user_s_command_gets_the_signal_and_its_grace_period(executor):
         proc.send_signal(signal.SIGTERM)
         out, err = proc.communicate(timeout=60)
         assert (proc.returncode, out) == (7, "cleaned up\n"), err
+
+
+@pytest.mark.parametrize("executor", ["bwrap", "proot"])
+def test_sigkill_of_a_plain_user_s_run_leaves_no_process(executor):
+    """bwrap dies with repro (--die-with-parent); proot's tracees would not: repro's reaper ends their
+    session."""
+    marker = "61.25" if executor == "bwrap" else "61.75"
+    with public_directory("repro-signals-") as public:
+        make_image(public / "layout", "1", busybox_layers(), config={"Env": ["PATH=/bin"]})
+        subprocess.run(["chmod", "-R", "a+rwX", str(public)], check=True)
+        proc = subprocess.Popen(
+            ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", REPRO, "run", "--executor", executor,
+             "--store", str(public / "store"), f"oci:{public / 'layout'}:1", "--", "/bin/sh", "-c",
+             f"echo started; exec /bin/busybox sleep {marker}"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, "HOME": str(public)})
+        assert proc.stdout is not None
+        assert proc.stdout.readline() == "started\n"
+        assert running(marker)
+        proc.kill()
+        proc.wait()
+        deadline = time.monotonic() + 10
+        while running(marker) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not running(marker)

@@ -34,6 +34,7 @@ from repro.errors import ReproError
 from repro.executors import bwrap, proot, runc, terminal
 from repro.executors.command import DEFAULT_PATH, Command, Result
 from repro.image import Platform
+from repro.reaper import reaper
 
 __all__ = ["DEFAULT_PATH", "NAMES", "Command", "Executor", "Result", "choose", "id_offset", "new_root", "run",
            "run_attached"]
@@ -349,7 +350,9 @@ def run_attached(name: str, root: Path, command: Command, stdin=None, stdout=Non
                 # so it cannot push input into the caller's shell (TIOCSTI); repro forwards the terminal's signals
                 proc = subprocess.Popen([*prefix, *argv], stdin=stdin, stdout=stdout, stderr=stderr, env=env,
                                         start_new_session=True)
-                return _Supervisor(proc, stop_timeout, name).wait()
+                # proot's tracees outlive it; its session (the command's, unless it made its own) goes with repro
+                with reaper(["kill", "-9", f"-{proc.pid}"]) if name == "proot" else contextlib.nullcontext():
+                    return _Supervisor(proc, stop_timeout, name).wait()
             proc = subprocess.Popen([*prefix, *argv], env=env, **console.popen_options())
             supervisor = _Supervisor(proc, stop_timeout, name)
             with supervisor.forwarding():
