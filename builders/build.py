@@ -75,6 +75,9 @@ def _epoch(spec: Spec) -> int:
 
 
 def _title(step: Step) -> str:
+    if step.extras.get("history"):  # a front end's own words for the step (its instruction)
+        first = step.extras["history"].strip().splitlines()[0] if step.extras["history"].strip() else ""
+        return first if len(first) <= 100 else first[:97] + "..."
     if step.kind == "copy":
         src = step.value["src"]
         source = " ".join(src) if isinstance(src, list) else src

@@ -77,8 +77,13 @@ def subject_digests(document: bytes) -> list[str]:
 def for_spec(image: Image, spec_file: str) -> bytes:
     """Provenance from a spec file and the lock beside it: what `repro build` attaches to what it builds
     (named by the spec's tag, so `repro archive --spec` of the same build gives the same statement)."""
+    from builders import containerfile, deffile
     from builders.spec import load
 
+    if spec_file.endswith(".def"):
+        return for_build(image, deffile.load(spec_file))
+    if containerfile.is_containerfile(spec_file):
+        return for_build(image, containerfile.load(spec_file))
     return for_build(image, load(spec_file))
 
 
