@@ -215,7 +215,7 @@ def _file_entry(spec: Spec, step: Step, epoch: int) -> Callable[[TarWriter], Non
 
 def _container_config(base: dict, spec: Spec) -> dict:
     """The base's config with the spec's on top (docker's rules: ENTRYPOINT resets CMD)."""
-    out = dict(base)
+    out = {k: v for k, v in base.items() if k != "OnBuild"}  # a base's triggers are not the child's (docker)
     conf = spec.config
     env = [e for e in out.get("Env") or [] if e.partition("=")[0] not in (conf.get("env") or {})]
     env += [f"{k}={v}" for k, v in (conf.get("env") or {}).items()]
@@ -712,7 +712,9 @@ class Builder:
                 created_by = step.extras.get("history") or f"repro {_title(step)}"
                 if entry is not None:
                     layer = NewLayer(entry["descriptor"], entry["diff_id"])
-                    history = entry["history"]
+                    # the cache holds the layer; its history text is this build's (a Containerfile's RUN and a
+                    # spec's run step may share a layer, never a history)
+                    history = {**entry["history"], "created_by": created_by}
                     self._add_packages(entry.get("packages", []))
                     self._apply_to_tree(layer)
                 elif step.kind in ("copy", "file"):

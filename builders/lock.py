@@ -17,7 +17,12 @@ LOCK_VERSION = 1
 
 
 def lock_path(spec_path: Path) -> Path:
-    return spec_path.with_name(spec_path.name.rsplit(".", 1)[0] + ".lock")
+    """spec.yaml -> spec.lock, app.def -> app.lock; a Containerfile keeps its whole name (Dockerfile.prod ->
+    Dockerfile.prod.lock), so that Dockerfile and Dockerfile.prod do not share one."""
+    stem, dot, suffix = spec_path.name.rpartition(".")
+    if dot and suffix in ("yaml", "yml", "def"):
+        return spec_path.with_name(stem + ".lock")
+    return spec_path.with_name(spec_path.name + ".lock")
 
 
 def new_lock(base: dict, packages: list[dict], stages: dict | None = None, sources: dict | None = None) -> dict:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import tarfile
 from pathlib import Path
@@ -14,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import REPRO, repro
-from tests.test_build import build, digest_of, stage_hello
+from tests.test_build import CATALOG, build, digest_of, stage_hello
 
 SPEC = """\
 spec: 1
@@ -134,3 +135,15 @@ def test_bad_stage_specs(tmp_path, hello_base, steps, expected):
     errors = [line for line in proc.stderr.splitlines() if line.startswith("repro:")]
     assert len(errors) == 1 and expected in errors[0] and "spec.yaml:" in errors[0], proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_a_shared_cached_layer_keeps_each_build_s_history(tmp_path):
+    """hello's Containerfile and spec.yaml make the same layers with other history texts: a store that built
+    one gives the other its own digest still."""
+    spec = stage_hello(tmp_path)
+    shutil.copy2(CATALOG / "hello" / "Containerfile", spec.parent / "Containerfile")
+    alone = digest_of(build(spec, tmp_path / "fresh"))
+    build(spec.parent / "Containerfile", tmp_path / "shared")
+    shared = json.loads(build(spec, tmp_path / "shared").stdout)
+    assert any(step["cached"] for step in shared["steps"])
+    assert shared["digest"] == alone
