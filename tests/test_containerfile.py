@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import http.server
 import json
+import os
 import shutil
 import subprocess
 import threading
@@ -795,3 +796,35 @@ def test_same_result_as_buildah(buildah, base_layout, tmp_path, case):
 def _flatten(ref: str, where: Path) -> Path:
     repro("flatten", ref, f"rootfs:{where}")
     return where
+
+
+def _as_nobody(public: Path, *args: str) -> dict:
+    from tests.conftest import REPRO
+
+    proc = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", REPRO, *args, "--json"],
+                          capture_output=True, text=True, env={**os.environ, "HOME": str(public)}, timeout=3600)
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout)
+
+
+@pytest.mark.parametrize("front", ["Containerfile", "app.def"])
+def test_hello_front_ends_give_one_digest_as_root_and_as_a_plain_user(public_dir, front):
+    target = public_dir / "hello"
+    shutil.copytree(CATALOG / "hello", target, ignore=shutil.ignore_patterns("*.lock", "busybox"))
+    shutil.copy("/bin/busybox", target / "busybox")
+    subprocess.run(["chmod", "-R", "a+rwX", str(public_dir)], check=True)
+    as_root = build(target / front, public_dir / "root")
+    as_user = _as_nobody(public_dir, "build", str(target / front), "--store", str(public_dir / "user"))
+    assert as_user["digest"] == as_root["digest"]
+
+
+def test_python_science_containerfile_as_a_plain_user(catalog_images, public_dir):
+    """Its RUN runs python under bwrap as a plain user, and gives the image root gives."""
+    base = f"oci:{public_dir / 'base'}:1"
+    repro("convert", catalog_images["python-science"]["ref"], base)
+    path = staged("python-science", public_dir)
+    subprocess.run(["chmod", "-R", "a+rwX", str(public_dir)], check=True)
+    as_root = build(path, public_dir / "root", "--build-arg", f"BASE={base}")
+    as_user = _as_nobody(public_dir, "build", str(path), "--store", str(public_dir / "user"),
+                         "--build-arg", f"BASE={base}")
+    assert as_user["digest"] == as_root["digest"]
