@@ -16,6 +16,7 @@ from converters.rootfs import image_from_layer_writer
 from converters.tarball import copy_tar_stream, write_flat
 from repro.atomic import copy_into_special, fsync_dir, is_special
 from repro.errors import ReproError
+from repro.flatten import flattening
 from repro.image import Image
 from repro.layers import TarWriter, source_date_epoch
 from repro.refs import Options, Reference
@@ -32,7 +33,13 @@ def _tool(name: str) -> str:
 
 
 def run_tar2sqfs(produce, output: Path, compression: str, mtime: int, what: str) -> None:
-    """Stream the tar that `produce(stdin)` writes into tar2sqfs, making `output`."""
+    """Stream the tar that `produce(stdin)` writes into tar2sqfs, making `output`. The flattened
+    stream must name each path once (tar2sqfs refuses a second entry): should it start over (see
+    repro.flatten.flattening), tar2sqfs is started again."""
+    flattening(lambda: _run_tar2sqfs(produce, output, compression, mtime, what))
+
+
+def _run_tar2sqfs(produce, output: Path, compression: str, mtime: int, what: str) -> None:
     command = [_tool("tar2sqfs"), "--quiet", "--force", "--compressor", compression, "--no-skip",
                "--defaults", f"mtime={mtime}", "--num-jobs", str(os.cpu_count() or 1)]
     if compression == "gzip":
@@ -52,7 +59,7 @@ def run_tar2sqfs(produce, output: Path, compression: str, mtime: int, what: str)
     stderr = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
     if proc.wait() != 0:
         last = (stderr.strip().splitlines() or [""])[-1]
-        raise ReproError(f"{what}: tar2sqfs failed: {last}", "a layer may name the same path twice")
+        raise ReproError(f"{what}: tar2sqfs failed: {last}", "see its message; squashfs-tools-ng makes the file")
 
 
 def write(image: Image, ref: Reference, options: Options, progress=None) -> str:

@@ -17,7 +17,7 @@ from typing import BinaryIO
 from converters.rootfs import image_from_layer_writer
 from repro.atomic import atomic_file
 from repro.errors import ReproError
-from repro.flatten import clean_path, flat_entries
+from repro.flatten import clean_path, flat_entries, flattening
 from repro.image import Image
 from repro.layers import ExpansionGuard, TarWriter, decompressed, sniff_compression, source_date_epoch
 from repro.refs import Options, Reference
@@ -38,7 +38,12 @@ def write(image: Image, ref: Reference, options: Options, progress=None) -> str:
     if not ref.body:
         raise ReproError(f"{ref}: missing file name", "write it as tar:FILE")
     with atomic_file(ref.body) as out:
-        write_flat(image, out)
+
+        def rewind() -> None:  # the flattened stream starts over (see repro.flatten.flattening)
+            out.seek(0)
+            out.truncate()
+
+        flattening(lambda: write_flat(image, out), rewind)
     return image.digest
 
 

@@ -125,6 +125,35 @@ class Tree:
             os.close(fd)
             raise
 
+    def make_dirs(self, path: str, mode: int = 0o755) -> int:
+        """A descriptor of directory `path`, made the way an entry placed in it needs: missing
+        directories are made, and a non-directory on the way (a file, or a symlink, never followed) is
+        replaced by one, as a later entry of a layer replaces an earlier one. Nothing is written through
+        a link, inside the tree or out of it."""
+        fd = os.dup(self.fd)
+        try:
+            for name in [p for p in clean_path(path).split("/") if p]:
+                try:
+                    new = os.open(name, _DIR_FLAGS, dir_fd=fd)
+                except FileNotFoundError:
+                    new = -1
+                except OSError as exc:
+                    if exc.errno not in (errno.ELOOP, errno.ENOTDIR):
+                        raise
+                    os.unlink(name, dir_fd=fd)  # not a directory (O_DIRECTORY and O_NOFOLLOW said so)
+                    new = -1
+                if new < 0:
+                    os.mkdir(name, mode, dir_fd=fd)
+                    if self.owner is not None:
+                        os.chown(name, self.owner, self.owner, dir_fd=fd, follow_symlinks=False)
+                    new = os.open(name, _DIR_FLAGS, dir_fd=fd)
+                os.close(fd)
+                fd = new
+            return fd
+        except BaseException:
+            os.close(fd)
+            raise
+
     def open_dir(self, path: str, create: bool = False, follow: bool = True) -> int:
         return self.walk_dir(path, create, follow)[0]
 

@@ -1,9 +1,10 @@
 """The one careful unpacker: every write of an image's entries into a root filesystem goes through here.
 
-Names are resolved inside the root by repro.confined (never followed out of it). Rootless quirks (no
-chown, no device nodes, directories that must stay writable), the id shift of a tree that a user
-namespace runs in, and what a host directory may receive (device nodes, setuid bits) are decided here
-and nowhere else.
+Names are resolved inside the root by repro.confined, and an entry is never written through a symlink:
+a file or symlink where its parent directory belongs is replaced by a directory, as a later entry of
+a layer wins (repro.flatten gives the same tree as a stream). Rootless quirks (no chown, no device
+nodes, directories that must stay writable), the id shift of a tree that a user namespace runs in,
+and what a host directory may receive (device nodes, setuid bits) are decided here and nowhere else.
 """
 
 from __future__ import annotations
@@ -68,7 +69,9 @@ class Extractor:
 
     # --- resolving names inside the root --------------------------------------------------
     def _open_dir(self, path: str, create: bool) -> int:
-        """A descriptor of the directory `path` inside the root (see repro.confined).
+        """A descriptor of the directory `path` inside the root (see repro.confined), never through a
+        symlink: with `create`, for an entry placed in it, whatever is on the way that is not a
+        directory is replaced by one (a later entry wins); without, a link on the way is an error.
 
         Resolved directories are remembered (entries of a layer mostly share their parents); what
         is removed or replaced is forgotten, so a cached descriptor never outlives its meaning."""
@@ -76,10 +79,9 @@ class Extractor:
         if cached is not None:
             return os.dup(cached)
         try:
-            fd = self.tree.open_dir(path, create)
+            fd = self.tree.make_dirs(path) if create else self.tree.open_dir(path, follow=False)
         except NotADirectoryError:
-            raise ReproError(f"{self.what}: an entry is placed under {path!r}, which is not a directory",
-                             "the image is malformed") from None
+            raise ReproError(f"{self.what}: {path!r} is not a directory", "the image is malformed") from None
         if len(self._dirs) >= 512:
             os.close(self._dirs.pop(next(iter(self._dirs))))
         self._dirs[path] = os.dup(fd)
@@ -118,6 +120,10 @@ class Extractor:
             self._forget(path)
         if stat.S_ISDIR(st.st_mode) and keep_dir:
             return
+        if stat.S_ISDIR(st.st_mode) and path:  # a tree goes: so do the directories of it still to finish
+            prefix = path + "/"
+            for key in [k for k in self._dir_meta if k.startswith(prefix)]:
+                del self._dir_meta[key]
         remove_at(dir_fd, name, st)
 
     def add(self, path: str, info: tarfile.TarInfo, content: BinaryIO | None) -> None:
@@ -140,7 +146,12 @@ class Extractor:
             return
         self._dir_meta.pop(path, None)  # a later entry of the same name replaces a directory
         if info.islnk():
-            self._pending_links.append((path, clean_path(info.linkname)))
+            # The file the target names now, as tar links: a target replaced later keeps this link on
+            # the earlier file. A target not there yet (a lower layer's, when layers are read top down)
+            # is linked at the end.
+            target = clean_path(info.linkname)
+            if not self._link(path, target):
+                self._pending_links.append((path, target))
             return
         if (info.ischr() or info.isblk()) and not (self.privileged and self.policy.devices):
             self.stats.skipped_devices += 1
@@ -217,7 +228,8 @@ class Extractor:
         """Create hardlinks (their targets may come from lower layers) and set directory metadata
         last, deepest first, so that a read-only or mode-000 directory did not stop the writes."""
         for path, target in self._pending_links:
-            self._link(path, target)
+            if not self._link(path, target):
+                self.stats.unresolved_links.append(path)
         for path in sorted(self._dir_meta, key=lambda p: p.count("/"), reverse=True):
             info = self._dir_meta[path]
             dir_fd, name = self._parent(path)
@@ -231,24 +243,26 @@ class Extractor:
                 os.close(dir_fd)
         return self.stats
 
-    def _link(self, path: str, target: str) -> None:
+    def _link(self, path: str, target: str) -> bool:
+        """Make `path` a hardlink to the file at `target`; False if there is none: nothing there, a
+        directory, or something reached only through a symlink (which is never followed)."""
         try:
             src_fd, src_name = self._parent(target, create=False)
         except (FileNotFoundError, ReproError):
-            self.stats.unresolved_links.append(path)
-            return
+            return False
         try:
             st = os.stat(src_name, dir_fd=src_fd, follow_symlinks=False)
             if stat.S_ISDIR(st.st_mode):
-                raise ReproError(f"{self.what}: hardlink {path} points at directory {target}", "the image is malformed")
+                return False
             dst_fd, dst_name = self._parent(path)
             try:
                 self._clear(dst_fd, dst_name, keep_dir=False, path=path)
                 os.link(src_name, dst_name, src_dir_fd=src_fd, dst_dir_fd=dst_fd, follow_symlinks=False)
             finally:
                 os.close(dst_fd)
+            return True
         except FileNotFoundError:
-            self.stats.unresolved_links.append(path)
+            return False
         finally:
             os.close(src_fd)
 

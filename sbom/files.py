@@ -13,7 +13,7 @@ from functools import cached_property
 
 from repro.confined import MAX_SYMLINKS
 from repro.digest import CHUNK
-from repro.flatten import MergedEntry, clean_path, merged
+from repro.flatten import MergedEntry, clean_path, flattening, merged
 from repro.image import Image
 
 _TYPES = {
@@ -132,16 +132,15 @@ def entries(image: Image) -> Iterator[MergedEntry]:
 
 def scan(image: Image, capture=None, with_md5: bool = False) -> Scan:
     """Walk the merged layers once; `capture(path)` selects files whose content is kept."""
+    return flattening(lambda: _scan(image, capture, with_md5))
+
+
+def _scan(image: Image, capture, with_md5: bool) -> Scan:
     md5: dict[str, str] = {}
     contents: dict[str, bytes] = {}
     records: dict[str, FileRecord] = {}
-    layer_hashes: dict[str, tuple[str, int]] = {}  # regular files of the layer being read
-    current_layer = -1
-    pending: list[tuple[FileRecord, str]] = []  # hardlinks whose target is in a lower layer
+    pending: list[tuple[FileRecord, str]] = []  # hardlinks whose target was not seen yet
     for entry in entries(image):
-        if entry.layer != current_layer:
-            _resolve(pending, layer_hashes)
-            current_layer, layer_hashes = entry.layer, {}
         info = entry.info
         record = FileRecord(
             path=printable(entry.path),
@@ -173,22 +172,12 @@ def scan(image: Image, capture=None, with_md5: bool = False) -> Scan:
                 md5[entry.path] = m.hexdigest()
             if kept is not None:
                 contents[entry.path] = bytes(kept)
-            layer_hashes[entry.path] = (record.sha256, record.size)
         elif info.islnk():
-            target = clean_path(info.linkname)
-            if target in layer_hashes:
-                record.sha256, record.size = layer_hashes[target]
-            else:
-                pending.append((record, target))
+            pending.append((record, clean_path(info.linkname)))
         records[entry.path] = record
-    _resolve(pending, layer_hashes)
+    for record, target in pending:  # a hardlink is the file it names: the merged view names one it gave
+        found = records.get(target)
+        if found is not None:
+            record.sha256, record.size = found.sha256, found.size
     ordered = [records[p] for p in sorted(records, key=lambda p: p.encode("utf-8", "surrogateescape"))]
     return Scan(ordered, md5, contents)
-
-
-def _resolve(pending: list[tuple[FileRecord, str]], layer_hashes: dict[str, tuple[str, int]]) -> None:
-    for item in list(pending):
-        record, target = item
-        if target in layer_hashes:
-            record.sha256, record.size = layer_hashes[target]
-            pending.remove(item)

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import io
 import os
+import shlex
 import stat
 import subprocess
 from pathlib import Path
@@ -201,7 +205,9 @@ def test_dotdot_names_are_clamped_inside(tmp_path):
     make_image(tmp_path / "layout", "d", HOSTILE["deep dotdot name"] + HOSTILE["symlink to root then through it"])
     repro("flatten", f"oci:{tmp_path}/layout:d", f"rootfs:{tmp_path}/out")
     assert (tmp_path / "out" / "tmp" / "escape").read_bytes() == b"x"
-    assert (tmp_path / "out" / "escape").read_bytes() == b"x"  # through the link, resolved inside the root
+    # Never through the link, not even inside the root: the entry under it replaces it by a directory.
+    assert (tmp_path / "out" / "l" / "escape").read_bytes() == b"x"
+    assert not (tmp_path / "out" / "l").is_symlink() and not (tmp_path / "out" / "escape").exists()
 
 
 @pytest.fixture
@@ -248,3 +254,241 @@ def test_unprivileged_flatten(public_tmp):
     with tarfile.open(out / "flat.tar") as tar:
         members = {m.name: m for m in tar.getmembers()}
     assert members["locked"].mode == 0 and members["dev/null2"].ischr() and members["locked/file"].uid == 0
+
+
+# --- one tree in every output ---------------------------------------------------------------------
+# A layer's entries apply in order and a later one wins, as tar extraction applies them; an entry under
+# a symlink (or a file) replaces it by a directory, never writing through it; a hardlink is the file its
+# target named when the link came. rootfs:, tar:, squashfs: and sif: must all give that one tree.
+
+PROBE = "repro-probe"  # a name no host directory has
+
+
+def _dir(mode: int = 0o755) -> tuple:
+    return ("dir", mode, "")
+
+
+def _file(data: bytes, mode: int = 0o644) -> tuple:
+    return ("file", mode, hashlib.sha256(data).hexdigest())
+
+
+def _link(target: str) -> tuple:
+    return ("symlink", 0, target)
+
+
+# case -> (layers, expected tree, hardlinked groups)
+SAME_TREE: dict[str, tuple[list[list[E]], dict[str, tuple], set[frozenset[str]]]] = {
+    "file, dir, file again": (
+        [[E("a", b"one"), E("a", kind="dir"), E("a/x", b"in"), E("a", b"two")]], {"a": _file(b"two")}, set()),
+    "file, then a dir with a child": (
+        [[E("a", b"one"), E("a", kind="dir", mode=0o750), E("a/x", b"in")]],
+        {"a": _dir(0o750), "a/x": _file(b"in")}, set()),
+    "dir with a child, then a file": (
+        [[E("d", kind="dir"), E("d/x", b"x"), E("d/sub", kind="dir"), E("d/sub/y", b"y"), E("d", b"file")]],
+        {"d": _file(b"file")}, set()),
+    "same file twice": (
+        [[E("dup", b"first"), E("dup", b"second", mode=0o600)]], {"dup": _file(b"second", 0o600)}, set()),
+    "same directory twice": (
+        [[E("d", kind="dir"), E("d/x", b"x"), E("d", kind="dir", mode=0o700), E("d/y", b"y")]],
+        {"d": _dir(0o700), "d/x": _file(b"x"), "d/y": _file(b"y")}, set()),
+    "file under a file": ([[E("f", b"x"), E("f/g", b"y")]], {"f": _dir(), "f/g": _file(b"y")}, set()),
+    "symlink replaced by a file": (
+        [[E("s", kind="symlink", target="t"), E("s", b"a file now")]], {"s": _file(b"a file now")}, set()),
+    "symlink to a sibling, then an entry under it": (
+        [[E("t", kind="dir"), E("t/old", b"o"), E("s", kind="symlink", target="t"), E("s/f", b"f")]],
+        {"t": _dir(), "t/old": _file(b"o"), "s": _dir(), "s/f": _file(b"f")}, set()),
+    "symlink to /etc, then an entry under it": (
+        [[E("s", kind="symlink", target="/etc"), E(f"s/{PROBE}", b"f")]], {"s": _dir(), f"s/{PROBE}": _file(b"f")},
+        set()),
+    "symlink out of the tree, then an entry under it": (
+        [[E("s", kind="symlink", target="../../outside"), E(f"s/{PROBE}", b"f")]],
+        {"s": _dir(), f"s/{PROBE}": _file(b"f")}, set()),
+    "symlink to a host directory, then an entry under it": (
+        [[E("s", kind="symlink", target="{sentinel}"), E(f"s/{PROBE}", b"f")]],
+        {"s": _dir(), f"s/{PROBE}": _file(b"f")}, set()),
+    "symlink kept, a file beside it": (
+        [[E("s", kind="symlink", target="/etc"), E("sf", b"beside")]], {"s": _link("/etc"), "sf": _file(b"beside")},
+        set()),
+    "hardlink to a file replaced later": (
+        [[E("f", b"orig"), E("h", kind="hardlink", target="f"), E("f", b"new")]],
+        {"f": _file(b"new"), "h": _file(b"orig")}, set()),
+    "two hardlinks to a file replaced later by a directory": (
+        [[E("f", b"orig", mode=0o640), E("h", kind="hardlink", target="f"), E("g", kind="hardlink", target="f"),
+          E("f", kind="dir")]],
+        {"f": _dir(), "g": _file(b"orig", 0o640), "h": _file(b"orig", 0o640)}, {frozenset({"g", "h"})}),
+    "hardlink kept with its target": (
+        [[E("f", b"same"), E("d", kind="dir"), E("d/h", kind="hardlink", target="f")]],
+        {"f": _file(b"same"), "d": _dir(), "d/h": _file(b"same")}, {frozenset({"f", "d/h"})}),
+    "hardlink to a directory is left out": (
+        [[E("d", kind="dir"), E("h", kind="hardlink", target="d"), E("k", b"k")]], {"d": _dir(), "k": _file(b"k")},
+        set()),
+    # Across layers the same rule holds: the layers apply bottom up.
+    "hardlink below, its target replaced above": (
+        [[E("f", b"orig"), E("h", kind="hardlink", target="f")], [E("f", b"new")]],
+        {"f": _file(b"new"), "h": _file(b"orig")}, set()),
+    "hardlink above to a file below, replaced after the link": (
+        [[E("f", b"orig")], [E("h", kind="hardlink", target="f"), E("f", b"new")]],
+        {"f": _file(b"new"), "h": _file(b"orig")}, set()),
+    "symlink below, an entry under it above": (
+        [[E("s", kind="symlink", target="/etc")], [E(f"s/{PROBE}", b"f")]], {"s": _dir(), f"s/{PROBE}": _file(b"f")},
+        set()),
+}
+
+
+def tree_and_links(root: Path) -> tuple[dict[str, tuple], set[frozenset[str]]]:
+    """(path -> (type, mode, sha256 or link target), groups of hardlinked paths) of a directory tree."""
+    tree: dict[str, tuple] = {}
+    inodes: dict[int, set[str]] = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames + filenames:
+            full = Path(dirpath) / name
+            st = full.lstat()
+            rel = str(full.relative_to(root))
+            assert (st.st_uid, st.st_gid) == (0, 0), rel
+            if stat.S_ISLNK(st.st_mode):
+                tree[rel] = _link(os.readlink(full))
+            elif stat.S_ISDIR(st.st_mode):
+                tree[rel] = _dir(stat.S_IMODE(st.st_mode))
+            else:
+                assert stat.S_ISREG(st.st_mode), rel
+                tree[rel] = _file(full.read_bytes(), stat.S_IMODE(st.st_mode))
+                inodes.setdefault(st.st_ino, set()).add(rel)
+    return tree, {frozenset(paths) for paths in inodes.values() if len(paths) > 1}
+
+
+def _untar(stream_command: list[str] | None, tar_file: Path | None, into: Path) -> Path:
+    into.mkdir()
+    if tar_file is not None:
+        run("tar", "-xpf", str(tar_file), "-C", str(into), "--numeric-owner")
+    else:
+        run("sh", "-c", f'"$@" | tar -xpf - -C {shlex.quote(str(into))} --numeric-owner', "sh", *stream_command)
+    return into
+
+
+def _sif_partition(sif: Path, out: Path) -> Path:
+    from converters import sif_format as fmt
+
+    with open(sif, "rb") as f:
+        _, descriptors = fmt.read(f, sif.stat().st_size, str(sif))
+        part = fmt.primary_partition(descriptors, str(sif))
+        f.seek(part.offset)
+        out.write_bytes(f.read(part.size))
+    return out
+
+
+def _without_sif_files(tree: dict[str, tuple]) -> dict[str, tuple]:
+    """The image's part of a SIF's tree: Apptainer's files and directories taken out."""
+    from converters import sif_rootfs as sd
+
+    added = {sd.SD, *sd.SYMLINKS, *sd.DEFAULT_DIRS, *sd.EMPTY_FILES}
+    return {p: v for p, v in tree.items() if not any(p == a or p.startswith(a + "/") for a in added)}
+
+
+@pytest.mark.parametrize("case", list(SAME_TREE))
+def test_every_output_gives_the_same_tree(case, tmp_path):
+    layers, expected, linked = SAME_TREE[case]
+    sentinel = tmp_path / "sentinel"
+    sentinel.mkdir()
+    (sentinel / "canary").write_text("untouched")
+    outside = tmp_path / "outside"  # where `../../outside` leads from every output directory below
+    outside.mkdir()
+    layers = [[dataclasses.replace(e, target=e.target.replace("{sentinel}", str(sentinel))) for e in layer]
+              for layer in layers]
+    make_image(tmp_path / "layout", "t", layers)
+    src = f"oci:{tmp_path}/layout:t"
+    work = tmp_path / "work"
+    work.mkdir()
+    for out in (f"rootfs:{work}/rootfs", f"tar:{work}/flat.tar", f"squashfs:{work}/flat.sqfs"):
+        proc = repro("flatten", src, out)
+        assert "Traceback" not in proc.stderr and len(proc.stderr.splitlines()) <= 1, proc.stderr
+    proc = repro("convert", src, f"sif:{work}/image.sif")
+    assert "Traceback" not in proc.stderr and len(proc.stderr.splitlines()) <= 1, proc.stderr
+
+    trees = {
+        "rootfs": tree_and_links(work / "rootfs"),
+        "tar": tree_and_links(_untar(None, work / "flat.tar", work / "from-tar")),
+        "squashfs": tree_and_links(_untar(["sqfs2tar", "--no-skip", str(work / "flat.sqfs")], None,
+                                          work / "from-sqfs")),
+    }
+    sif_tree, sif_links = tree_and_links(_untar(
+        ["sqfs2tar", "--no-skip", str(_sif_partition(work / "image.sif", work / "sif.sqfs"))], None, work / "from-sif"))
+    trees["sif"] = (_without_sif_files(sif_tree), sif_links)
+    for fmt, got in trees.items():
+        assert got == (expected, linked), fmt
+    # Nothing was written through a link: not beside the outputs, not in the host directory, not in /etc.
+    assert os.listdir(outside) == [] and os.listdir(sentinel) == ["canary"]
+    assert (sentinel / "canary").read_text() == "untouched"
+    assert not Path("/etc", PROBE).exists()
+
+
+def test_the_extractor_applying_layers_in_order_gives_the_same_trees(tmp_path):
+    """What `repro build` does to its working tree (each layer applied on the ones below, in order) gives
+    the trees the flattened outputs give."""
+    from repro.extract import Extractor
+
+    sentinel = tmp_path / "sentinel"
+    sentinel.mkdir()
+    for number, (case, (layers, expected, linked)) in enumerate(SAME_TREE.items()):
+        root = tmp_path / f"case{number}" / "probe" / "root"  # `../../outside` leads to case{number}/outside
+        root.mkdir(parents=True)
+        (root.parent.parent / "outside").mkdir()
+        for layer in layers:
+            extractor = Extractor(root, case)
+            try:
+                for e in layer:
+                    e = dataclasses.replace(e, target=e.target.replace("{sentinel}", str(sentinel)))
+                    extractor.add(e.path, e.tarinfo(), io.BytesIO(e.content or b"") if e.kind == "file" else None)
+                extractor.finish()
+            finally:
+                extractor.close()
+        assert tree_and_links(root) == (expected, linked), case
+        assert os.listdir(root.parent.parent / "outside") == [] and os.listdir(sentinel) == [], case
+    assert not Path("/etc", PROBE).exists()
+
+
+def test_a_layer_replacing_what_it_gave_costs_no_memory(tmp_path):
+    """A big file given twice in one layer (the flattened stream starts over, that layer's headers read
+    first): memory stays that of a tiny image, in the tar and squashfs outputs alike."""
+    from repro.image import Platform
+    from repro.layers import TarWriter
+    from repro.mutate import commit, new_config, rfc3339, write_layer
+    from repro.store import Layout
+    from repro.transfer import manifest_descriptor
+    from tests.test_streaming import Noise, peak_rss_mb
+
+    size = 96 << 20
+    path = tmp_path / "layout"
+    path.mkdir()
+    layout = Layout.initialize(path)
+
+    def produce(tar: TarWriter) -> None:
+        import tarfile
+
+        for seed in (b"first", b"second"):
+            info = tarfile.TarInfo("data/big.bin")
+            info.size = size
+            tar.add(info, Noise(size, seed))
+            if seed == b"first":  # a hardlink to the first: it keeps it when the second replaces it
+                link = tarfile.TarInfo("data/old.bin")
+                link.type, link.linkname = tarfile.LNKTYPE, "data/big.bin"
+                tar.add(link)
+
+    layer = write_layer(layout, produce, compression="")
+    image = commit(layout, new_config(Platform.host(), rfc3339(0), [layer.diff_id], []), [layer])
+    layout.add_manifest(manifest_descriptor(image, {"org.opencontainers.image.ref.name": "big"}), "big")
+    make_image(tmp_path / "small", "s", [[E("x", b"tiny")]])
+    for fmt in ("tar", "squashfs"):
+        extra = ["--compression", "lz4"] if fmt == "squashfs" else []
+        baseline = peak_rss_mb("flatten", *extra, f"oci:{tmp_path}/small:s", f"{fmt}:{tmp_path}/small.{fmt}")
+        peak = peak_rss_mb("flatten", *extra, f"oci:{path}:big", f"{fmt}:{tmp_path}/big.{fmt}")
+        assert peak < baseline + 40, f"{fmt}: peak RSS {peak:.0f} MB vs {baseline:.0f} MB for a tiny image"
+    (tmp_path / "x").mkdir()
+    run("tar", "-xf", str(tmp_path / "big.tar"), "-C", str(tmp_path / "x"))
+    data = tmp_path / "x" / "data"
+    assert sorted(os.listdir(data)) == ["big.bin", "old.bin"]
+    for name, seed in (("big.bin", b"second"), ("old.bin", b"first")):
+        assert (data / name).stat().st_size == size and (data / name).stat().st_nlink == 1
+        with open(data / name, "rb") as f:
+            assert f.read(1 << 16) == Noise(size, seed).read(1 << 16)
+    listing = run("sh", "-c", f"sqfs2tar {shlex.quote(str(tmp_path / 'big.squashfs'))} | tar -tvf -").stdout
+    assert listing.count("data/big.bin") == 1 and listing.count("data/old.bin") == 1 and " link to " not in listing
