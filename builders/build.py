@@ -122,7 +122,7 @@ def _placement(spec: Spec, step: Step, sources: list[str], names: int) -> str:
 
 
 def _copy_entries(spec: Spec, step: Step, epoch: int, owner: tuple[int, int] | None, image: Image | None,
-                  platform: Platform) -> Callable[[TarWriter], None]:
+                  platform: Platform, resolve: Callable[..., str]) -> Callable[[TarWriter], None]:
     """The layer of a copy step: context files (owned by root unless `owner`) or another image's files
     (owners kept unless `owner`), placed like `COPY` places them."""
     dst = step.value["dst"]
@@ -139,7 +139,7 @@ def _copy_entries(spec: Spec, step: Step, epoch: int, owner: tuple[int, int] | N
         return clean_path(f"{dst}/{relative}")
 
     def add(tar: TarWriter, info: tarfile.TarInfo, content, name: str) -> None:
-        info.name = name
+        info.name = resolve(name, info.isdir())
         _refuse_whiteout(info.name, spec, step)
         if owner is not None:
             info.uid, info.gid = owner
@@ -167,7 +167,7 @@ def _copy_entries(spec: Spec, step: Step, epoch: int, owner: tuple[int, int] | N
                         info.uid = info.gid = 0
                     name = place(info, relative, base is None)
                     if info.islnk():
-                        info.linkname = place(info, info.linkname, False)
+                        info.linkname = resolve(place(info, info.linkname, False))
                     add(tar, info, path, name)
             return
         _placement(spec, step, sources, 1)
@@ -179,7 +179,7 @@ def _copy_entries(spec: Spec, step: Step, epoch: int, owner: tuple[int, int] | N
                 if info.linkname not in copied:
                     raise error(f"{original!r} is a hard link to {info.linkname!r}, outside what is copied",
                                 "copy the directory that holds both")
-                info.linkname = copied[info.linkname]
+                info.linkname = resolve(copied[info.linkname])
             copied[original] = name
             add(tar, info, content, name)
 
@@ -197,12 +197,12 @@ def _refuse_whiteout(name: str, spec: Spec, step: Step) -> None:
                          "whiteouts in a layer (they delete files)", "rename the file")
 
 
-def _file_entry(spec: Spec, step: Step, epoch: int) -> Callable[[TarWriter], None]:
+def _file_entry(spec: Spec, step: Step, epoch: int, resolve: Callable[..., str]) -> Callable[[TarWriter], None]:
     def produce(tar: TarWriter) -> None:
         import io
 
         data = step.value["content"].encode()
-        info = tarfile.TarInfo(clean_path(step.value["dst"]))
+        info = tarfile.TarInfo(resolve(clean_path(step.value["dst"])))
         _refuse_whiteout(info.name, spec, step)
         info.size, info.mtime = len(data), epoch
         info.mode = int(step.value.get("mode") or "0644", 8)
@@ -512,6 +512,35 @@ class Builder:
             gid = int(groups[group][2])
         return uid, gid
 
+    def _destinations(self) -> Callable[..., str]:
+        """Where a copy or file step's entries land: as docker does, each entry's directory is looked up
+        through the image's own links (a merged-/usr base's bin -> usr/bin), inside the working tree, so
+        that a file copied to /bin/x goes to usr/bin/x and never replaces the link by a directory. A
+        directory entry is looked up whole (a copied bin/ merges into usr/bin)."""
+        if not self.layers:
+            return lambda name, whole=False: name
+        tree = self._materialize()
+        found: dict[str, str] = {}
+
+        def directory(path: str) -> str:
+            if path not in found:
+                try:
+                    with Tree(tree, f"{self.spec.path}: the image being built") as confined:
+                        found[path] = confined.resolve_existing(path)
+                except (NotADirectoryError, ReproError):  # a file on the way: the entry replaces it
+                    found[path] = path
+            return found[path]
+
+        def resolve(name: str, whole: bool = False) -> str:
+            if whole:
+                return directory(name) or name
+            parent, _, base = name.rpartition("/")
+            if not parent:
+                return name
+            return f"{directory(parent)}/{base}".lstrip("/")
+
+        return resolve
+
     def _cache_mount(self, path: str) -> str:
         """The store's directory kept for a step-local cache at `path` (docker's default id: the path),
         owned by root inside the tree."""
@@ -721,9 +750,10 @@ class Builder:
                     if step.kind == "copy":
                         owner = (self._user(step.value["owner"], f"steps[{step.index}].copy.owner")
                                  if step.value.get("owner") else None)
-                        produce = _copy_entries(self.spec, step, self.epoch, owner, origin, self.platform)
+                        produce = _copy_entries(self.spec, step, self.epoch, owner, origin, self.platform,
+                                                self._destinations())
                     else:
-                        produce = _file_entry(self.spec, step, self.epoch)
+                        produce = _file_entry(self.spec, step, self.epoch, self._destinations())
                     layer = write_layer(self.store, produce, "gzip")
                     history = {"created": self.created, "created_by": created_by}
                     self.cache.put(cache_key, layer.descriptor, layer.diff_id, history)

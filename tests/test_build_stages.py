@@ -147,3 +147,37 @@ def test_a_shared_cached_layer_keeps_each_build_s_history(tmp_path):
     shared = json.loads(build(spec, tmp_path / "shared").stdout)
     assert any(step["cached"] for step in shared["steps"])
     assert shared["digest"] == alone
+
+
+def test_copies_land_through_the_base_s_links_as_docker_s(tmp_path):
+    """On a merged-/usr base (bin -> usr/bin) a file copied or written to /bin/ goes to usr/bin, and the
+    link stays a link; an entry under a link that points out of the tree stays inside it."""
+    from tests.imagekit import E, make_image
+
+    busybox = Path("/bin/busybox").read_bytes()
+    make_image(tmp_path / "base", "1", [[E("usr", kind="dir"), E("usr/bin", kind="dir"),
+                                         E("usr/bin/busybox", busybox, mode=0o755),
+                                         E("usr/bin/sh", kind="symlink", target="busybox"),
+                                         E("bin", kind="symlink", target="usr/bin"),
+                                         E("escape", kind="symlink", target="/../../outside")]],
+               config={"Env": ["PATH=/bin"]})
+    (tmp_path / "tool").write_text("a tool\n")
+    (tmp_path / "tree" / "bin").mkdir(parents=True)
+    (tmp_path / "tree" / "bin" / "inner").write_text("inner\n")
+    (tmp_path / "spec.yaml").write_text(f"""\
+spec: 1
+name: links
+base: {{image: "oci:{tmp_path / 'base'}:1"}}
+steps:
+  - copy: {{src: tool, dst: /bin/}}
+  - copy: {{src: tree/, dst: /}}
+  - file: {{dst: /bin/motd, content: "hi\\n"}}
+  - file: {{dst: /escape/x, content: "stays inside\\n"}}
+  - run: /bin/sh -c "/bin/busybox cat /bin/tool /bin/inner /bin/motd > /usr/bin/seen"
+""")
+    build(tmp_path / "spec.yaml", tmp_path / "store")
+    repro("flatten", f"oci:{tmp_path / 'store'}:links:latest", f"rootfs:{tmp_path / 'root'}")
+    root = tmp_path / "root"
+    assert (root / "bin").is_symlink() and os.readlink(root / "bin") == "usr/bin"
+    assert (root / "usr/bin/seen").read_text() == "a tool\ninner\nhi\n"
+    assert (root / "outside/x").read_text() == "stays inside\n" and not (tmp_path.parent / "outside").exists()
