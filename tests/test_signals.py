@@ -115,44 +115,47 @@ def test_the_run_stays_inside_repro_s_cgroups_and_limits(image):
     assert out.strip() == "777"
 
 
-@pytest.mark.parametrize("executor", ["bwrap", "proot"])
-def test_a_plain_user_s_command_gets_the_signal_and_its_grace_period(executor):
-    """bwrap and proot die of a signal and take the command down unwarned: the command's own processes
-    get it instead, its handler runs, and its exit status comes back."""
+@pytest.fixture(scope="module")
+def public_image():
+    """The busybox image where a plain user can read it, and a store of its own beside it."""
     with public_directory("repro-signals-") as public:
         make_image(public / "layout", "1", busybox_layers(), config={"Env": ["PATH=/bin"]})
         subprocess.run(["chmod", "-R", "a+rwX", str(public)], check=True)
-        proc = subprocess.Popen(
-            ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", REPRO, "run", "--executor", executor,
-             "--store", str(public / "store"), f"oci:{public / 'layout'}:1", "--", "/bin/sh", "-c",
-             'trap "echo cleaned up; exit 7" TERM; echo started; while true; do /bin/busybox sleep 0.1; done'],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, "HOME": str(public)})
-        assert proc.stdout is not None
-        assert proc.stdout.readline() == "started\n"
-        proc.send_signal(signal.SIGTERM)
-        out, err = proc.communicate(timeout=60)
-        assert (proc.returncode, out) == (7, "cleaned up\n"), err
+        yield public
+
+
+def start_as_a_plain_user(public: Path, executor: str, script: str) -> subprocess.Popen:
+    """`repro run` of `script` as nobody, once the script has printed its first line ("started")."""
+    proc = subprocess.Popen(
+        ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", REPRO, "run", "--executor", executor,
+         "--store", str(public / "store"), f"oci:{public / 'layout'}:1", "--", "/bin/sh", "-c", script],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, "HOME": str(public)})
+    assert proc.stdout is not None
+    assert proc.stdout.readline() == "started\n"
+    return proc
 
 
 @pytest.mark.parametrize("executor", ["bwrap", "proot"])
-def test_sigkill_of_a_plain_user_s_run_leaves_no_process(executor):
+def test_a_plain_user_s_command_gets_the_signal_and_its_grace_period(public_image, executor):
+    """bwrap and proot die of a signal and take the command down unwarned: the command's own processes
+    get it instead, its handler runs, and its exit status comes back."""
+    proc = start_as_a_plain_user(public_image, executor, 'trap "echo cleaned up; exit 7" TERM; echo started; '
+                                 "while true; do /bin/busybox sleep 0.1; done")
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=60)
+    assert (proc.returncode, out) == (7, "cleaned up\n"), err
+
+
+@pytest.mark.parametrize("executor", ["bwrap", "proot"])
+def test_sigkill_of_a_plain_user_s_run_leaves_no_process(public_image, executor):
     """bwrap dies with repro (--die-with-parent); proot's tracees would not: repro's reaper ends their
     session."""
     marker = "61.25" if executor == "bwrap" else "61.75"
-    with public_directory("repro-signals-") as public:
-        make_image(public / "layout", "1", busybox_layers(), config={"Env": ["PATH=/bin"]})
-        subprocess.run(["chmod", "-R", "a+rwX", str(public)], check=True)
-        proc = subprocess.Popen(
-            ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", REPRO, "run", "--executor", executor,
-             "--store", str(public / "store"), f"oci:{public / 'layout'}:1", "--", "/bin/sh", "-c",
-             f"echo started; exec /bin/busybox sleep {marker}"],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, "HOME": str(public)})
-        assert proc.stdout is not None
-        assert proc.stdout.readline() == "started\n"
-        assert running(marker)
-        proc.kill()
-        proc.wait()
-        deadline = time.monotonic() + 10
-        while running(marker) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert not running(marker)
+    proc = start_as_a_plain_user(public_image, executor, f"echo started; exec /bin/busybox sleep {marker}")
+    assert running(marker)
+    proc.kill()
+    proc.wait()
+    deadline = time.monotonic() + 10
+    while running(marker) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not running(marker)
