@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import os
+import stat
 import tarfile
 import tempfile
 import time
@@ -546,9 +547,13 @@ class Builder:
         owned by root inside the tree."""
         directory = self.store.path / "cache-mounts" / hashlib.sha256(clean_path(path).encode()).hexdigest()[:32]
         directory.mkdir(parents=True, exist_ok=True)
+        st = os.lstat(directory)
+        if not stat.S_ISDIR(st.st_mode):  # a planted link would bind (and chown) a host directory
+            raise ReproError(f"{directory}: the step cache for {path} is not a directory",
+                             "the store is damaged or hostile; remove that entry")
         offset = self.policy.id_offset
-        if offset and directory.stat().st_uid != offset:
-            os.chown(directory, offset, offset)
+        if offset and st.st_uid != offset:
+            os.chown(directory, offset, offset, follow_symlinks=False)
         return str(directory)
 
     def _run_step(self, step: Step) -> tuple[NewLayer, list[str], list[dict]]:

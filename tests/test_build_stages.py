@@ -181,3 +181,17 @@ steps:
     assert (root / "bin").is_symlink() and os.readlink(root / "bin") == "usr/bin"
     assert (root / "usr/bin/seen").read_text() == "a tool\ninner\nhi\n"
     assert (root / "outside/x").read_text() == "stays inside\n" and not (tmp_path.parent / "outside").exists()
+
+
+def test_a_planted_link_in_the_store_s_step_caches_is_refused(tmp_path, hello_base):
+    (tmp_path / "spec.yaml").write_text(f'spec: 1\nbase: {{image: "{hello_base}"}}\nsteps:\n'
+                                        '  - run: "echo x > /var/cache/c/log"\n    cache: [/var/cache/c]\n')
+    build(tmp_path / "spec.yaml", tmp_path / "store")
+    [made] = (tmp_path / "store" / "cache-mounts").iterdir()
+    shutil.rmtree(made)
+    sentinel = tmp_path / "sentinel"
+    sentinel.mkdir()
+    made.symlink_to(sentinel)
+    proc = repro("build", str(tmp_path / "spec.yaml"), "--store", str(tmp_path / "store"), "--no-cache", check=False)
+    assert proc.returncode != 0 and "is not a directory" in proc.stderr
+    assert sentinel.stat().st_uid == 0 and not list(sentinel.iterdir())
