@@ -122,13 +122,42 @@ def _placement(spec: Spec, step: Step, sources: list[str], names: int) -> str:
     return dst
 
 
+def _made_parents(owner: tuple[int, int] | None, epoch: int, is_dir: Callable[[str], bool]
+                  ) -> Callable[[TarWriter, str], None]:
+    """The directories an entry's name needs that the image lacks, as buildah makes them for COPY
+    --chown: each owned by the step's owner, mode 0755, written before the entry. Without an owner (or
+    root's) they are left to extraction, which makes them alike (root's, 0755): layers stay as they were."""
+    made: set[str] = set()
+
+    def make(tar: TarWriter, name: str) -> None:
+        parts = name.split("/")
+        if owner is not None and owner != (0, 0):
+            for end in range(1, len(parts)):
+                path = "/".join(parts[:end])
+                if path in made or is_dir(path):
+                    continue
+                info = tarfile.TarInfo(path)
+                info.type, info.mode, info.mtime = tarfile.DIRTYPE, 0o755, epoch
+                info.uid, info.gid = owner
+                tar.add(info)
+                made.add(path)
+        made.add(name)  # an entry of the step: what is below it is not made again
+
+    return make
+
+
 def _copy_entries(spec: Spec, step: Step, epoch: int, owner: tuple[int, int] | None, image: Image | None,
-                  platform: Platform, resolve: Callable[..., str]) -> Callable[[TarWriter], None]:
+                  platform: Platform, resolve: Callable[..., str],
+                  is_dir: Callable[[str], bool] = lambda path: False) -> Callable[[TarWriter], None]:
     """The layer of a copy step: context files (owned by root unless `owner`) or another image's files
-    (owners kept unless `owner`), placed like `COPY` places them."""
+    (owners kept unless `owner`), placed like `COPY` places them. `mode` is the copied files',
+    `directory_mode` the copied directories' (not the destination's); the directories the step makes
+    on the way to its entries are `owner`'s (see _made_parents), as buildah has it."""
     dst = step.value["dst"]
     mode = int(step.value["mode"], 8) if step.value.get("mode") else None
+    directory_mode = int(step.value["directory_mode"], 8) if step.value.get("directory_mode") else None
     sources = _sources_of(step, platform)
+    parents = _made_parents(owner, epoch, is_dir)
 
     def error(message: str, hint: str) -> ReproError:
         return spec.error(f"steps[{step.index}].copy.src", message, hint)
@@ -145,9 +174,12 @@ def _copy_entries(spec: Spec, step: Step, epoch: int, owner: tuple[int, int] | N
         if owner is not None:
             info.uid, info.gid = owner
             info.uname = info.gname = ""
-        if mode is not None and not info.issym():
-            info.mode = mode if info.isreg() else info.mode
+        if mode is not None and info.isreg():
+            info.mode = mode
+        if directory_mode is not None and info.isdir():
+            info.mode = directory_mode
         info.mtime = min(info.mtime, epoch)
+        parents(tar, info.name)
         if info.isreg() and isinstance(content, Path):
             with open(content, "rb") as f:
                 tar.add(info, f)
@@ -198,7 +230,9 @@ def _refuse_whiteout(name: str, spec: Spec, step: Step) -> None:
                          "whiteouts in a layer (they delete files)", "rename the file")
 
 
-def _file_entry(spec: Spec, step: Step, epoch: int, resolve: Callable[..., str]) -> Callable[[TarWriter], None]:
+def _file_entry(spec: Spec, step: Step, epoch: int, resolve: Callable[..., str],
+                is_dir: Callable[[str], bool] = lambda path: False) -> Callable[[TarWriter], None]:
+    """The layer of a file step; the directories it makes on the way are its owner's (as a copy's)."""
     def produce(tar: TarWriter) -> None:
         import io
 
@@ -209,6 +243,7 @@ def _file_entry(spec: Spec, step: Step, epoch: int, resolve: Callable[..., str])
         info.mode = int(step.value.get("mode") or "0644", 8)
         uid, _, gid = (step.value.get("owner") or "0:0").partition(":")
         info.uid, info.gid = int(uid), int(gid)
+        _made_parents((info.uid, info.gid), epoch, is_dir)(tar, info.name)
         tar.add(info, io.BytesIO(data))
 
     return produce
@@ -542,6 +577,14 @@ class Builder:
 
         return resolve
 
+    def _directories(self) -> Callable[[str], bool]:
+        """Whether a path (resolved, as _destinations gives it) is a directory of the image being built."""
+        if not self.layers:
+            return lambda path: False
+        self._materialize()
+        snapshot = self.snapshot or {}
+        return lambda path: path in snapshot and snapshot[path].kind == "dir"
+
     def _cache_mount(self, path: str) -> str:
         """The store's directory kept for a step-local cache at `path` (docker's default id: the path),
         owned by root inside the tree."""
@@ -613,16 +656,23 @@ class Builder:
         offset = self.policy.id_offset
         with Tree(tree, f"{self.spec.path}: {step.where}", offset or None) as confined:
             path = confined.resolve_dir(step.value["dst"], create=True)
-            if owner != (0, 0) or mode != 0o755:
-                fd = confined.open_dir(path)
+            # the parents it made are the owner's too (0755), as buildah makes WORKDIR's for the USER
+            parts = path.split("/")
+            made = [p for p in ("/".join(parts[:end]) for end in range(1, len(parts)))
+                    if not (p in before and before[p].kind == "dir")] if owner != (0, 0) else []
+            for directory, directory_mode in [*((p, 0o755) for p in made), (path, mode)]:
+                if owner == (0, 0) and directory_mode == 0o755:
+                    continue
+                fd = confined.open_dir(directory)
                 try:
-                    os.fchmod(fd, mode)
+                    os.fchmod(fd, directory_mode)
                     if os.geteuid() == 0:
                         os.fchown(fd, owner[0] + offset, owner[1] + offset)
                 finally:
                     os.close(fd)
         if os.geteuid() != 0 and owner != (0, 0):
-            self.claimed[path] = owner  # a plain user cannot chown: the layer says who owns it
+            for directory in [*made, path]:
+                self.claimed[directory] = owner  # a plain user cannot chown: the layer says who owns it
         return self._tree_layer(before, (0, 0))
 
     def _snapshot(self, previous: dict[str, _tree.Node] | None) -> dict[str, _tree.Node]:
@@ -756,9 +806,9 @@ class Builder:
                         owner = (self._user(step.value["owner"], f"steps[{step.index}].copy.owner")
                                  if step.value.get("owner") else None)
                         produce = _copy_entries(self.spec, step, self.epoch, owner, origin, self.platform,
-                                                self._destinations())
+                                                self._destinations(), self._directories())
                     else:
-                        produce = _file_entry(self.spec, step, self.epoch, self._destinations())
+                        produce = _file_entry(self.spec, step, self.epoch, self._destinations(), self._directories())
                     layer = write_layer(self.store, produce, "gzip")
                     history = {"created": self.created, "created_by": created_by}
                     self.cache.put(cache_key, layer.descriptor, layer.diff_id, history)

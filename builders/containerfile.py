@@ -1551,7 +1551,8 @@ class _StageState:
         source_from = (flags.get("from") or [None])[0]
         if source_from is not None:
             source_from = self.word(ins, source_from)
-        options = {k: v for k, v in (("mode", mode), ("owner", owner)) if v is not None}
+        # --chmod sets the copied directories' modes too (not the destination's, nor the parents made)
+        options = {k: v for k, v in (("mode", mode), ("directory_mode", mode), ("owner", owner)) if v is not None}
         if source_from is not None:
             self._copy_from(ins, source_from, sources, dst, dst_written, options, excludes)
             return
