@@ -84,6 +84,8 @@ def test_stages_and_step_options_as_root_and_as_a_user(public_dir, hello_base):
     assert files["data/a.txt"][:2] == (1000, 1001) and "data/b.txt" not in files
     assert files["data/d.txt"][2] == b"d\n" and "data/c.log" not in files and "data/sub/d.txt" not in files
     assert files["home/app/work"][:2] == (1000, 1001)
+    # the directories a copy or directory step makes on the way are its owner's, as buildah's COPY and WORKDIR
+    assert files["data"][:2] == files["home"][:2] == files["home/app"][:2] == (1000, 1001)
     assert files["home/app/work/made"][:2] == (1000, 1001)
     assert files["home/app/work/id"][2].startswith(b"uid=1000(app) gid=1001(app)")
     assert files["home/app/work/home"][2] == b"/home/app\n"

@@ -679,14 +679,7 @@ def test_catalog_debian_images_from_their_containerfiles(catalog_images, tmp_pat
 # --- cross-check with buildah ----------------------------------------------------------------------------------
 
 # Differences from buildah, each in README.md (Containerfiles): (buildah's, repro's).
-KNOWN_DIFFERENCES: dict[str, dict] = {
-    "copy-chown-chmod-globs-ignore": {  # buildah (and BuildKit) give the parents COPY --chown creates its owner
-        "data": (("dir", 0o755, 1000, 1000, ""), ("dir", 0o755, 0, 0, "")),
-        "owned": (("dir", 0o755, 1000, 50, ""), ("dir", 0o755, 0, 0, "")),
-        # buildah's --chmod also sets the modes of copied directories (not of the destination itself)
-        "chmodded/sub": (("dir", 0o750, 0, 0, ""), ("dir", 0o755, 0, 0, "")),
-    },
-}
+KNOWN_DIFFERENCES: dict[str, dict] = {}
 KNOWN_CONFIG_DIFFERENCES: dict[str, dict] = {
     "user-workdir-shell": {"Cmd": (["/bin/sh", "-c", "echo hi"], ["/bin/sh", "-ec", "echo hi"])},  # Docker: SHELL
 }
@@ -712,6 +705,21 @@ CROSS = {
         "COPY --chmod=0750 d/ /chmodded/\nWORKDIR /srv/w\nCOPY a.txt rel.txt\nCMD [\"cat\", \"rel.txt\"]\n",
         {"a.txt": "a\n", "b.txt": "b\n", "c.log": "log\n", "d/g": "g\n", "d/sub/f": "f\n",
          "d/sub/skip.tmp": "s\n", "d/sub/keep.tmp": "k\n", ".dockerignore": "*.log\nd/sub/*.tmp\n!d/sub/keep.tmp\n"},
+        []),
+    # the directories COPY/ADD --chown and WORKDIR make on the way are the owner's (the USER's), existing ones
+    # stay as they are; --chmod sets the copied directories' modes, not the destination's nor the parents'
+    "chown-chmod-parents-workdir": (
+        "ARG BASE\nFROM ${BASE} AS st\nCOPY --chown=1000:1000 d /out/in/\n"
+        "FROM ${BASE}\nCOPY --chown=1000:1000 a.txt /a/b/c/\nCOPY --chown=1000:1000 a.txt /a/b/c2/\n"
+        "COPY --chown=app:staff d /cd/x/\nCOPY --chown=1000:50 d /cd2\nCOPY --chown=1000:1000 d /srv/\n"
+        "COPY --chown=1000:1000 a.txt /tmp/new/\nCOPY --chown=1000:1000 a.txt /e/exact\n"
+        "COPY --chmod=0750 d/ /x/y/\nCOPY --chmod=0750 a.txt /m/n/\nCOPY --chown=1000:1000 --chmod=0700 d /both/p/\n"
+        "ADD --chown=1000:1000 a.txt /ad/b/c/\nADD --chmod=0700 d /ad2/q/\nADD --chown=app d /ad3/q/\n"
+        "COPY --from=st --chown=2000:2000 /out /fr/om/\nCOPY --from=st /out /fr2/om/\n"
+        "COPY --from=st --chmod=0700 /out /fr3/om/\n"
+        "USER app\nWORKDIR /w/a/b\nUSER 1000:50\nWORKDIR /w/a/z\nCOPY a.txt /as-user/sub/\n"
+        "USER root\nWORKDIR /w2/c\n",
+        {"a.txt": "a\n", "d/g": "g\n", "d/sub/h": "h\n", "d/sub/deeper/i": "i\n"},
         []),
     "user-workdir-shell": (
         "ARG BASE\nFROM ${BASE}\nARG NAME=world\nSHELL [\"/bin/sh\", \"-ec\"]\n"
@@ -816,6 +824,31 @@ def test_hello_front_ends_give_one_digest_as_root_and_as_a_plain_user(public_dir
     as_root = build(target / front, public_dir / "root")
     as_user = _as_nobody(public_dir, "build", str(target / front), "--store", str(public_dir / "user"))
     assert as_user["digest"] == as_root["digest"]
+
+
+def test_chown_parents_and_workdir_as_a_plain_user(base_layout, public_dir):
+    """A plain user cannot chown: the parents COPY --chown and WORKDIR make are recorded as the owner's in
+    the layers all the same, and the image is the one root builds."""
+    base = public_dir / "base"
+    shutil.copytree(base_layout, base)
+    ctx = public_dir / "ctx"
+    (ctx / "d" / "sub").mkdir(parents=True)
+    (ctx / "a.txt").write_text("a\n")
+    (ctx / "d" / "sub" / "f").write_text("f\n")
+    (ctx / "Containerfile").write_text(
+        f"FROM oci:{base}:1\nCOPY --chown=1000:50 a.txt /a/b/\nCOPY --chown=app --chmod=0750 d /c/d/\n"
+        "USER app\nWORKDIR /w/x/y\nUSER 1000:50\nWORKDIR /w/x/z\n")
+    subprocess.run(["chmod", "-R", "a+rwX", str(public_dir)], check=True)
+    as_root = build(ctx / "Containerfile", public_dir / "root")
+    as_user = _as_nobody(public_dir, "build", str(ctx / "Containerfile"), "--store", str(public_dir / "user"))
+    assert as_user["digest"] == as_root["digest"]
+    root = flat(public_dir / "root", "ctx:latest", public_dir / "flat")
+    owners = {p: ((st := (root / p).stat()).st_mode & 0o7777, st.st_uid, st.st_gid)
+              for p in ("a", "a/b", "a/b/a.txt", "c", "c/d", "c/d/sub", "c/d/sub/f", "w", "w/x", "w/x/y", "w/x/z")}
+    assert owners == {"a": (0o755, 1000, 50), "a/b": (0o755, 1000, 50), "a/b/a.txt": (0o666, 1000, 50),  # a+rw
+                      "c": (0o755, 1000, 1000), "c/d": (0o755, 1000, 1000), "c/d/sub": (0o750, 1000, 1000),
+                      "c/d/sub/f": (0o750, 1000, 1000), "w": (0o755, 1000, 1000), "w/x": (0o755, 1000, 1000),
+                      "w/x/y": (0o755, 1000, 1000), "w/x/z": (0o755, 1000, 50)}
 
 
 def test_python_science_containerfile_as_a_plain_user(catalog_images, public_dir):
