@@ -23,9 +23,9 @@ $(STAMP): pyproject.toml
 demo: setup
 	@bash scripts/demo.sh
 
-# catalog/hello copies Debian's busybox-static from beside its spec.
+# catalog/hello copies Debian's busybox-static from beside its spec (scripts/stage-hello.sh puts it there).
 catalog: setup
-	@cmp -s /bin/busybox catalog/hello/busybox || cp /bin/busybox catalog/hello/busybox
+	@bash scripts/stage-hello.sh
 	@for spec in catalog/*/spec.yaml; do $(VENV)/bin/repro build --test $$spec || exit 1; done
 
 lint: python

@@ -935,7 +935,8 @@ def run_tests(spec: Spec, image: Image, executor: str | None = None) -> list[tup
         env.setdefault("PATH", DEFAULT_ENV_PATH)
         for test in spec.tests:
             result = executors.run(
-                name, root, executors.Command(["/bin/sh", "-c", test["run"]], env, config.workdir or "/", False)
+                name, root, executors.Command(["/bin/sh", "-c", test["run"]], env, config.workdir or "/", False),
+                platform=config.platform,
             )
             passed = result.exit_code == test.get("exit", 0) and test.get("output", "") in result.output
             results.append((test, result, passed))

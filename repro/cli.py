@@ -215,12 +215,15 @@ def cmd_build(args: argparse.Namespace) -> int:
         written.append(ref)
     failures = 0
     tests = []
-    if args.test:
-        for test, outcome, passed in b.run_tests(spec, result.image, args.executor):
+    # an index's tests run in every platform's image, a foreign one under QEMU
+    for image in (result.image.children if several else [result.image]) if args.test else []:
+        where = f" [{image.config.platform}]" if several else ""
+        for test, outcome, passed in b.run_tests(spec, image, args.executor):
             failures += not passed
-            tests.append({"run": test["run"], "exit": outcome.exit_code, "passed": passed})
+            tests.append({"run": test["run"], "exit": outcome.exit_code, "passed": passed,
+                          **({"platform": str(image.config.platform)} if several else {})})
             if not args.json:
-                err.print(f"test {'ok  ' if passed else 'FAIL'} {test['run']}" +
+                err.print(f"test {'ok  ' if passed else 'FAIL'}{where} {test['run']}" +
                           ("" if passed else f" (exit {outcome.exit_code}): {outcome.tail.strip()[-300:]}"),
                           markup=False)
     if args.json:
@@ -340,7 +343,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         binds, env = [*job.binds, *binds], (*job.env, *env)
     image = open_image(args.ref, _options(args))
     invocation = container.Invocation(argv or None, "", tuple(binds), args.workdir or "", env, args.stop_timeout,
-                                      network=args.network == "host", tty=args.tty, mpi=rank)
+                                      network=args.network == "host", tty=args.tty, mpi=rank,
+                                      entrypoint=args.entrypoint)
     store = None if args.fresh else Path(args.store) if args.store else default_store()
     with container.session(image, args.executor, store) as active:  # stdin as docker's: only with -i
         return active.run(invocation, stdin=None if args.interactive else subprocess.DEVNULL)
@@ -763,6 +767,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-v", "--volume", action="append", help="HOST:CONTAINER bind mount (repeatable)")
     p.add_argument("-e", "--env", action="append", help="KEY=VALUE added to the image's environment")
     p.add_argument("-w", "--workdir", help="working directory inside the image (default: the image's)")
+    p.add_argument("--entrypoint", metavar="PROGRAM",
+                   help="run PROGRAM (then the command after --) instead of the image's entrypoint and cmd; "
+                        "'' runs the command alone")
     p.add_argument("--fresh", action="store_true",
                    help="unpack into a private copy for this run (default: the image unpacked once in the store, "
                         "under a throw-away overlay)")

@@ -47,6 +47,7 @@ class Invocation:
     network: bool = False  # the host's network (else none)
     tty: bool = False  # on a pseudo-terminal that repro relays (-t)
     mpi: bool = False  # a rank of an MPI job (see repro.mpi): the caller's ids, the host's PID and IPC
+    entrypoint: str | None = None  # replaces the image's ENTRYPOINT and CMD (docker run --entrypoint); "" clears
 
 
 class Session(Protocol):
@@ -66,9 +67,16 @@ def image_env(image: Image, extra: Sequence[tuple[str, str]] = ()) -> dict[str, 
 
 def command_line(image: Image, invocation: Invocation) -> list[str]:
     """docker run's rule: arguments replace CMD and follow ENTRYPOINT; a shell string replaces both. An MPI
-    rank leaves out an ENTRYPOINT that is itself an MPI launcher (an image made to run standalone)."""
+    rank leaves out an ENTRYPOINT that is itself an MPI launcher (an image made to run standalone). A given
+    entrypoint replaces the image's and its CMD, as docker run --entrypoint does."""
     if invocation.shell:
         return ["/bin/sh", "-c", invocation.shell]
+    if invocation.entrypoint is not None:
+        entrypoint = [invocation.entrypoint] if invocation.entrypoint else []
+        argv = list(invocation.argv or [])
+        if not entrypoint and not argv:
+            raise ReproError(f"{image.name}: --entrypoint '' and no command", "give the command after --")
+        return entrypoint + argv
     entrypoint = list(image.config.entrypoint or [])
     if invocation.mpi and entrypoint and os.path.basename(entrypoint[0]) in MPI_LAUNCHERS:
         entrypoint = []  # a rank of the host's launcher must not start a launcher of its own (see repro.mpi)
@@ -169,6 +177,8 @@ class DockerSession:
         if invocation.shell:
             argv += ["--entrypoint", "/bin/sh", self.tag, "-c", invocation.shell]
         else:
+            if invocation.entrypoint is not None:
+                argv += ["--entrypoint", invocation.entrypoint]
             argv += [self.tag, *(invocation.argv or ())]
         self.containers.append(container)
         return subprocess.run(argv, stdin=stdin, stdout=stdout, stderr=stderr).returncode
@@ -272,6 +282,8 @@ class UdockerSession:
         if invocation.shell:
             argv += ["--entrypoint=/bin/sh", self.container, "-c", invocation.shell]
         else:
+            if invocation.entrypoint is not None:
+                argv.append(f"--entrypoint={invocation.entrypoint}")
             argv += [self.container, *(invocation.argv or ())]
         return subprocess.run(argv, stdin=stdin, stdout=stdout, stderr=stderr).returncode
 

@@ -8,7 +8,7 @@ repro=.venv/bin/repro
 out=demo-out
 rm -rf "$out"
 mkdir -p "$out"
-cmp -s /bin/busybox catalog/hello/busybox || cp /bin/busybox catalog/hello/busybox
+bash scripts/stage-hello.sh
 
 step() { printf '\n$ %s\n' "$*"; "$@"; }
 step $repro build catalog/hello/spec.yaml --store "$out/store" --test -o "oci:$out/layout:hello"

@@ -20,8 +20,9 @@ CATALOG = Path(__file__).resolve().parents[1] / "catalog"
 def stage_hello(where: Path) -> Path:
     """A copy of catalog/hello with busybox beside it (as `make catalog` stages it)."""
     spec_dir = where / "hello"
-    shutil.copytree(CATALOG / "hello", spec_dir, ignore=shutil.ignore_patterns("busybox", "*.lock"))
-    shutil.copy2("/bin/busybox", spec_dir / "busybox")
+    shutil.copytree(CATALOG / "hello", spec_dir, ignore=shutil.ignore_patterns("busybox*", "*.lock"))
+    for name in ("busybox", "busybox-amd64"):  # the Containerfile's source, and spec.yaml's for linux/amd64
+        shutil.copy2("/bin/busybox", spec_dir / name)
     return spec_dir / "spec.yaml"
 
 
@@ -151,7 +152,7 @@ def test_failing_run_step(tmp_path):
     proc = repro("build", str(spec), "--store", str(tmp_path / "store"), "-o", f"oci-archive:{tmp_path}/out.tar",
                  check=False)
     assert proc.returncode == 1
-    assert "exited 3" in proc.stderr and "oh no" in proc.stderr and "spec.yaml:12" in proc.stderr
+    assert "exited 3" in proc.stderr and "oh no" in proc.stderr and "spec.yaml:15" in proc.stderr
     assert not (tmp_path / "out.tar").exists()
 
 
