@@ -1551,10 +1551,10 @@ class _StageState:
         source_from = (flags.get("from") or [None])[0]
         if source_from is not None:
             source_from = self.word(ins, source_from)
-        # --chmod sets the copied directories' modes too (not the destination's, nor the parents made)
-        options = {k: v for k, v in (("mode", mode), ("directory_mode", mode), ("owner", owner)) if v is not None}
-        if source_from is not None:
-            self._copy_from(ins, source_from, sources, dst, dst_written, options, excludes)
+        options = {k: v for k, v in (("mode", mode), ("owner", owner)) if v is not None}
+        if source_from is not None:  # --chmod sets the copied directories' modes too (not dst's, nor parents')
+            self._copy_from(ins, source_from, sources, dst, dst_written,
+                            {**options, "directory_mode": mode} if mode is not None else options, excludes)
             return
         # from the context: group consecutive paths into one step; heredocs and URLs make their own
         paths: list[str] = []
@@ -1576,6 +1576,8 @@ class _StageState:
                                     "on a copy in the same RUN that removes it")
         if paths:
             step_copy: dict = {"src": paths if len(paths) > 1 else paths[0], "dst": dst, **options}
+            if mode is not None and any((self.tr.context / rel).is_dir() for rel in paths):
+                step_copy["directory_mode"] = mode  # files alone keep the step a spec's copy with mode
             if self.tr.ignore.patterns or excludes:
                 step_copy["exclude"] = [*self.tr.ignore.patterns, *excludes]
             ignore = Ignore([*self.tr.ignore.patterns, *excludes]) if excludes else self.tr.ignore
