@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from builders import cache as _cache
+from builders import hygiene as _hygiene
 from builders import lock as _lock
 from builders import sources as _sources
 from builders import tree as _tree
@@ -31,7 +32,7 @@ from repro.confined import Tree, clean_path, remove_tree
 from repro.errors import CheckFailed, ReproError
 from repro.extract import Extractor, Policy
 from repro.flatten import WHITEOUT_PREFIX, extract, whiteout_target
-from repro.image import OCI_INDEX, REF_NAME, Image, Index, Platform, canonical_json, parse_json
+from repro.image import OCI_INDEX, REF_NAME, Descriptor, Image, Index, Platform, canonical_json, parse_json
 from repro.layers import TarWriter, source_date_epoch
 from repro.mutate import NewLayer, commit, new_config, rfc3339, write_layer
 from repro.reaper import reaper, remove_command
@@ -374,6 +375,8 @@ class Builder:
         self.tree: Path | None = None
         self.used_keys: list[str] = []  # the cache keys of this build's layers, for --cache-to
         self.snapshot: dict[str, _tree.Node] | None = None
+        self.left_out = _hygiene.LeftOut()  # what the tree holds and the image does not (apt lists, /tmp)
+        self.left_record: dict | None = None  # the last step's account of it, for the cache
         self._tmp = Path(tempfile.mkdtemp(prefix="repro-build-"))
         self.executor = ""
         self.policy = Policy()
@@ -501,6 +504,26 @@ class Builder:
         entries and whiteouts go through the one extractor, confined to the tree."""
         if self.tree is None:
             return
+        before = self.snapshot or {}
+        self._extract_layer(layer)
+        self.snapshot = self._snapshot(self.snapshot)
+        self.left_out.follow(before, self.snapshot)
+
+    def _restore_left_out(self, record: dict | None) -> None:
+        """A cached step: put back into the tree what its run left out of its layer (apt's lists for
+        the next RUN, /tmp), and the account of it."""
+        record = record or {}
+        if self.tree is not None and (record.get("descriptor") or record.get("removed")):
+            if record.get("descriptor"):
+                self._extract_layer(NewLayer(Descriptor.from_json(record["descriptor"], "cache"), record["diff_id"]))
+            with Tree(self.tree, f"{self.store.name}: cache", self.policy.id_offset or None) as tree:
+                for path in record.get("removed") or []:
+                    tree.remove(path, follow=False)
+            self.snapshot = self._snapshot(self.snapshot)
+        self.left_out.restore(record)
+
+    def _extract_layer(self, layer: NewLayer) -> None:
+        assert self.tree is not None
         blob_layer = BlobLayer(LayoutBlobs(self.store, self.store.name), layer.descriptor, layer.diff_id)
         what = f"{self.store.name}: layer {layer.descriptor.digest}"
         extractor = Extractor(self.tree, what, self.policy)
@@ -523,7 +546,6 @@ class Builder:
             extractor.finish()
         finally:
             extractor.close()
-        self.snapshot = self._snapshot(self.snapshot)
 
     def _user(self, text: str, where: str) -> tuple[int, int]:
         """uid and gid of `user[:group]`: numbers as given, names from the tree's passwd and group
@@ -644,7 +666,8 @@ class Builder:
             )
             raise failure
         packages = _installed_packages(tree) if step.kind == "packages" else []
-        return (*self._tree_layer(before, user), packages)
+        layer, normalized = self._tree_layer(before, user)
+        return layer, normalized, packages
 
     def _directory_step(self, step: Step) -> tuple[NewLayer, list[str]]:
         """mkdir -p in the working tree, so that only what is new (and the parent it changed) enters the layer."""
@@ -686,10 +709,11 @@ class Builder:
                 if p in self.claimed and n.uid == me else n for p, n in nodes.items()}
 
     def _tree_layer(self, before: dict[str, _tree.Node], user: tuple[int, int]) -> tuple[NewLayer, list[str]]:
-        """The layer of what changed in the working tree since `before`. A plain user cannot give files
+        """The layer of what changed in the working tree since `before`, less what changes on every run
+        (builders/hygiene.py), which stays in the tree for the next steps. A plain user cannot give files
         away: what a step run as another user made is recorded as that user's, as root would have it."""
         tree = self._materialize()
-        normalized = _tree.apply_hygiene(tree, before)
+        normalized = _hygiene.empty_machine_id(tree)
         after = self._snapshot(before)
         if os.geteuid() != 0 and user != (0, 0):
             me = os.getuid()
@@ -698,11 +722,20 @@ class Builder:
                     self.claimed[path] = user
             after = self._claim(after)
         changed, deleted = _tree.changes(before, after)
+        shaped = self.left_out.shape(before, after, changed, deleted)
         layer = write_layer(
-            self.store, lambda tar: _tree.write_changes(tar, tree, after, changed, deleted, self.epoch), "gzip"
+            self.store,
+            lambda tar: _tree.write_changes(tar, tree, after, shaped.changed, shaped.whiteouts, self.epoch),
+            "gzip",
         )
+        self.left_record = {**self.left_out.record(), "removed": shaped.removed} if (
+            self.left_out.paths or shaped.removed) else None
+        if shaped.left and self.left_record is not None:
+            kept = write_layer(self.store,
+                               lambda tar: _tree.write_changes(tar, tree, after, shaped.left, [], self.epoch), "gzip")
+            self.left_record.update(descriptor=kept.descriptor.to_json(), diff_id=kept.diff_id)
         self.snapshot = after
-        return layer, normalized
+        return layer, normalized + shaped.left
 
     # --- the whole build -----------------------------------------------------------------
     def _commit(self, tag: str) -> BlobImage:
@@ -789,6 +822,8 @@ class Builder:
                     definition["platform"] = str(self.platform)
                 if step.kind in ("run", "packages") and "env" not in step.extras:
                     definition["env"] = _container_config(self.base_config, self.spec).get("Env")
+                if self.left_out.state:  # the same layers, other left-out files: another starting point
+                    definition["left_out"] = self.left_out.state
                 cache_key = _cache.key(parent, definition, inputs)
                 self.used_keys.append(cache_key)
                 entry = self.cache.get(cache_key)
@@ -800,7 +835,10 @@ class Builder:
                     # spec's run step may share a layer, never a history)
                     history = {**entry["history"], "created_by": created_by}
                     self._add_packages(entry.get("packages", []))
+                    if (entry.get("left_out") or {}).get("descriptor") or (entry.get("left_out") or {}).get("removed"):
+                        self._materialize()  # what the step left out must be in the tree before the next
                     self._apply_to_tree(layer)
+                    self._restore_left_out(entry.get("left_out"))
                 elif step.kind in ("copy", "file"):
                     if step.kind == "copy":
                         owner = (self._user(step.value["owner"], f"steps[{step.index}].copy.owner")
@@ -811,8 +849,9 @@ class Builder:
                         produce = _file_entry(self.spec, step, self.epoch, self._destinations(), self._directories())
                     layer = write_layer(self.store, produce, "gzip")
                     history = {"created": self.created, "created_by": created_by}
-                    self.cache.put(cache_key, layer.descriptor, layer.diff_id, history)
                     self._apply_to_tree(layer)
+                    self.cache.put(cache_key, layer.descriptor, layer.diff_id, history,
+                                   {"left_out": self.left_out.record()} if self.left_out.paths else None)
                 else:
                     packages: list[dict] = []
                     if step.kind == "directory":
@@ -827,13 +866,10 @@ class Builder:
                             + (f" and {len(normalized) - 50} more" if len(normalized) > 50 else "")
                         )
                     self._add_packages(packages)
-                    self.cache.put(
-                        cache_key,
-                        layer.descriptor,
-                        layer.diff_id,
-                        history,
-                        {"packages": packages} if packages else None,
-                    )
+                    extra: dict = {"packages": packages} if packages else {}
+                    if self.left_record:
+                        extra["left_out"] = self.left_record
+                    self.cache.put(cache_key, layer.descriptor, layer.diff_id, history, extra)
                 self.layers.append(layer)
                 self.history.append(history)
                 report = StepReport(

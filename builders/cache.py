@@ -18,6 +18,7 @@ from repro.image import Descriptor, canonical_json, parse_json
 from repro.store import Layout
 
 KEY_PATTERN = re.compile(r"[0-9a-f]{64}")
+DIGEST_PATTERN = re.compile(r"sha256:[0-9a-f]{64}")
 
 
 def check_key(cache_key: str, where: str) -> str:
@@ -26,6 +27,28 @@ def check_key(cache_key: str, where: str) -> str:
         raise ReproError(f"{where}: cache key {str(cache_key)[:80]!r} is not a sha256 hex key",
                          "the build cache is damaged or hostile; do not use it")
     return cache_key
+
+
+def check_left_out(record: object, where: str) -> Descriptor | None:
+    """A cache entry's account of what its step left out of the layer (builders/hygiene.py); returns
+    the blob that holds those files, if any. Its paths only ever name files inside the working tree."""
+    if record is None:
+        return None
+    problem = ""
+    if not isinstance(record, dict):
+        problem = "is not an object"
+    elif not isinstance(record.get("paths", {}), dict) or not all(
+            isinstance(k, str) and isinstance(v, bool) for k, v in record.get("paths", {}).items()):
+        problem = "paths are not a map of path to true/false"
+    elif not isinstance(record.get("removed", []), list) or not all(isinstance(p, str) for p in record["removed"]):
+        problem = "removed is not a list of paths"
+    elif record.get("state", "") and not KEY_PATTERN.fullmatch(str(record["state"])):
+        problem = "state is not a sha256 hex digest"
+    elif "descriptor" in record and not DIGEST_PATTERN.fullmatch(str(record.get("diff_id"))):
+        problem = "diff_id is not a sha256 digest"
+    if problem:
+        raise ReproError(f"{where}: left_out {problem}", "the build cache is damaged or hostile; do not use it")
+    return Descriptor.from_json(record["descriptor"], where) if "descriptor" in record else None
 
 
 def key(parent_diff_ids: list[str], definition: dict, inputs: dict[str, str]) -> str:
@@ -48,10 +71,13 @@ class Cache:
         try:
             entry = json.loads(path.read_bytes())
             descriptor = Descriptor.from_json(entry["descriptor"], str(path))
-        except (ValueError, KeyError, TypeError):
+            left_out = check_left_out(entry.get("left_out"), str(path))
+        except (ValueError, KeyError, TypeError, ReproError):
             return None
         if not self.layout.has_blob(descriptor.digest):
             return None
+        if left_out is not None and not self.layout.has_blob(left_out.digest):
+            return None  # what the step left out of its layer is gone: run it again
         entry["descriptor"] = descriptor
         return entry
 
@@ -81,7 +107,6 @@ def hash_inputs(paths: list[Path]) -> dict[str, str]:
 
 
 CACHE_ANNOTATION = "dev.repro.build-cache"
-DIGEST_PATTERN = re.compile(r"sha256:[0-9a-f]{64}")
 
 
 def export_to(cache: Cache, images: list, keys: list[str], ref: str) -> str:
@@ -102,11 +127,15 @@ def export_to(cache: Cache, images: list, keys: list[str], ref: str) -> str:
     manifest = image.manifest
     annotations = {**manifest.annotations, CACHE_ANNOTATION: canonical_json(entries).decode()}
     config, layers = manifest.config, manifest.layers
-    if len(images) > 1:
+    kept = [(Descriptor.from_json(e["left_out"]["descriptor"], ref), e["left_out"]["diff_id"])
+            for e in entries.values() if "descriptor" in (e.get("left_out") or {})]
+    if len(images) > 1 or kept:  # a carrier image: every platform's layers and what steps left out
         seen: dict[str, tuple] = {}
         for one in images:
             for descriptor, layer in zip(one.manifest.layers, one.layers, strict=True):
                 seen.setdefault(descriptor.digest, (descriptor, layer.diff_id))
+        for descriptor, diff_id in kept:
+            seen.setdefault(descriptor.digest, (descriptor, diff_id))
         layers = tuple(d for d, _ in seen.values())
         document = {"architecture": image.config.platform.architecture, "os": image.config.platform.os,
                     "rootfs": {"type": "layers", "diff_ids": [diff_id for _, diff_id in seen.values()]}}
@@ -137,6 +166,7 @@ def import_from(cache: Cache, ref: str) -> int:
         descriptor = Descriptor.from_json(entry.get("descriptor"), where)
         if not isinstance(entry.get("diff_id"), str) or not DIGEST_PATTERN.fullmatch(entry["diff_id"]):
             raise ReproError(f"{where}: diff_id is not a sha256 digest", "the build cache is damaged or hostile")
+        check_left_out(entry.get("left_out"), where)
         checked[cache_key] = (descriptor, entry)
     with cache.layout.transaction():
         copy_into(cache.layout, image)

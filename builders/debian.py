@@ -30,7 +30,7 @@ DEFAULT_MIRROR = "http://deb.debian.org/debian"
 
 def bootstrap(options: dict, epoch: int, tar: TarWriter, what: str, log=None) -> list[dict]:
     """Write the base layer into `tar`; returns the installed packages for the lock."""
-    from builders.tree import is_hygiene_path
+    from builders.hygiene import is_volatile_stream_path
     from converters.tarball import copy_tar_stream
 
     if shutil.which("mmdebstrap") is None:
@@ -72,7 +72,7 @@ def bootstrap(options: dict, epoch: int, tar: TarWriter, what: str, log=None) ->
                                  "check the name with apt-cache search")
             raise ReproError(f"{what}: mmdebstrap failed: {tail}", "check the suite, mirror and network")
         with open(out, "rb") as f:
-            copy_tar_stream(f, tar, what, epoch, skip=is_hygiene_path)
+            copy_tar_stream(f, tar, what, epoch, skip=is_volatile_stream_path)
         return _installed(record)
 
 

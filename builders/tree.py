@@ -1,4 +1,4 @@
-"""A working root filesystem during a build: snapshots, the layer a step made, and hygiene.
+"""A working root filesystem during a build: snapshots, and the layer a step made.
 
 A step's layer holds exactly what the step changed, found by comparing snapshots of the tree taken
 before and after it. Regular files are compared by content hash (a file whose mtime changed but
@@ -8,7 +8,6 @@ did not change, so each file is hashed once unless a step rewrites it.
 
 from __future__ import annotations
 
-import fnmatch
 import hashlib
 import os
 import stat
@@ -20,16 +19,6 @@ from repro.confined import Tree
 from repro.digest import CHUNK
 from repro.flatten import WHITEOUT_PREFIX
 from repro.layers import TarWriter
-
-# What changes on every run and is removed (or emptied) after each step; recorded in the history.
-HYGIENE_REMOVE = (
-    "var/lib/apt/lists/*", "var/cache/apt/*.bin", "var/cache/apt/archives/*.deb", "var/log/*", "var/log/*/*",
-    "var/cache/ldconfig/aux-cache", "var/lib/dbus/machine-id", "var/cache/debconf/*-old", "var/lib/dpkg/*-old",
-    "etc/*-", "root/.cache/*", "tmp/*", "var/tmp/*",
-)
-HYGIENE_KEEP = ("var/lib/apt/lists/partial", "var/lib/apt/lists/lock", "var/cache/apt/archives/partial",
-                "var/cache/apt/archives/lock")
-HYGIENE_EMPTY = ("etc/machine-id",)
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,37 +84,6 @@ def snapshot(root: Path, previous: dict[str, Node] | None = None, id_offset: int
                             st.st_size if kind == "file" else 0, link, sha, key, st.st_ino, st.st_nlink,
                             st.st_rdev if kind in ("char", "block") else 0)
     return out
-
-
-def apply_hygiene(root: Path, before: dict[str, Node]) -> list[str]:
-    """Remove what changes on every run; returns the paths that were normalized.
-
-    Nothing here follows a symlink: an image whose /var/log or /tmp is a link to the host's is
-    normalized inside its own tree or not at all."""
-    done: list[str] = []
-    with Tree(root) as tree:
-        for pattern in HYGIENE_REMOVE:
-            for rel in tree.glob(pattern):
-                st = tree.lstat(rel, follow=False)
-                if rel in HYGIENE_KEEP or st is None or stat.S_ISDIR(st.st_mode):
-                    continue
-                tree.remove(rel, follow=False)
-                done.append(rel)
-        for rel in HYGIENE_EMPTY:
-            if tree.truncate(rel):
-                done.append(rel)
-        pycache = []
-        for dirpath, dirnames, _, _ in os.fwalk(root):
-            for name in list(dirnames):
-                if name == "__pycache__":
-                    rel = os.path.relpath(os.path.join(dirpath, name), root)
-                    dirnames.remove(name)
-                    if rel not in before:
-                        pycache.append(rel)
-        for rel in pycache:
-            tree.remove(rel, follow=False)
-            done.append(rel)
-    return done
 
 
 def _sort_key(path: str, whiteout: bool) -> bytes:
@@ -211,11 +169,3 @@ def _write_entry(tar: TarWriter, tree: Tree, path: str, is_whiteout: bool, after
         if content is not None:
             content.close()
     return 1
-
-
-def is_hygiene_path(path: str) -> bool:
-    """For streams that never touch a tree (the Debian base tarball)."""
-    if path in HYGIENE_KEEP:
-        return False
-    return any(fnmatch.fnmatchcase(path, p) for p in HYGIENE_REMOVE) or "/__pycache__/" in f"/{path}/"
-
