@@ -19,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from builders import apt_sandbox
 from builders import cache as _cache
 from builders import hygiene as _hygiene
 from builders import lock as _lock
@@ -656,8 +657,9 @@ class Builder:
         else:
             script = step.value
         argv = list(script) if isinstance(script, list) else ["/bin/sh", "-c", script]
-        command = executors.Command(argv, env, workdir, step.network, tuple(binds), user=user)
-        result = executors.run(self.executor, tree, command)
+        with apt_sandbox.during_step(tree, self._tmp) as apt_binds:  # apt downloads as root inside, for any user
+            command = executors.Command(argv, env, workdir, step.network, (*binds, *apt_binds), user=user)
+            result = executors.run(self.executor, tree, command)
         if result.exit_code != 0:
             failure = CheckFailed(
                 f"{self.spec.path}:{step.line}: {step.where} ({_title(step)}) exited {result.exit_code}; "

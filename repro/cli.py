@@ -236,7 +236,9 @@ def cmd_build(args: argparse.Namespace) -> int:
 
 
 def _build_check(args: argparse.Namespace, spec) -> int:
-    """Build twice in separate empty stores; on a difference, show which files and fields differ."""
+    """Build twice, never from the cache, the second time in an empty store; on a difference, show which
+    files and fields differ. The first build goes to `--store` when one is given (its layers, tag and cache
+    entries kept there: a later build with --test, or a run, starts from it), else to an empty store too."""
     import tempfile
     from pathlib import Path
 
@@ -691,7 +693,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="build for these os/arch (an OCI index when several; foreign ones run emulated)")
     p.add_argument("--locked", action="store_true", help="fail if resolution differs from SPEC.lock")
     p.add_argument("--no-cache", action="store_true", help="rebuild every step")
-    p.add_argument("--check", action="store_true", help="build twice in empty stores and compare the digests")
+    p.add_argument("--check", action="store_true", help="build twice without the cache and compare the digests "
+                   "(the first build in --store if given, the second in an empty store)")
     p.add_argument("--test", action="store_true", help="run the spec's tests against the image")
     p.add_argument("--executor", choices=("runc", "bwrap", "proot"),
                    help="how run steps execute (default: runc for root, else bwrap or proot)")

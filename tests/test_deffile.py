@@ -13,7 +13,7 @@ import pytest
 
 from builders import deffile
 from repro.errors import ReproError
-from tests.conftest import repro, run
+from tests.conftest import REPRO, public_directory, repro, run
 
 CATALOG = Path(__file__).resolve().parents[1] / "catalog"
 SD = "/.singularity.d"
@@ -449,8 +449,11 @@ def test_hello_def_runs_like_the_hello_spec(hello):
 
 def test_build_check_of_a_def_file(tmp_path):
     definition = staged("hello", tmp_path)
-    proc = repro("build", str(definition), "--check", env=EPOCH)
+    proc = repro("build", str(definition), "--check", "--store", str(tmp_path / "store"), env=EPOCH)
     assert proc.stdout.startswith("reproducible: sha256:")
+    again = build(definition, tmp_path / "store", "--test")  # --store keeps the check's first build
+    assert all(step["cached"] for step in again["steps"]) and again["digest"] == proc.stdout.split()[1]
+    assert again["tests"][0]["passed"]
 
 
 def test_multi_stage_def(tmp_path):
@@ -488,47 +491,69 @@ def test_docker_bootstrap_from_a_registry(tmp_path, registry, busybox_layout):
 
 # The Debian images of the catalog, from their def files: %post installs with apt on a Debian bookworm
 # image the session builds anyway (conftest's catalog_images: python-science, minbase with python3), given
-# as --build-arg base=STORE:TAG. These run in `make test-slow` (conftest marks users of debian_defs).
+# as --build-arg base=DIR:TAG. Each is built with --check as root (runc) and as a plain user (bwrap, one
+# id mapped: apt's _apt has none, see builders/apt_sandbox.py), all six checks at once; both give one
+# digest. These run in `make test-slow` (conftest marks users of debian_defs).
 DEBIAN_DEFS = {"python-science": "integral of exp(-x^2) over the real line = 1.7724538509",
                "openmpi": "hello from rank 0 of 2", "r-stats": "slope = 3.9324"}
-FROM_NOTHING = "openmpi"  # rebuilt in an empty store without the cache: apt and mpicc again
+NOBODY = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+
+
+def _checked(proc: subprocess.Popen, what: str) -> str:
+    """The digest a `repro build --check` reported."""
+    stdout, stderr = proc.communicate(timeout=3600)
+    assert proc.returncode == 0, f"{what}: {stderr[-3000:]}"
+    assert stdout.startswith("reproducible: sha256:"), f"{what}: {stdout}"
+    return stdout.split()[1]
 
 
 @pytest.fixture(scope="module")
-def debian_defs(catalog_images, tmp_path_factory) -> dict:
-    base = tmp_path_factory.mktemp("debian-defs")
-    argument = f"base={catalog_images['python-science']['store']}:python-science:1.0"
-    out = {}
-    for name in DEBIAN_DEFS:
-        definition = staged(name, base)
-        result = build(definition, base / "store", "--test", "--build-arg", argument)
-        out[name] = {**result, "def": definition, "ref": f"oci:{base}/store:{name}:latest", "base": base,
-                     "argument": argument}
-    return out
+def debian_defs(catalog_images) -> dict:
+    """Per def: `repro build --check` as root and as nobody, each keeping its first build in a store of its
+    own (root's, then built again with --test from the cache); the base copied where nobody can read it."""
+    with public_directory("repro-defs-") as public:
+        base = public / "base"
+        repro("convert", catalog_images["python-science"]["ref"], f"oci:{base}:1")
+        argument = f"base={base}:1"
+        defs = {(who, name): staged(name, public / who) for who in ("root", "user") for name in DEBIAN_DEFS}
+        subprocess.run(["chmod", "-R", "a+rwX", str(public)], check=True)
+        env = {**EPOCH, "HOME": str(public)}
+        started = {}
+        for (who, name), definition in defs.items():
+            argv = [REPRO, "build", str(definition), "--check", "--store", str(public / who / f"{name}-store"),
+                    "--build-arg", argument]
+            started[who, name] = subprocess.Popen([*NOBODY, *argv] if who == "user" else argv, env=env,
+                                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        digests = {key: _checked(proc, f"{key[0]}: {key[1]}") for key, proc in started.items()}
+        out = {}
+        for name in DEBIAN_DEFS:
+            store = public / "root" / f"{name}-store"
+            result = build(defs["root", name], store, "--test", "--build-arg", argument)  # from the cache
+            out[name] = {**result, "def": defs["root", name], "argument": argument,
+                         "root": digests["root", name], "user": digests["user", name],
+                         "ref": f"oci:{store}:{name}:latest",
+                         "user_ref": f"oci:{public / 'user' / f'{name}-store'}:{name}:latest"}
+        yield out
 
 
 @pytest.mark.parametrize("name", list(DEBIAN_DEFS))
 def test_debian_def_builds_and_passes_its_tests(debian_defs, name):
     result = debian_defs[name]
+    assert all(step["cached"] for step in result["steps"])  # the first build of root's --check
+    assert result["digest"] == result["root"]
     assert result["tests"] == [{"run": deffile.TEST, "exit": 0, "passed": True}]
     out = repro("run", result["ref"]).stdout  # the runscript, as the entrypoint
     assert DEBIAN_DEFS[name] in out
 
 
 @pytest.mark.parametrize("name", list(DEBIAN_DEFS))
-def test_debian_def_again_gives_the_same_image_and_sif(debian_defs, name, tmp_path):
-    """A second build: openmpi from nothing in an empty store (apt and the compiler again), the others from
-    the first build's cache; the same digest, and the same SIF bytes from both."""
-    first = debian_defs[name]
-    if name == FROM_NOTHING:
-        again = build(first["def"], tmp_path / "store", "--no-cache", "--build-arg", first["argument"])
-        ref = f"oci:{tmp_path}/store:{name}:latest"
-    else:
-        again = build(first["def"], first["base"] / "store", "--build-arg", first["argument"])
-        ref = first["ref"]
-    assert again["digest"] == first["digest"]
-    one = write_sif(first["ref"], tmp_path / "one.sif")
-    assert write_sif(ref, tmp_path / "two.sif") == one
-    assert sif_listing(tmp_path / "one.sif") == SIF_TYPES
-    stored = run("siftool", "dump", "1", str(tmp_path / "one.sif")).stdout
-    assert f"From: {first['argument'].partition('=')[2]}\n" in stored and "{{ base }}" not in stored
+def test_debian_def_checks_to_one_image_and_sif_as_root_and_as_a_plain_user(debian_defs, name, tmp_path):
+    """--check as root and as nobody: four builds from nothing (apt, and mpicc for openmpi), one digest;
+    the same SIF bytes from root's image and the plain user's."""
+    result = debian_defs[name]
+    assert result["user"] == result["root"]
+    one = write_sif(result["ref"], tmp_path / "root.sif")
+    assert write_sif(result["user_ref"], tmp_path / "user.sif") == one
+    assert sif_listing(tmp_path / "root.sif") == SIF_TYPES
+    stored = run("siftool", "dump", "1", str(tmp_path / "root.sif")).stdout
+    assert f"From: {result['argument'].partition('=')[2]}\n" in stored and "{{ base }}" not in stored
