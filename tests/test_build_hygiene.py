@@ -129,3 +129,28 @@ def test_a_hostile_left_out_record_in_the_cache_is_not_used(base, tmp_path):
     again = build(spec(tmp_path, base, [UPDATE, INSTALL]), store)
     assert again["digest"] == first["digest"]
     assert [s["cached"] for s in again["steps"][1:]] == [False, True]
+
+
+def test_a_containerfile_with_apt_update_and_install_in_two_runs(catalog_images, tmp_path):
+    """What Containerfile users write: RUN apt-get update, then RUN apt-get install, then a RUN that
+    reads /tmp from the one before. Built twice (the second from the cache, reinstalling after the
+    cached update), the image has the package, no apt lists, and one digest."""
+    ctx = tmp_path / "ctx"
+    ctx.mkdir()
+    base = catalog_images["python-science"]["ref"]
+    text = (f"ARG SOURCE_DATE_EPOCH=1700000000\nFROM {base}\nRUN apt-get update -qq && echo kept > /tmp/mark\n"
+            "RUN apt-get install -y -qq --no-install-recommends hello > /dev/null\n"
+            "RUN cat /tmp/mark > /opt/mark && hello > /opt/greeting\n")
+    (ctx / "Containerfile").write_text(text)
+    store = tmp_path / "store"
+    first = build(ctx / "Containerfile", store)
+    root = tree(store, "ctx:latest", tmp_path / "root")
+    assert (root / "opt" / "greeting").read_text() == "Hello, world!\n"
+    assert (root / "opt" / "mark").read_text() == "kept\n"
+    assert [p.name for p in (root / LISTS).iterdir() if p.is_file() and p.name != "lock"] == []
+    (ctx / "Containerfile").write_text(text + "RUN hello -g again > /opt/again\n")
+    second = build(ctx / "Containerfile", store)
+    assert [s["cached"] for s in second["steps"][-4:]] == [True, True, True, False]
+    assert second["digest"] != first["digest"]
+    root = tree(store, "ctx:latest", tmp_path / "again")
+    assert (root / "opt" / "again").read_text().strip() == "again"
