@@ -370,8 +370,10 @@ class Builder:
         self.history: list[dict] = []
         self.base_config: dict = {}
         self.tag = "" if spec.prefix else spec.tag  # stages and the platforms of an index stay untagged
-        self.requested = platform  # --platform: the image is for it, built under emulation if foreign
-        self.platform = platform or Platform.host()
+        self.target = platform  # --platform: what the build is for, and so its stages without a platform of their own
+        own = Platform.parse(spec.platform) if spec.platform else None  # FROM --platform: this one is for that
+        self.requested = own or platform  # the image is for it, built under emulation if foreign
+        self.platform = self.requested or Platform.host()
         self.resolved: dict = {"base": {}, "packages": []}
         self.tree: Path | None = None
         self.used_keys: list[str] = []  # the cache keys of this build's layers, for --cache-to
@@ -481,8 +483,10 @@ class Builder:
     # --- the working tree ---------------------------------------------------------------
     @property
     def foreign(self) -> bool:
-        """Built for another platform than the host's: its steps run under emulation."""
-        return self.requested is not None and not Platform.host().matches(self.requested)
+        """Built for another platform than the host's (asked for, or its base's): its steps run under emulation."""
+        platform = self.platform
+        return bool(platform.architecture) and not Platform.host().matches(
+            Platform(platform.os or "linux", platform.architecture, platform.variant))
 
     def _materialize(self) -> Path:
         if self.tree is not None:
@@ -765,7 +769,7 @@ class Builder:
             raise ReproError(f"{self.spec.path}: stage {name!r} depends on itself "
                              f"({' -> '.join([*self.building, name])})", "break the cycle of stages")
         stage = Builder(self.stages[name], self.store, self.executor_name, self.cache.enabled, self.report, self.log,
-                        self.requested)
+                        self.target)
         stage.cache, stage.used_keys, stage.stages = self.cache, self.used_keys, self.stages
         stage.stage_images, stage.building = self.stage_images, (*self.building, name)
         stage.sources = self.sources
@@ -907,7 +911,11 @@ def build(
     builders: list[Builder] = []
     results: list[BuildResult] = []
     for platform in wanted:
-        builder = Builder(spec, store, executor, use_cache, report, log, platform)
+        target = spec.for_platform(platform)  # a Containerfile's TARGETARCH, a def file's labels follow it
+        if platform is not None and target.platform and not Platform.parse(target.platform).matches(platform):
+            raise target.error("platform", f"the image is for {target.platform} (its own platform), not {platform}",
+                               f"build it for {target.platform} only, or leave its platform out")
+        builder = Builder(target, store, executor, use_cache, report, log, platform)
         builder.tag = "" if several else spec.tag
         if not builders:
             for ref in cache_from or []:

@@ -836,12 +836,13 @@ def _env_dict(items) -> dict[str, str]:
     return out
 
 
-def read_base(reference: str) -> BaseInfo:
-    """The config of a base image (only the manifest and config are read)."""
-    from repro.image import parse_json
-    from repro.refs import open_image
+def read_base(reference: str, platform: str | None = None) -> BaseInfo:
+    """The config of a base image (only the manifest and config are read); of an index, the image for
+    `platform` (os/arch[/variant]; this machine's by default)."""
+    from repro.image import Platform, parse_json
+    from repro.refs import Options, open_image
 
-    image = open_image(reference)
+    image = open_image(reference, Options(platform=Platform.parse(platform) if platform else None))
     raw = parse_json(image.raw_config, f"{reference}: config")
     config = raw.get("config") if isinstance(raw, dict) else None
     config = config if isinstance(config, dict) else {}
@@ -890,16 +891,18 @@ class StageResult:
     info: BaseInfo  # what a stage built FROM this one inherits
 
 
-def _platform_args() -> dict[str, str]:
+def _platform_args(target=None) -> dict[str, str]:
+    """BuildKit's automatic platform ARGs: TARGET* name the platform being built (--platform, or this
+    machine's), BUILD* this machine's, in every stage whatever its FROM --platform."""
     from repro.image import Platform
 
     host = Platform.host()
     out = {}
-    for prefix in ("TARGET", "BUILD"):
-        out[f"{prefix}PLATFORM"] = str(host)
-        out[f"{prefix}OS"] = host.os
-        out[f"{prefix}ARCH"] = host.architecture
-        out[f"{prefix}VARIANT"] = host.variant
+    for prefix, platform in (("TARGET", target or host), ("BUILD", host)):
+        out[f"{prefix}PLATFORM"] = str(platform)
+        out[f"{prefix}OS"] = platform.os
+        out[f"{prefix}ARCH"] = platform.architecture
+        out[f"{prefix}VARIANT"] = platform.variant
     return out
 
 
@@ -909,8 +912,9 @@ _ACCOUNT = re.compile(r"([0-9]+|[a-z_][a-z0-9_.-]*)(:([0-9]+|[a-z_][a-z0-9_.-]*)
 
 class Translator:
     def __init__(self, path: Path, text: str, context: Path, build_args: dict[str, str], target: str | None,
-                 registry: str | None, base_reader: Callable[[str], BaseInfo] = read_base) -> None:
+                 registry: str | None, base_reader: Callable[..., BaseInfo] = read_base, platform=None) -> None:
         self.path = path
+        self.platform = platform  # the platform being built (--platform), None for this machine's
         self.context = context
         self.build_args = dict(build_args)
         self.target = target
@@ -919,11 +923,11 @@ class Translator:
         self.parsed = parse(text, path)
         self.lexer = _Lexer(self.parsed.escape)
         self.used_args: set[str] = set()
-        self.auto = _platform_args()
+        self.auto = _platform_args(platform)
         self.meta: dict[str, str | None] = {}
         self.stages: list[Stage] = []
         self._ignore: Ignore | None = None
-        self._bases: dict[str, BaseInfo] = {}
+        self._bases: dict[tuple[str, str | None], BaseInfo] = {}
         self.results: dict[int, StageResult] = {}
 
     # --- helpers ---
@@ -1107,15 +1111,23 @@ class Translator:
                 wanted = Platform.parse(platform)
             except ReproError:
                 raise self.fail(ins.line, f"FROM --platform={platform}: expected os/arch[/variant]",
-                                "for example --platform=linux/amd64") from None
-            if not Platform.host().matches(wanted):
-                raise self.fail(ins.line, f"FROM --platform={platform}: repro builds for this machine's platform "
-                                f"({Platform.host()}) only", "build on a machine of that platform, or drop --platform")
+                                "for example --platform=linux/amd64 or --platform=$BUILDPLATFORM") from None
+            if wanted.os != "linux" or not re.fullmatch(r"[a-z0-9_]+", wanted.architecture) or not re.fullmatch(
+                    r"[a-z0-9]*", wanted.variant):
+                raise self.fail(ins.line, f"FROM --platform={platform}: repro builds Linux images only "
+                                "(os/arch[/variant] in lower case)", "for example --platform=linux/arm64")
+            platform = str(wanted)  # built for it, its RUN steps emulated if it is not this machine's
         stage = Stage(index, name or str(index), bool(name), ins.line, image, platform, [])
         base = next((s for s in self.stages if s.named and s.name == image.lower()), None)
         if base is not None:
             stage.base_stage = base.index
             stage.deps.add(base.index)
+            inherited = base.platform  # a stage's image is for the platform it was built for (None: the one built)
+            if platform is not None and inherited != platform:
+                raise self.fail(ins.line, f"FROM --platform={platform} {image}: the stage {base.name} is built for "
+                                f"{inherited or 'the platform being built'}",
+                                f"drop --platform here, or give it on the FROM of {base.name}")
+            stage.platform = inherited
         return stage
 
     def _stage_ref(self, value: str, current: Stage) -> Stage | None:
@@ -1179,13 +1191,16 @@ class Translator:
         if stage.image.lower() == "scratch":
             return {"scratch": True}, BaseInfo()
         reference = resolve_reference(stage.image, self.registry)
-        if reference not in self._bases:
-            try:
-                self._bases[reference] = self.read_base(reference)
+        platform = stage.platform or (str(self.platform) if self.platform is not None else None)
+        if (reference, platform) not in self._bases:
+            try:  # the config of the base's image for the stage's platform (an index has one per platform)
+                self._bases[reference, platform] = (self.read_base(reference) if platform is None
+                                                    else self.read_base(reference, platform))
             except ReproError as exc:
-                raise self.fail(stage.line, f"FROM {stage.image}: cannot read {reference}: {exc.message}",
+                raise self.fail(stage.line, f"FROM {stage.image}: cannot read {reference}"
+                                f"{f' for {platform}' if platform else ''}: {exc.message}",
                                 exc.hint or "check the reference") from None
-        info = self._bases[reference]
+        info = self._bases[reference, platform]
         return {"image": reference}, BaseInfo(dict(info.env), info.workdir, info.user, list(info.shell),
                                                list(info.triggers), dict(info.labels))
 
@@ -1203,6 +1218,9 @@ class Translator:
         for ins in stage.instructions:
             state.dispatch(ins)
         spec: dict = {"base": base, "steps": state.steps}
+        if stage.platform is not None:  # FROM --platform: built for it whatever the build's platform
+            spec["platform"] = stage.platform
+            lines["platform"] = stage.line
         if state.onbuild:
             state.config.setdefault("labels", {})[ONBUILD_LABEL] = json.dumps(state.onbuild)
             state.lines["config.labels"] = state.onbuild_line
@@ -1802,22 +1820,28 @@ def _read(path: Path) -> tuple[bytes, str]:
 
 def translate(path: str | Path, context: str | Path | None = None, build_args: dict[str, str] | None = None,
               target: str | None = None, registry: str | None = None,
-              base_reader: Callable[[str], BaseInfo] = read_base) -> tuple[dict, dict[str, int]]:
-    """The spec dict of a Containerfile and the line of each of its parts."""
+              base_reader: Callable[..., BaseInfo] = read_base, platform=None) -> tuple[dict, dict[str, int]]:
+    """The spec dict of a Containerfile and the line of each of its parts, built for `platform` (a
+    repro.image.Platform: TARGETPLATFORM and the like; None: this machine's)."""
     path = Path(path)
     _data, text = _read(path)
     context_dir = Path(context) if context is not None else path.parent
     if not context_dir.is_dir():
         raise ReproError(f"{context_dir}: the build context is not a directory", "give the context directory")
-    translator = Translator(path, text, context_dir.resolve(), build_args or {}, target, registry, base_reader)
+    translator = Translator(path, text, context_dir.resolve(), build_args or {}, target, registry, base_reader,
+                            platform)
     return translator.translate()
 
 
 def load(path: str | Path, context: str | Path | None = None, build_args: dict[str, str] | None = None,
-         target: str | None = None, registry: str | None = None):
-    """The Spec of a Containerfile, for `repro build`."""
+         target: str | None = None, registry: str | None = None, platform=None):
+    """The Spec of a Containerfile, for `repro build`: for this machine's platform, or `platform`; the
+    build translates it again for each platform it builds (Spec.for_platform)."""
+    import dataclasses
+
     from builders import spec as _spec
 
-    raw, lines = translate(path, context, build_args, target, registry)
+    raw, lines = translate(path, context, build_args, target, registry, platform=platform)
     data, _text = _read(Path(path))
-    return _spec.from_dict(Path(path), raw, lines, Path(context) if context is not None else None, data)
+    spec = _spec.from_dict(Path(path), raw, lines, Path(context) if context is not None else None, data)
+    return dataclasses.replace(spec, retarget=lambda other: load(path, context, build_args, target, registry, other))

@@ -589,11 +589,12 @@ def labels_of(sections: list[Section]) -> list[tuple[int, str, str]]:
     return out
 
 
-def build_labels(stage: Stage, epoch: int, has_help: bool) -> dict[str, str]:
+def build_labels(stage: Stage, epoch: int, has_help: bool, platform: Platform | None = None) -> dict[str, str]:
     """The labels Apptainer adds at build, from SOURCE_DATE_EPOCH's time (never the clock) and without
-    its version or the build host's names."""
+    its version or the build host's names; the architecture is the platform built (this machine's
+    unless --platform names another, as `apptainer build --arch`)."""
     when = datetime.fromtimestamp(epoch, UTC)
-    arch = Platform.host().architecture
+    arch = (platform or Platform.host()).architecture
     out = {
         "org.label-schema.schema-version": "1.0",
         "org.opencontainers.image.created": when.strftime("%Y-%m-%dT%H:%M:%SZ"),
@@ -633,11 +634,12 @@ def simple_environment(body: str) -> dict[str, str]:
     return {k: v for k, v in found.items() if not re.search(rf"\b{k}\b", rest)}
 
 
-def _metadata(d: _Def, stage: Stage, full_text: str, epoch: int) -> tuple[list[tuple[dict, int]], dict, list]:
+def _metadata(d: _Def, stage: Stage, full_text: str, epoch: int, platform: Platform | None = None
+              ) -> tuple[list[tuple[dict, int]], dict, list]:
     """The final stage's /.singularity.d files (file steps), its config and its tests."""
     help_text, _, help_line = stage.script("help")
     environment, _, env_line = stage.script("environment")
-    labels = build_labels(stage, epoch, bool(help_text))
+    labels = build_labels(stage, epoch, bool(help_text), platform)
     given = {key: (number, value) for number, key, value in labels_of(stage.sections)}
     for key, (number, value) in given.items():
         if key in labels:  # Apptainer keeps the label it set (unless --force) and warns
@@ -705,8 +707,10 @@ def _post_lines(stage: Stage) -> list[tuple[int, str]]:
     return [(s.line + 1 + i, text) for s in stage.sections if s.name == "post" for i, text in enumerate(s.lines)]
 
 
-def translate(d: _Def, stages: list[Stage], epoch: int) -> tuple[dict, dict[str, int]]:
-    """The spec dict and its lines: earlier stages under `stages`, the last stage at the top."""
+def translate(d: _Def, stages: list[Stage], epoch: int, platform: Platform | None = None
+              ) -> tuple[dict, dict[str, int]]:
+    """The spec dict and its lines: earlier stages under `stages`, the last stage at the top; for
+    `platform` (its labels; None: this machine's)."""
     names: list[str] = []
     for stage in stages:
         name = stage.name
@@ -731,7 +735,7 @@ def translate(d: _Def, stages: list[Stage], epoch: int) -> tuple[dict, dict[str,
     final = stages[-1]
     base, steps = _stage_spec(d, final, names, len(stages) - 1)
     full_text = "".join(s.text for s in stages)
-    metadata, config, tests = _metadata(d, final, full_text, epoch)
+    metadata, config, tests = _metadata(d, final, full_text, epoch, platform)
     steps += metadata
     if earlier:
         raw["stages"] = earlier
@@ -756,22 +760,28 @@ def _unnamed(i: int, names: list[str]) -> str:
     return name
 
 
-def _translated(path: str | Path, build_args: dict[str, str] | None, registry: str | None, epoch: int | None
-                ) -> tuple[_Def, dict, dict[str, int]]:
+def _translated(path: str | Path, build_args: dict[str, str] | None, registry: str | None, epoch: int | None,
+                platform: Platform | None = None) -> tuple[_Def, dict, dict[str, int]]:
     from repro.layers import source_date_epoch
 
     d, stages = parse(path, build_args, registry)
-    return (d, *translate(d, stages, source_date_epoch() if epoch is None else epoch))
+    return (d, *translate(d, stages, source_date_epoch() if epoch is None else epoch, platform))
 
 
 def to_dict(path: str | Path, build_args: dict[str, str] | None = None, registry: str | None = None,
-            epoch: int | None = None) -> tuple[dict, dict[str, int]]:
+            epoch: int | None = None, platform: Platform | None = None) -> tuple[dict, dict[str, int]]:
     """The spec dict of a def file and the def file's line of each of its fields."""
-    _, raw, lines = _translated(path, build_args, registry, epoch)
+    _, raw, lines = _translated(path, build_args, registry, epoch, platform)
     return raw, lines
 
 
-def load(path: str | Path, build_args: dict[str, str] | None = None, registry: str | None = None) -> Spec:
-    """The build spec of an Apptainer definition file (its `text` is the file, for the provenance)."""
-    d, raw, lines = _translated(path, build_args, registry, None)
-    return from_dict(d.path, raw, lines, text=d.data)
+def load(path: str | Path, build_args: dict[str, str] | None = None, registry: str | None = None,
+         platform: Platform | None = None) -> Spec:
+    """The build spec of an Apptainer definition file (its `text` is the file, for the provenance), for
+    `platform` (None: this machine's); a build for other platforms translates it again for each
+    (Spec.for_platform), so that each image's labels.json names its own architecture."""
+    import dataclasses
+
+    d, raw, lines = _translated(path, build_args, registry, None, platform)
+    spec = from_dict(d.path, raw, lines, text=d.data)
+    return dataclasses.replace(spec, retarget=lambda other: load(path, build_args, registry, other))

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cache
 from importlib import resources
@@ -83,6 +84,9 @@ class Spec:
     context: Path | None = None  # where copy sources come from; the spec's directory by default
     prefix: str = ""
     text: bytes | None = field(default=None, repr=False)  # the source a front end translated, for provenance
+    # a front end's spec for another target platform (a Containerfile's TARGETARCH, a def file's arch labels
+    # follow the platform being built); None: the spec is the same for every platform
+    retarget: Callable[[Any], Spec] | None = field(default=None, repr=False, compare=False)
 
     @property
     def directory(self) -> Path:
@@ -97,6 +101,15 @@ class Spec:
             raw["source_date_epoch"] = self.raw.get("source_date_epoch", 0)
             out[stage["name"]] = Spec(self.path, raw, self.lines, self.context, f"stages[{i}].", self.text)
         return out
+
+    @property
+    def platform(self) -> str | None:
+        """The platform this image or stage is built for whatever --platform asks (FROM --platform)."""
+        return self.raw.get("platform")
+
+    def for_platform(self, platform: Any) -> Spec:
+        """This spec as built for `platform` (a front end translates its file again for it)."""
+        return self.retarget(platform) if self.retarget is not None and platform is not None else self
 
     @property
     def name(self) -> str:

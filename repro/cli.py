@@ -168,14 +168,18 @@ def _load_spec(args: argparse.Namespace):
             build_args[key] = value
         elif key in os.environ:  # --build-arg NAME takes the value from the environment, as docker's
             build_args[key] = os.environ[key]
+    # a front end translates its file for the platform built (TARGETARCH, the labels); for the first one
+    # here, then again for each (Spec.for_platform)
+    platforms = getattr(args, "platforms", None)
+    platform = Platform.parse(platforms.split(",")[0]) if platforms else None
     if path.endswith(".def") and not args.file:  # an Apptainer definition file
         from builders import deffile
 
         if args.target:
             raise ReproError("--target is for Containerfiles", "a def file builds its last stage")
-        return deffile.load(path, build_args, args.registry)
+        return deffile.load(path, build_args, args.registry, platform)
     if args.file or containerfile.is_containerfile(path):
-        return containerfile.load(path, context, build_args, args.target, args.registry)
+        return containerfile.load(path, context, build_args, args.target, args.registry, platform)
     if args.build_arg or args.target or args.registry:
         raise ReproError("--build-arg, --target and --registry are for Containerfiles and def files",
                          "leave them out for a spec")

@@ -7,10 +7,13 @@ import hashlib
 import json
 import os
 import subprocess
+import tarfile
 from pathlib import Path
 
+import pytest
+
 from tests import oci_schema
-from tests.conftest import REPRO, repro
+from tests.conftest import REPRO, public_directory, repro
 
 SPEC = """\
 spec: 1
@@ -133,3 +136,122 @@ def test_foreign_steps_run_emulated_alike_as_root_and_as_a_plain_user(public_dir
     image = f"oci:{public_dir / 'root'}:hello-everywhere:1"
     assert repro("run", "--platform", "linux/arm64", image, "--", "cat", "/etc/arch").stdout == "aarch64\n"
     assert repro("run", "--platform", "linux/amd64", image, "--", "cat", "/etc/arch").stdout == "x86_64\n"
+
+
+# --- front ends: a Containerfile's FROM --platform and platform ARGs, a def file's arch labels ---------------
+
+
+@pytest.fixture(scope="module")
+def busyboxes():
+    """oci:LAYOUT:multi, an index of the host's busybox image and Debian's arm64 one (sh, uname, cat, ...)."""
+    from repro.image import Platform
+    from tests.conftest import BUSYBOX
+    from tests.imagekit import add_index, make_image
+    from tests.test_emulation import ARM64, arm64_busybox, layer
+
+    if Platform.host().architecture != "amd64":
+        pytest.skip("the foreign image is arm64")
+    with public_directory("repro-platforms-") as public:
+        config = {"Env": ["PATH=/bin"]}
+        path = public / "layout"
+        make_image(path, "arm64", [layer(arm64_busybox(public))], platform=ARM64, config=config)
+        make_image(path, "host", [layer(BUSYBOX.read_bytes())], config=config)
+        add_index(path, "multi", [("host", Platform.host()), ("arm64", ARM64)])
+        yield f"oci:{path}:multi"
+
+
+def _image_files(ref: str, platform: str, where: Path) -> dict[str, bytes]:
+    """name -> content of the regular files of the flattened image for `platform`."""
+    flat = where / f"flat-{platform.replace('/', '-')}.tar"
+    repro("flatten", "--platform", platform, ref, f"tar:{flat}")
+    with tarfile.open(flat) as tar:
+        return {info.name.removeprefix("./"): tar.extractfile(info).read() for info in tar if info.isreg()}
+
+
+def _architecture(ref: str, platform: str | None = None) -> str:
+    shown = json.loads(repro("inspect", "--json", *(["--platform", platform] if platform else []), ref).stdout)
+    return shown["platform"]
+
+
+def test_containerfile_from_platform_builds_that_stage_emulated(busyboxes, tmp_path):
+    (tmp_path / "Containerfile").write_text(
+        "FROM --platform=linux/arm64 " + busyboxes + "\n"
+        "ARG TARGETARCH\n"
+        "RUN uname -m > /arch && echo \"$TARGETARCH\" > /target\n")
+    out = f"oci:{tmp_path / 'out'}:arm"
+    repro("build", str(tmp_path / "Containerfile"), "--store", str(tmp_path / "store"), "-o", out)
+    assert _architecture(out) == "linux/arm64"  # the last stage's platform is the image's
+    files = _image_files(out, "linux/arm64", tmp_path)
+    assert files["arch"] == b"aarch64\n"
+    assert files["target"] == b"amd64\n"  # TARGETARCH is the platform built (this machine's), as BuildKit's
+
+
+CROSS = """\
+ARG BASE
+FROM --platform=$BUILDPLATFORM ${BASE} AS build
+ARG TARGETPLATFORM TARGETOS TARGETARCH TARGETVARIANT BUILDPLATFORM BUILDARCH
+RUN echo "$TARGETOS $TARGETARCH [$TARGETVARIANT] $TARGETPLATFORM on $BUILDPLATFORM $BUILDARCH" > /for \\
+    && uname -m > /built-on
+FROM ${BASE}
+COPY --from=build /for /built-on /
+RUN uname -m > /runs-on
+"""
+
+
+def test_cross_compile_pattern_builds_an_index(busyboxes, tmp_path):
+    (tmp_path / "Containerfile").write_text(CROSS)
+    out = f"oci:{tmp_path / 'out'}:cross"
+    args = ["build", str(tmp_path / "Containerfile"), "--build-arg", f"BASE={busyboxes}",
+            "--platform", "linux/amd64,linux/arm64", "--json"]
+    built = json.loads(repro(*args, "--store", str(tmp_path / "store"), "-o", out).stdout)
+    index = json.loads(subprocess.run(["skopeo", "inspect", "--raw", out], capture_output=True, check=True).stdout)
+    assert [m["platform"]["architecture"] for m in index["manifests"]] == ["amd64", "arm64"]
+    amd64 = _image_files(out, "linux/amd64", tmp_path)
+    arm64 = _image_files(out, "linux/arm64", tmp_path)
+    assert amd64["for"] == b"linux amd64 [] linux/amd64 on linux/amd64 amd64\n"
+    assert arm64["for"] == b"linux arm64 [] linux/arm64 on linux/amd64 amd64\n"
+    assert amd64["built-on"] == arm64["built-on"] == b"x86_64\n"  # the build stage ran natively for both
+    assert (amd64["runs-on"], arm64["runs-on"]) == (b"x86_64\n", b"aarch64\n")
+    for platform in ("linux/amd64", "linux/arm64"):
+        assert _architecture(out, platform) == platform
+    # the same index again, from an empty store
+    again = json.loads(repro(*args, "--store", str(tmp_path / "again")).stdout)
+    assert again["digest"] == built["digest"]
+
+
+def test_containerfile_platform_refusals(tmp_path):
+    cases = [
+        ("FROM --platform=windows/amd64 scratch\n", 1, "repro builds Linux images only"),
+        ("FROM --platform=linux scratch\n", 1, "expected os/arch[/variant]"),
+        ("FROM --platform=linux/arm64 scratch AS a\nFROM --platform=linux/amd64 a\n", 2, "the stage a is built for "
+         "linux/arm64"),
+        ("FROM --platform=linux/arm64 scratch\nCOPY Containerfile /\n", 1, "is for linux/arm64 (its own platform), "
+         "not linux/amd64"),
+    ]
+    for text, line, message in cases:
+        (tmp_path / "Containerfile").write_text(text)
+        proc = repro("build", str(tmp_path / "Containerfile"), "--store", str(tmp_path / "store"), "--platform",
+                     "linux/amd64", check=False)
+        assert proc.returncode == 2, (text, proc.stderr)
+        assert proc.stderr.startswith(f"repro: {tmp_path / 'Containerfile'}:{line}: "), proc.stderr
+        assert message in proc.stderr.splitlines()[0], proc.stderr
+
+
+def test_def_file_labels_name_the_platform_built(tmp_path):
+    (tmp_path / "app.def").write_text("Bootstrap: scratch\n%labels\n  app one\n")
+    out = f"oci:{tmp_path / 'out'}:app"
+    repro("build", str(tmp_path / "app.def"), "--store", str(tmp_path / "store"), "-o", out,
+          "--platform", "linux/amd64,linux/arm64")
+    for platform in ("linux/amd64", "linux/arm64"):
+        arch = platform.split("/")[1]
+        labels = json.loads(_image_files(out, platform, tmp_path)[".singularity.d/labels.json"])
+        assert labels["org.opencontainers.image.architecture"] == labels["org.label-schema.build-arch"] == arch
+        assert labels["app"] == "one"
+        shown = json.loads(repro("inspect", "--json", "--platform", platform, out).stdout)
+        assert shown["platform"] == platform
+    single = f"oci:{tmp_path / 'single'}:app"
+    repro("build", str(tmp_path / "app.def"), "--store", str(tmp_path / "store"), "-o", single,
+          "--platform", "linux/arm64")
+    assert _architecture(single) == "linux/arm64"
+    labels = json.loads(_image_files(single, "linux/arm64", tmp_path)[".singularity.d/labels.json"])
+    assert labels["org.label-schema.build-arch"] == "arm64"

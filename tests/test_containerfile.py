@@ -249,6 +249,32 @@ def test_predefined_platform_args(tmp_path):
     assert raw["config"]["env"]["ARCH"] == Platform.host().architecture
 
 
+def test_platform_args_and_from_platform_follow_the_platform_built(tmp_path):
+    from repro.image import Platform
+
+    seen = []
+
+    def read(reference: str, platform: str | None = None) -> BaseInfo:
+        seen.append(platform)
+        return BaseInfo(dict(BASE_ENV), "/", "", ["/bin/sh", "-c"], [], {})
+
+    text = ("FROM --platform=$BUILDPLATFORM base AS build\nARG TARGETPLATFORM TARGETARCH TARGETVARIANT BUILDARCH\n"
+            "ENV T=$TARGETPLATFORM A=$TARGETARCH V=$TARGETVARIANT B=$BUILDARCH\n"
+            "FROM --platform=linux/s390x base AS other\n"
+            "FROM other AS child\n"
+            "FROM base\nCOPY --from=build /x /x\nCOPY --from=child /y /y\n")
+    host = Platform.host()
+    raw = spec_of(tmp_path, text, base=read, platform=Platform.parse("linux/arm/v7"))
+    stages = {s["name"]: s for s in raw["stages"]}
+    assert stages["build"]["platform"] == str(host)  # BUILDPLATFORM: this machine
+    assert stages["build"]["config"]["env"] == {"T": "linux/arm/v7", "A": "arm", "V": "v7",
+                                                "B": host.architecture}
+    assert stages["other"]["platform"] == stages["child"]["platform"] == "linux/s390x"  # FROM a stage: its platform
+    assert "platform" not in raw  # the last stage is for the platform built
+    assert seen == [str(host), "linux/s390x", "linux/arm/v7"]  # each base's config for its stage's platform
+    assert spec_of(tmp_path, "FROM --platform=$TARGETPLATFORM scratch\n")["platform"] == str(host)
+
+
 def test_source_date_epoch_build_arg(tmp_path):
     raw = spec_of(tmp_path, "FROM scratch\n", build_args={"SOURCE_DATE_EPOCH": "1700000000"})
     assert raw["source_date_epoch"] == 1700000000
@@ -427,7 +453,9 @@ BAD = [
     ("stage by name, not yet defined", "FROM scratch\nCOPY --from=later /a /a\nFROM scratch AS later\n", 2,
      "not defined before"),
     ("--exclude with --from", "FROM scratch AS a\nFROM scratch\nCOPY --from=a --exclude=x / /\n", 3, "--exclude"),
-    ("foreign platform", "FROM --platform=linux/s390x scratch\n", 1, "this machine's platform"),
+    ("platform not Linux", "FROM --platform=windows/amd64 scratch\n", 1, "Linux images only"),
+    ("platform of a stage base", "FROM --platform=linux/s390x scratch AS a\nFROM --platform=linux/arm64 a\n", 2,
+     "the stage a is built for linux/s390x"),
     ("SHELL not JSON", "FROM scratch\nSHELL /bin/bash -c\n", 2, "JSON"),
     ("ONBUILD FROM", "FROM scratch\nONBUILD FROM x\n", 2, "ONBUILD FROM is not allowed"),
     ("bad substitution", "FROM scratch\nENV A=${}\n", 2, "bad substitution"),
