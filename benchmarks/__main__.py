@@ -210,6 +210,10 @@ ENTRYPOINT ["python3", "/opt/app/main.py"]
 """
 
 
+COLD_SCIENCE = "build python-science (cold)"
+COLD_SMALL = "build a small spec (cold)"
+
+
 def build_operations(cache: Path, work: Path) -> list[Operation]:
     """python-science's packages on the same Debian base (one mmdebstrap tarball imported by both)."""
     base_tar = cache / "debian-base.tar"
@@ -255,22 +259,75 @@ def build_operations(cache: Path, work: Path) -> list[Operation]:
         )
     (ctx / "Containerfile").write_text(CONTAINERFILE.format(base="bench/debian:base"))
     store = work / "build-store"
+    peer_oci = work / "build-peer-oci"
+    bud = f"{' '.join(buildah)} bud -q --isolation chroot"
     return [
         Operation(
-            "build python-science (cold)",
-            "buildah bud",
-            f"rm -rf {store} && {REPRO} build {ctx}/spec.yaml --store {store} --no-cache > /dev/null",
-            f"{' '.join(buildah)} bud -q --isolation chroot --layers=false -t bench/science:1 "
-            f"-f {ctx}/Containerfile {ctx} > /dev/null && {' '.join(buildah)} rmi -f bench/science:1 > /dev/null",
-            [],
+            COLD_SCIENCE,
+            "buildah bud --layers=false, then buildah push to oci:",
+            f"{REPRO} build {ctx}/spec.yaml --store {store} --no-cache > /dev/null",
+            f"{bud} --layers=false -t bench/science:1 -f {ctx}/Containerfile {ctx} > /dev/null && "
+            f"{' '.join(buildah)} push -q bench/science:1 oci:{peer_oci}:1 > /dev/null && "
+            f"{' '.join(buildah)} rmi -f bench/science:1 > /dev/null",
+            [store, peer_oci],
         ),
         Operation(
             "build python-science (warm, cached)",
             "buildah bud --layers (cached)",
             f"{REPRO} build {ctx}/spec.yaml --store {store} > /dev/null",
-            f"{' '.join(buildah)} bud -q --isolation chroot --layers -t bench/science:2 "
-            f"-f {ctx}/Containerfile {ctx} > /dev/null",
+            f"{bud} --layers -t bench/science:2 -f {ctx}/Containerfile {ctx} > /dev/null",
             [],
+        ),
+    ]
+
+
+SMALL_SPEC = """spec: 1
+name: bench-small
+tag: bench-small:1
+source_date_epoch: 1700000000
+base:
+  scratch: true
+steps:
+  - copy: {src: busybox, dst: /bin/busybox, mode: "0755"}
+  - run: [/bin/busybox, --install, -s, /bin]
+  - run: mkdir -p /etc /tmp && chmod 1777 /tmp
+  - file: {dst: /etc/motd, content: "hello from a reproducible image\\n"}
+config:
+  entrypoint: [/bin/sh, -c]
+  cmd: ["cat /etc/motd"]
+"""
+SMALL_CONTAINERFILE = """FROM scratch
+COPY --chmod=0755 busybox /bin/busybox
+RUN ["/bin/busybox", "--install", "-s", "/bin"]
+RUN mkdir -p /etc /tmp && chmod 1777 /tmp
+COPY motd /etc/motd
+ENTRYPOINT ["/bin/sh", "-c"]
+CMD ["cat /etc/motd"]
+"""
+
+
+def small_build_operations(work: Path) -> list[Operation]:
+    """catalog/hello's kind of spec (scratch, busybox copied in, two runs, a file), cold: repro into a new
+    store each time, buildah without layers and then pushed to an oci: directory (vfs keeps layers
+    uncompressed until then), both from the same context."""
+    ctx = work / "small-context"
+    ctx.mkdir(exist_ok=True)
+    shutil.copy2("/bin/busybox", ctx / "busybox")
+    (ctx / "motd").write_text("hello from a reproducible image\n")
+    (ctx / "spec.yaml").write_text(SMALL_SPEC)
+    (ctx / "Containerfile").write_text(SMALL_CONTAINERFILE)
+    buildah = " ".join(["buildah", "--root", str(work / "buildah-root"), "--runroot", str(work / "buildah-run"),
+                        "--storage-driver", "vfs"])
+    store, peer_oci = work / "small-store", work / "small-peer-oci"
+    return [
+        Operation(
+            COLD_SMALL,
+            "buildah bud --layers=false, then buildah push to oci:",
+            f"{REPRO} build {ctx}/spec.yaml --store {store} --no-cache > /dev/null",
+            f"{buildah} bud -q --isolation chroot --layers=false -t bench/small:1 -f {ctx}/Containerfile {ctx} "
+            f"> /dev/null && {buildah} push -q bench/small:1 oci:{peer_oci}:1 > /dev/null && "
+            f"{buildah} rmi -f bench/small:1 > /dev/null",
+            [store, peer_oci],
         ),
     ]
 
@@ -363,22 +420,29 @@ def main() -> int:
     work = args.cache / f"work-{scale:g}"
     work.mkdir(exist_ok=True)
     results = []
-    # --only emulated...: that row alone, without the other rows' inputs (a GiB image, Debian tarballs)
+    # --only NAME of one row that needs none of the others' inputs (a GiB image, Debian tarballs): that row alone
     emulated_only = bool(args.only) and "emulated" in args.only and args.only in EMULATED_NAME
+    small_only = bool(args.only) and args.only in COLD_SMALL and args.only not in COLD_SCIENCE
+    science_only = bool(args.only) and "science" in args.only and args.only in COLD_SCIENCE
+    alone = emulated_only or small_only or science_only
     image: Path | None = None
     ops: list[Operation] = []
     registries: tuple[LocalRegistry, ...] = ()
-    if not emulated_only:
+    if not alone:
         print(f"generating inputs (scale {scale:g}) in {args.cache} ...", file=sys.stderr)
         image = synthetic_image(args.cache, scale)
         ops += operations(image, work)
         registries = LocalRegistry(work / "push-registry"), LocalRegistry(work / "pull-registry")
         ops += registry_operations(image, work, *registries)
     if not args.quick:  # minutes each: never in make test's quick mode
-        if not emulated_only:
+        if not alone:
             ops += debian_operations(args.cache, work)
+        if not alone or science_only:
             ops += build_operations(args.cache, work)
-        ops += emulated_build_operations(args.cache, work)
+        if not alone or small_only:
+            ops += small_build_operations(work)
+        if not alone or emulated_only:
+            ops += emulated_build_operations(args.cache, work)
     for op in ops:
         if args.only and args.only not in op.name:
             continue
@@ -403,7 +467,8 @@ def main() -> int:
     }
     markdown = table(results)
     print(markdown)
-    destination = HERE if not args.quick else args.cache
+    # a quick or partial run (--only) never replaces the full results beside this file
+    destination = HERE if not (args.quick or args.only) else args.cache
     (destination / "results.json").write_text(json.dumps(report, indent=2) + "\n")
     (destination / "results.md").write_text(f"Machine: {report['machine']}\n\n{markdown}\n")
     for r in results:
