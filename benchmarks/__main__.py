@@ -21,8 +21,10 @@ from pathlib import Path
 
 from benchmarks.emulated import NAME as EMULATED_NAME
 from benchmarks.emulated import emulated_build
-from benchmarks.inputs import TAG, synthetic_image
+from benchmarks.inputs import TAG, decompress_command, synthetic_image
 from benchmarks.measure import Sample, run
+from benchmarks.memory import NAME as MEMORY_NAME
+from benchmarks.memory import memory_rows, memory_table
 from benchmarks.registry import LocalRegistry
 
 HERE = Path(__file__).resolve().parent
@@ -113,6 +115,13 @@ def operations(image: Path, work: Path) -> list[Operation]:
             [out / "ours-rootfs", out / "peer-bundle"],
         ),
         Operation(
+            "floor: flatten to a directory",
+            "igzip -dc of the layers > /dev/null",
+            [REPRO, "flatten", src, f"rootfs:{out}/ours-rootfs"],
+            f"{decompress_command(image, TAG)} > /dev/null",
+            [out / "ours-rootfs"],
+        ),
+        Operation(
             "OCI -> squashfs",
             "umoci unpack + mksquashfs",
             [REPRO, "flatten", src, f"squashfs:{out}/ours.sqfs"],
@@ -142,6 +151,13 @@ def operations(image: Path, work: Path) -> list[Operation]:
             "sha256sum over the flattened tree",
             f"{REPRO} hash --files --json {src} > /dev/null",
             f"cd {flat} && find . -type f -print0 | xargs -0 sha256sum > /dev/null",
+            [],
+        ),
+        Operation(
+            "floor: per-file hashes",
+            "igzip -dc of the layers, piped to sha256sum",
+            f"{REPRO} hash --files --json {src} > /dev/null",
+            f"{decompress_command(image, TAG)} | sha256sum > /dev/null",
             [],
         ),
     ]
@@ -185,6 +201,13 @@ def debian_operations(cache: Path, work: Path) -> list[Operation]:
             "sha256sum over the flattened tree",
             f"{REPRO} sbom --format spdx-json oci:{layout}:1 > /dev/null",
             f"cd {flat} && find . -type f -print0 | xargs -0 sha256sum > /dev/null",
+            [],
+        ),
+        Operation(
+            "floor: SBOM of a Debian image",
+            "igzip -dc of the layers, piped to sha256sum",
+            f"{REPRO} sbom --format spdx-json oci:{layout}:1 > /dev/null",
+            f"{decompress_command(layout)} | sha256sum > /dev/null",
             [],
         ),
     ]
@@ -422,9 +445,11 @@ def main() -> int:
     results = []
     # --only NAME of one row that needs none of the others' inputs (a GiB image, Debian tarballs): that row alone
     emulated_only = bool(args.only) and "emulated" in args.only and args.only in EMULATED_NAME
+    # --only memory: the 1 GiB / 4 GiB memory row alone (it generates its own inputs)
+    memory_only = bool(args.only) and "memory" in args.only and args.only in MEMORY_NAME
     small_only = bool(args.only) and args.only in COLD_SMALL and args.only not in COLD_SCIENCE
     science_only = bool(args.only) and "science" in args.only and args.only in COLD_SCIENCE
-    alone = emulated_only or small_only or science_only
+    alone = emulated_only or small_only or science_only or memory_only
     image: Path | None = None
     ops: list[Operation] = []
     registries: tuple[LocalRegistry, ...] = ()
@@ -458,14 +483,20 @@ def main() -> int:
               file=sys.stderr)
     for registry in registries:
         registry.stop()
+    memory: list[dict] = []
+    if not args.quick and (not args.only or args.only in MEMORY_NAME):  # minutes, 4 GiB of input: never quick
+        memory = memory_rows(args.cache, REPRO)
     report = {
         "machine": machine(),
         "scale": scale,
         "pairs": pairs,
         "image_bytes": sum(p.stat().st_size for p in (image / "blobs" / "sha256").iterdir()) if image else 0,
         "results": results,
+        "memory": memory,
     }
     markdown = table(results)
+    if memory:
+        markdown += f"\n\n{MEMORY_NAME} (each command once per size):\n\n{memory_table(memory)}"
     print(markdown)
     # a quick or partial run (--only) never replaces the full results beside this file
     destination = HERE if not (args.quick or args.only) else args.cache

@@ -96,3 +96,39 @@ def synthetic_image(cache: Path, scale: float) -> Path:
                                    {"org.opencontainers.image.ref.name": TAG}), TAG)
     (path / ".complete").write_text(image.digest)
     return path
+
+
+def layer_blobs(layout: Path, tag: str | None = None) -> list[tuple[Path, str]]:
+    """(blob path, media type) of each layer of the image `tag` (or the only one) of an OCI layout."""
+    import json
+
+    def blob(digest: str) -> Path:
+        algorithm, hex_digest = digest.split(":", 1)
+        return layout / "blobs" / algorithm / hex_digest
+
+    manifests = json.loads((layout / "index.json").read_text())["manifests"]
+    chosen = [m for m in manifests if tag is None or m.get("annotations", {}).get(
+        "org.opencontainers.image.ref.name") == tag]
+    if len(chosen) != 1:
+        raise RuntimeError(f"{layout}: no single manifest tagged {tag!r}")
+    manifest = json.loads(blob(chosen[0]["digest"]).read_text())
+    return [(blob(layer["digest"]), layer["mediaType"]) for layer in manifest["layers"]]
+
+
+def decompress_command(layout: Path, tag: str | None = None) -> str:
+    """A shell command writing the uncompressed layers of an image to stdout, one after another, with
+    the fastest decompressors at hand (ISA-L's igzip for gzip, as repro reads gzip): the floor under
+    anything that reads every layer's content."""
+    import shutil
+    import sys
+
+    gunzip = "igzip -dc" if shutil.which("igzip") else f"{sys.executable} -m isal.igzip -dc"
+    parts = []
+    for path, media_type in layer_blobs(layout, tag):
+        if media_type.endswith("gzip"):
+            parts.append(f"{gunzip} {path}")
+        elif media_type.endswith("zstd"):
+            parts.append(f"zstd -dcq {path}")
+        else:
+            parts.append(f"cat {path}")
+    return "{ " + "; ".join(parts) + "; }"
