@@ -1844,4 +1844,6 @@ def load(path: str | Path, context: str | Path | None = None, build_args: dict[s
     raw, lines = translate(path, context, build_args, target, registry, platform=platform)
     data, _text = _read(Path(path))
     spec = _spec.from_dict(Path(path), raw, lines, Path(context) if context is not None else None, data)
-    return dataclasses.replace(spec, retarget=lambda other: load(path, context, build_args, target, registry, other))
+    spec = dataclasses.replace(spec, retarget=lambda other: spec if other == platform else load(
+        path, context, build_args, target, registry, other))
+    return spec

@@ -784,4 +784,6 @@ def load(path: str | Path, build_args: dict[str, str] | None = None, registry: s
 
     d, raw, lines = _translated(path, build_args, registry, None, platform)
     spec = from_dict(d.path, raw, lines, text=d.data)
-    return dataclasses.replace(spec, retarget=lambda other: load(path, build_args, registry, other))
+    spec = dataclasses.replace(spec, retarget=lambda other: spec if other == platform else load(
+        path, build_args, registry, other))
+    return spec
