@@ -16,10 +16,9 @@ user's own `apt-get`, so the same setting goes where apt reads it whatever the c
 - its mount point, an empty file, is made by repro just before the run and removed just after it,
   before the tree is compared with its snapshot, so it is never in a layer; the directory's times are
   put back (or left at the step's own change), so nothing of it stays in the tree either;
-- apt, as the sandbox user's root, gives its partial directories (var/lib/apt/lists/partial, ...) to
-  root; a Debian base has them owned by `_apt`. A plain user cannot see that change (the base's `_apt`
-  was never its to give, every file of the tree is the user's), so it would be in root's layer only:
-  their owners are put back after the step, and one that apt makes in the step is root's for both;
+- with the setting apt makes its partial directories as root and leaves those of the base as they are
+  (it gives them to the sandbox user only when that is not root): a Debian base's `_apt` ones stay
+  `_apt`'s as root, which a plain user, who cannot see owners change, also leaves unrecorded;
 - only where the image has an /etc/apt/apt.conf.d directory (a Debian-like image) and no entry of
   that name; elsewhere, or if the directory cannot take the file, the step runs as it would without.
 
@@ -41,9 +40,6 @@ from repro.confined import Tree
 from repro.errors import ReproError
 
 CONF_DIR = "etc/apt/apt.conf.d"
-# the directories apt gives to its sandbox user when it sets them up (SetupAPTPartialDirectory)
-PARTIAL = ("var/lib/apt/lists/partial", "var/lib/apt/lists/auxfiles", "var/cache/apt/archives/partial",
-           "var/lib/apt/mirrors/partial")
 NAME = "zz-repro-apt-sandbox"
 SNIPPET = (b"// Put here by repro for one build step only, never in the image (builders/apt_sandbox.py):\n"
            b"// apt downloads as root inside the step, as root and as a plain user alike.\n"
@@ -71,38 +67,10 @@ def during_step(tree: Path, scratch: Path) -> Iterator[tuple[tuple[str, str], ..
         yield ()
         return
     inside, ino, times = made
-    owners = _owners(tree)
     try:
         yield ((snippet(scratch), f"{inside}/{NAME}"),)
     finally:
         _remove_mount_point(tree, inside, ino, times)
-        _restore_owners(tree, owners)
-
-
-def _owners(tree: Path) -> dict[str, tuple[int, int]]:
-    """The host uid and gid of each of apt's partial directories that the tree has."""
-    found = {}
-    with Tree(tree) as confined:
-        for path in PARTIAL:
-            with contextlib.suppress(OSError, ReproError):
-                st = confined.lstat(path, follow=False)
-                if st is not None and stat.S_ISDIR(st.st_mode):
-                    found[path] = (st.st_uid, st.st_gid)
-    return found
-
-
-def _restore_owners(tree: Path, owners: dict[str, tuple[int, int]]) -> None:
-    """Give apt's partial directories back to whom they belonged before the step, never through a link."""
-    with Tree(tree) as confined:
-        for path, (uid, gid) in owners.items():
-            with contextlib.suppress(OSError, ReproError):
-                dir_fd, name = confined.parent(path, follow=False)
-                try:
-                    st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
-                    if stat.S_ISDIR(st.st_mode) and (st.st_uid, st.st_gid) != (uid, gid):
-                        os.chown(name, uid, gid, dir_fd=dir_fd, follow_symlinks=False)
-                finally:
-                    os.close(dir_fd)
 
 
 def _make_mount_point(tree: Path) -> tuple[str, int, tuple[int, int, int]] | None:

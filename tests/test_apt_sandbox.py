@@ -88,17 +88,3 @@ def test_the_mount_point_is_made_and_removed_only_by_repro(tmp_path, entry):
     with apt_sandbox.during_step(tree, tmp_path) as binds:
         assert binds == ()
 
-
-def test_apts_partial_directories_keep_their_owners(tmp_path):
-    """apt as root (the setting) gives its partial directories to root; a plain user could not see that,
-    so they get their owners back (one apt makes in the step stays as made)."""
-    tree = tmp_path / "rootfs"
-    (tree / "etc/apt/apt.conf.d").mkdir(parents=True)
-    partial = tree / "var/lib/apt/lists/partial"
-    partial.mkdir(parents=True)
-    os.chown(partial, 42, 0)
-    with apt_sandbox.during_step(tree, tmp_path):
-        os.chown(partial, 0, 0)  # what apt-get update does with APT::Sandbox::User "root"
-        (tree / "var/cache/apt/archives/partial").mkdir(parents=True)
-    assert (partial.stat().st_uid, partial.stat().st_gid) == (42, 0)
-    assert (tree / "var/cache/apt/archives/partial").stat().st_uid == 0
