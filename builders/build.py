@@ -387,7 +387,7 @@ class Builder:
         self.stages: dict[str, Spec] = spec.stages
         self.building: tuple[str, ...] = ()  # the stages being built, to refuse a cycle
         self.claimed: dict[str, tuple[int, int]] = {}  # plain user: owners of what a `user` step made
-        self.sources: dict[str, Image] = {}  # images that copy steps read from, by reference
+        self.sources: dict[tuple[str, str], Image] = {}  # images copy steps read from: reference, platform
 
     # --- base ---------------------------------------------------------------------------
     def _base(self, reports: list[StepReport], total: int) -> None:
@@ -758,7 +758,8 @@ class Builder:
         return image
 
     def build(self) -> BuildResult:
-        with reaper(remove_command(str(self._tmp))):  # the working tree goes even if repro is killed
+        # the working tree goes even if repro is killed; otherwise _build removes it
+        with reaper(remove_command(str(self._tmp)), disarm=True):
             return self._build()
 
     def _stage(self, name: str) -> tuple[BlobImage, dict]:
@@ -787,14 +788,15 @@ class Builder:
             return None
         if origin in self.stages:
             return self._stage(origin)[0]
-        if origin not in self.sources:
+        wanted = (origin, str(self.requested or ""))  # read for this stage's platform, as BuildKit does
+        if wanted not in self.sources:
             try:
-                self.sources[origin] = open_image(origin, Options())
+                self.sources[wanted] = open_image(origin, Options(platform=self.requested))
             except ReproError as exc:
                 raise self.spec.error(f"steps[{step.index}].copy.from", f"cannot read {origin!r}: {exc}",
                                       "check the reference") from None
-            self.resolved.setdefault("sources", {})[origin] = self.sources[origin].digest
-        return self.sources[origin]
+            self.resolved.setdefault("sources", {})[origin] = self.sources[wanted].digest
+        return self.sources[wanted]
 
     def _add_packages(self, packages: list[dict]) -> None:
         known = {p["name"]: p for p in self.resolved["packages"]}

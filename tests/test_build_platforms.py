@@ -186,6 +186,16 @@ def test_containerfile_from_platform_builds_that_stage_emulated(busyboxes, tmp_p
     assert files["target"] == b"amd64\n"  # TARGETARCH is the platform built (this machine's), as BuildKit's
 
 
+def test_copy_from_an_image_reads_the_stage_s_platform(busyboxes, tmp_path):
+    """COPY --from=<image> in an arm64 stage takes the image's arm64 files, as BuildKit does."""
+    (tmp_path / "Containerfile").write_text(
+        "FROM --platform=linux/arm64 " + busyboxes + "\nCOPY --from=" + busyboxes + " /bin/busybox /copied\n")
+    out = f"oci:{tmp_path / 'out'}:arm"
+    repro("build", str(tmp_path / "Containerfile"), "--store", str(tmp_path / "store"), "-o", out)
+    copied = _image_files(out, "linux/arm64", tmp_path)["copied"]
+    assert int.from_bytes(copied[18:20], "little") == 183  # ELF e_machine: EM_AARCH64
+
+
 CROSS = """\
 ARG BASE
 FROM --platform=$BUILDPLATFORM ${BASE} AS build
