@@ -84,11 +84,18 @@ def host_architecture() -> str:
 def _emulation(arch: str, what: str) -> tuple[list[str], str, contextlib.AbstractContextManager]:
     """(command prefix, mmdebstrap mode, context to run it in) that let mmdebstrap run `arch`'s
     maintainer scripts here: nothing more for the host's architecture (or one its CPU runs, as i386 on
-    amd64); else qemu, registered host-wide for the bootstrap as root, or in a plain user's own user
-    namespace where the kernel allows it."""
-    native_mode = "root" if os.geteuid() == 0 else "unshare"
+    amd64) as root, a user namespace of the user's subordinate ids for a plain user; else qemu,
+    registered host-wide for the bootstrap as root, or in a plain user's own user namespace where the
+    kernel allows it."""
     if not arch or arch == host_architecture() or (host_architecture(), arch) == ("amd64", "i386"):
-        return [], native_mode, contextlib.nullcontext()
+        if os.geteuid() == 0:
+            return [], "root", contextlib.nullcontext()
+        # A plain user: mmdebstrap's root mode as root of a user namespace that maps the user's subordinate
+        # ids, as its unshare mode does; but there the hooks would run as a subordinate id, which cannot
+        # write the package records into this process's private temporary directory.
+        unshare = shutil.which("unshare") or "unshare"
+        return ([unshare, "--map-auto", "--map-root-user", "--mount", "--pid", "--fork", "--mount-proc"], "root",
+                contextlib.nullcontext())
     emu = emulation.debian_emulator(arch)
     if shutil.which("arch-test") is None:
         raise ReproError(f"{what}: bootstrapping Debian {arch} needs arch-test", "apt-get install arch-test")
