@@ -319,6 +319,85 @@ def compressing_writer(out: BinaryIO, compression: str) -> BinaryIO:
     raise ReproError(f"unsupported compression {compression!r}", "use gzip, zstd or none")
 
 
+class BackgroundCompressor:
+    """A compressing writer (compressing_writer's) fed from another thread: the caller's thread reads
+    files, writes tar headers and hashes the diff_id while this one compresses, hashes the blob and
+    writes it, on a second core (zlib and hashlib let go of the GIL on large buffers).
+
+    The bytes are the same as writing to the compressor directly: it gets the same input in the same
+    order, only in other pieces, and zlib's deflate without flushes depends on the input alone, never
+    on how it was split (tests/test_layers_background.py holds it to that). Small writes are gathered
+    into pieces of PIECE bytes so that a tar header does not cost a hand-over."""
+
+    PIECE = 1 << 20
+    DEPTH = 4  # pieces in flight: memory stays at a few MiB
+
+    def __init__(self, sink: BinaryIO) -> None:
+        import queue
+        import threading
+
+        self._sink = sink
+        self._queue: queue.Queue = queue.Queue(self.DEPTH)
+        self._pending: list[bytes] = []
+        self._pending_size = 0
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._work, name="repro-compress", daemon=True)
+        self._thread.start()
+
+    def _work(self) -> None:
+        while (piece := self._queue.get()) is not None:
+            if self._error is None:
+                try:
+                    self._sink.write(piece)
+                except BaseException as exc:  # handed to the writing thread
+                    self._error = exc
+
+    def _hand_over(self) -> None:
+        if self._error is not None:
+            raise self._error
+        if self._pending:
+            piece = self._pending[0] if len(self._pending) == 1 else b"".join(self._pending)
+            self._pending, self._pending_size = [], 0
+            self._queue.put(piece)
+
+    def write(self, data) -> int:
+        size = len(data)
+        if size:
+            self._pending.append(data if isinstance(data, bytes) else bytes(data))  # a caller may reuse its buffer
+            self._pending_size += size
+            if self._pending_size >= self.PIECE:
+                self._hand_over()
+        return size
+
+    def close(self) -> None:
+        """Compress what is left, end the compressed stream (its trailer) and stop the thread."""
+        try:
+            self._hand_over()
+        finally:
+            self._stop()
+        if self._error is not None:
+            raise self._error
+        self._sink.close()
+
+    def abort(self) -> None:
+        """Stop without ending the stream (the caller failed; the blob is thrown away)."""
+        self._pending, self._error = [], self._error or ReproError("layer writing was abandoned", "internal")
+        self._stop()
+
+    def _stop(self) -> None:
+        if self._thread.is_alive():
+            self._queue.put(None)
+            self._thread.join()
+
+
+def second_core() -> bool:
+    """Whether this process may run on more than one core (a batch job is often pinned to one)."""
+    try:
+        return len(os.sched_getaffinity(0)) > 1
+    except (AttributeError, OSError):
+        return (os.cpu_count() or 1) > 1
+
+
 def source_date_epoch(default: int = 0) -> int:
     """SOURCE_DATE_EPOCH from the environment, else `default`."""
     value = os.environ.get("SOURCE_DATE_EPOCH", "")

@@ -29,7 +29,7 @@ from repro.image import (
     Platform,
     canonical_json,
 )
-from repro.layers import TarWriter, compressed_writer_id, compressing_writer
+from repro.layers import BackgroundCompressor, TarWriter, compressed_writer_id, compressing_writer, second_core
 from repro.store import Layout
 
 LAYER_MEDIA_TYPES = {"": OCI_LAYER, "gzip": OCI_LAYER_GZIP, "zstd": OCI_LAYER_ZSTD}
@@ -75,10 +75,17 @@ def write_layer(layout: Layout, produce: Callable[[TarWriter], None], compressio
 
     def write(out: BinaryIO) -> None:
         sink = compressing_writer(out, compression) if compression else out
+        if compression == "gzip" and second_core():  # the same bytes, compressed on a second core
+            sink = BackgroundCompressor(sink)
         tee = _DiffIdWriter(sink)
         tar = TarWriter(tee)  # type: ignore[arg-type]
-        produce(tar)
-        tar.close()
+        try:
+            produce(tar)
+            tar.close()
+        except BaseException:
+            if isinstance(sink, BackgroundCompressor):
+                sink.abort()
+            raise
         if compression:
             sink.close()
         diff_hash.append("sha256:" + tee.hash.hexdigest())

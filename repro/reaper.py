@@ -9,19 +9,29 @@ idempotent, so the reaper's run is then harmless.
 from __future__ import annotations
 
 import contextlib
+import os
 import shlex
+import signal
 import subprocess
 from collections.abc import Iterator, Sequence
 
 
 @contextlib.contextmanager
-def reaper(*commands: Sequence[str]) -> Iterator[None]:
+def reaper(*commands: Sequence[str], disarm: bool = False) -> Iterator[None]:
+    """Run `commands` once repro is gone or the block ends. With `disarm`, the block cleans up after
+    itself when it ends without an exception: the reaper is then stopped without running them (a
+    build's runc runs would otherwise each start five processes that find nothing to do)."""
     script = "read _ignored; " + "; ".join(shlex.join(c) + " >/dev/null 2>&1" for c in commands)
     proc = subprocess.Popen(["/bin/sh", "-c", script], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True, close_fds=True)
+    clean = False
     try:
         yield
+        clean = disarm
     finally:
+        if clean:  # still blocked in `read`: it has run nothing, and now never will
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
         proc.stdin.close()  # type: ignore[union-attr]
         proc.wait()
 

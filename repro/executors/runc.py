@@ -142,15 +142,24 @@ def launch(root: Path, command: Command) -> Iterator[tuple[list[str], dict[str, 
     bundle = Path(tempfile.mkdtemp(prefix="repro-runc-"))
     state = bundle / "state"
     name = f"repro-{uuid.uuid4().hex[:16]}"
-    try:
-        (bundle / "config.json").write_text(json.dumps(config(root, command, command.user)))
-        with (reaper(["runc", "--root", str(state), "delete", "--force", name], remove_command(str(bundle))),
-              _host_emulation(command)):
-            yield ["runc", "--root", str(state), "run", "--bundle", str(bundle), name], None
-    finally:
-        if state.exists():  # still there when runc was stopped before it cleaned up
+
+    def clean_up() -> None:
+        if (state / name).exists():  # still there when runc was stopped before it cleaned up
             subprocess.run(["runc", "--root", str(state), "delete", "--force", name], capture_output=True)
         shutil.rmtree(bundle, ignore_errors=True)
+
+    try:
+        (bundle / "config.json").write_text(json.dumps(config(root, command, command.user)))
+        # the reaper is for a repro killed during the run; otherwise clean_up has done its work
+        with (reaper(["runc", "--root", str(state), "delete", "--force", name], remove_command(str(bundle)),
+                     disarm=True),
+              _host_emulation(command)):
+            try:
+                yield ["runc", "--root", str(state), "run", "--bundle", str(bundle), name], None
+            finally:
+                clean_up()
+    finally:
+        clean_up()
 
 
 def _host_emulation(command: Command) -> contextlib.AbstractContextManager:
