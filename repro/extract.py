@@ -49,12 +49,18 @@ class Policy:
 class Extractor:
     """Writes tar entries under `root`, which must be an existing directory."""
 
-    def __init__(self, root: Path, what: str, policy: Policy = Policy()) -> None:
+    def __init__(self, root: Path, what: str, policy: Policy = Policy(), fresh: bool = False) -> None:
+        """`fresh`: `root` starts empty and only this extractor writes in it. Then, unless the root's
+        own mode or ACL would pass anything on (setgid, a default ACL), a file is created with its
+        final owner and mode where it can be, saving a chown and a chmod per file."""
         self.root = Path(root)
         self.what = what
         self.policy = policy
         self.privileged = os.geteuid() == 0
         self.tree = Tree(self.root, what, policy.id_offset if policy.id_offset else None)
+        self._plain = fresh and _plain_dir(self.tree.fd)
+        self._umask = _umask()
+        self._creator = (os.geteuid(), os.getegid())
         self.stats = ExtractStats()
         self._dir_meta: dict[str, tarfile.TarInfo] = {}
         self._dirs: dict[str, int] = {}
@@ -96,6 +102,16 @@ class Extractor:
         head, _, name = path.rpartition("/")
         return self._open_dir(head, create=create), name
 
+    def _borrowed_parent(self, path: str) -> tuple[int, str]:
+        """The descriptor of `path`'s parent (made as for an entry placed in it), owned by the cache:
+        valid until the cache changes (the caller resolves nothing else meanwhile)."""
+        head, _, name = path.rpartition("/")
+        cached = self._dirs.get(head)
+        if cached is None:
+            os.close(self._open_dir(head, create=True))
+            cached = self._dirs[head]
+        return cached, name
+
     # --- whiteouts (applying a layer onto a tree that holds the layers below it) ----------
     def whiteout(self, path: str) -> None:
         """Delete `path` of a lower layer; its parents are resolved inside the root, the entry itself
@@ -130,12 +146,18 @@ class Extractor:
         """Write one entry; `path` is clean and relative (see confined.clean_path)."""
         if not path:
             return
-        dir_fd, name = self._parent(path)
+        dir_fd, name = self._borrowed_parent(path)
         self.added.add(path)
+        self._add(dir_fd, name, path, info, content)
+
+    def _create(self, dir_fd: int, name: str, path: str, make) -> None:
+        """make() a new entry at `name`; what is there already is removed first (a later duplicate
+        wins). Tried first as if nothing were there: one system call in a tree being filled."""
         try:
-            self._add(dir_fd, name, path, info, content)
-        finally:
-            os.close(dir_fd)
+            make()
+        except FileExistsError:
+            self._clear(dir_fd, name, keep_dir=False, path=path)
+            make()
 
     def _add(self, dir_fd: int, name: str, path: str, info: tarfile.TarInfo, content: BinaryIO | None) -> None:
         if info.isdir():
@@ -156,29 +178,53 @@ class Extractor:
         if (info.ischr() or info.isblk()) and not (self.privileged and self.policy.devices):
             self.stats.skipped_devices += 1
             return
-        self._clear(dir_fd, name, keep_dir=False, path=path)
         if info.isreg():
-            fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600, dir_fd=dir_fd)
-            with os.fdopen(fd, "wb") as out:
-                if content is not None:
-                    while chunk := content.read(CHUNK):
-                        out.write(chunk)
-                out.flush()  # a write after the times are set would set them again
-                self._set_meta(out.fileno(), info)
-            self.stats.files += 1
+            self._regular(dir_fd, name, path, info, content)
         elif info.issym():
-            os.symlink(info.linkname, name, dir_fd=dir_fd)
+            self._create(dir_fd, name, path, lambda: os.symlink(info.linkname, name, dir_fd=dir_fd))
             if self.privileged:
                 os.chown(name, *self._ids(info), dir_fd=dir_fd, follow_symlinks=False)
             with contextlib.suppress(OSError):
                 os.utime(name, (info.mtime, info.mtime), dir_fd=dir_fd, follow_symlinks=False)
         elif info.ischr() or info.isblk():
             kind = stat.S_IFCHR if info.ischr() else stat.S_IFBLK
-            os.mknod(name, kind | 0o600, os.makedev(info.devmajor, info.devminor), dir_fd=dir_fd)
+            device = os.makedev(info.devmajor, info.devminor)
+            self._create(dir_fd, name, path, lambda: os.mknod(name, kind | 0o600, device, dir_fd=dir_fd))
             self._set_meta_at(dir_fd, name, info)
         elif info.isfifo():
-            os.mkfifo(name, 0o600, dir_fd=dir_fd)
+            self._create(dir_fd, name, path, lambda: os.mkfifo(name, 0o600, dir_fd=dir_fd))
             self._set_meta_at(dir_fd, name, info)
+        else:
+            self._clear(dir_fd, name, keep_dir=False, path=path)
+
+    def _regular(self, dir_fd: int, name: str, path: str, info: tarfile.TarInfo, content: BinaryIO | None) -> None:
+        """A regular file: created, written in whole chunks, its metadata set on the descriptor. In a
+        fresh tree (see __init__), a file whose mode the umask leaves alone is created with it and one
+        whose owner is the creator's is not chowned: what remains is open, write, utimensat, close."""
+        mode = self._mode(info)
+        ids = self._ids(info) if self.privileged else None
+        plain = self._plain and not mode & ~0o777 & 0o7777 and not mode & self._umask
+        created = mode if plain else 0o600
+        holder: list[int] = []
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+        self._create(dir_fd, name, path, lambda: holder.append(os.open(name, flags, created, dir_fd=dir_fd)))
+        fd = holder[-1]
+        try:
+            if content is not None:
+                readview = getattr(content, "readview", None)
+                while chunk := (readview(CHUNK) if readview is not None else content.read(CHUNK)):
+                    view = memoryview(chunk)
+                    while view:
+                        view = view[os.write(fd, view):]
+            if ids is not None and not (plain and ids == self._creator):
+                os.fchown(fd, *ids)
+            if not plain:
+                os.fchmod(fd, mode)
+            self._set_xattrs(fd, info)
+            os.utime(fd, (info.mtime, info.mtime))  # last: a write after it would set the times again
+        finally:
+            os.close(fd)
+        self.stats.files += 1
 
     def _ids(self, info: tarfile.TarInfo) -> tuple[int, int]:
         ids = info.uid + self.policy.id_offset, info.gid + self.policy.id_offset
@@ -265,6 +311,26 @@ class Extractor:
             return False
         finally:
             os.close(src_fd)
+
+
+def _umask() -> int:
+    """The process's umask, read without changing it (os.umask would, for every thread)."""
+    with contextlib.suppress(OSError, StopIteration, ValueError):
+        status = Path("/proc/self/status").read_text()
+        return int(next(line for line in status.splitlines() if line.startswith("Umask:")).split()[1], 8)
+    return 0o7777  # unknown: no mode is taken as given by open
+
+
+def _plain_dir(fd: int) -> bool:
+    """Whether what is made in the directory gets the creator's group and its mode less the umask:
+    no setgid bit, no default ACL."""
+    if os.fstat(fd).st_mode & stat.S_ISGID:
+        return False
+    try:
+        os.getxattr(fd, "system.posix_acl_default")
+    except OSError:
+        return True
+    return False
 
 
 def open_inside(root: Path, path: str) -> BinaryIO:

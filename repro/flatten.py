@@ -28,11 +28,14 @@ file contents.
 
 from __future__ import annotations
 
+import collections
 import contextvars
 import copy
 import logging
+import os
 import posixpath
 import tarfile
+import threading
 from array import array
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -42,7 +45,7 @@ from typing import BinaryIO, TypeVar
 from repro.confined import Tree, clean_path
 from repro.errors import ReproError
 from repro.image import Image
-from repro.tarstream import Content, TarStream
+from repro.tarstream import CHUNK, Content, TarStream
 
 log = logging.getLogger(__name__)
 
@@ -641,15 +644,22 @@ def flat_entries(image: Image, report: MergeReport | None = None) -> Iterator[tu
 
 
 def extract(image: Image, root: Path, policy=None):
-    """Flatten `image` into the existing, empty directory `root`; returns the extraction statistics."""
+    """Flatten `image` into the existing, empty directory `root`; returns the extraction statistics.
+
+    The files are written by a second thread (see _Writer): creating a file is a system call of tens
+    to hundreds of microseconds on ext4 that runs without the GIL, beside the reading thread that
+    parses the layers and checks their digests."""
     from repro.extract import Extractor, Policy
+
+    fresh = next(os.scandir(root), None) is None
 
     def once():
         report = MergeReport()
-        extractor = Extractor(root, image.name, policy or Policy())
+        extractor = Extractor(root, image.name, policy or Policy(), fresh=fresh)
         try:
-            for entry in merged(image, report):
-                extractor.add(entry.path, entry.info, entry.content)
+            with _Writer(extractor) as writer:
+                for entry in merged(image, report):
+                    writer.add(entry.path, entry.info, entry.content)
             stats = extractor.finish()
         finally:
             extractor.close()
@@ -661,3 +671,97 @@ def extract(image: Image, root: Path, policy=None):
             tree.empty_dir("")
 
     return flattening(once, reset)
+
+
+_END_OF_CONTENT = object()
+
+
+class _Writer:
+    """Hands entries to `extractor.add` in a second thread, in order. Content goes over as views of
+    the tar reader's chunks (immutable bytes, never copied); at most BUDGET bytes and ITEMS items are
+    in flight, so memory stays flat whatever the image's size."""
+
+    BUDGET = 8 << 20
+    ITEMS = 4096
+
+    def __init__(self, extractor) -> None:
+        self._extractor = extractor
+        self._items: collections.deque = collections.deque()
+        self._bytes = 0
+        self._ready = threading.Condition()
+        self._closed = False
+        self._aborted = False
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="repro-extract", daemon=True)
+
+    def __enter__(self) -> _Writer:
+        self._thread.start()
+        return self
+
+    def __exit__(self, kind, value, traceback) -> None:
+        with self._ready:
+            self._closed = True
+            self._aborted = kind is not None
+            self._ready.notify_all()
+        self._thread.join()
+        if kind is None and self._error is not None:
+            raise self._error
+
+    def _put(self, item, size: int = 0) -> None:
+        with self._ready:
+            while (self._bytes > self.BUDGET or len(self._items) >= self.ITEMS) and self._error is None:
+                self._ready.wait()
+            if self._error is not None:
+                raise self._error
+            self._items.append(item)
+            self._bytes += size
+            if len(self._items) == 1:
+                self._ready.notify_all()
+
+    def add(self, path: str, info: tarfile.TarInfo, content: Content | None) -> None:
+        self._put((path, info, content is not None))
+        if content is None:
+            return
+        while view := content.readview(CHUNK):
+            if not isinstance(view.obj, bytes):  # a reusable buffer: copy what it holds now
+                view = memoryview(view.tobytes())
+            self._put(view, len(view))
+        self._put(_END_OF_CONTENT)
+
+    def _get(self):
+        with self._ready:
+            while not self._items:
+                if self._closed:
+                    return None
+                self._ready.wait()
+            item = self._items.popleft()
+            if isinstance(item, memoryview):
+                self._bytes -= len(item)
+            if self._bytes <= self.BUDGET and len(self._items) < self.ITEMS:
+                self._ready.notify_all()
+            return item
+
+    def readview(self, size: int = CHUNK):
+        """The content of the entry being written, for extractor.add (read as the tar reader's views)."""
+        if self._content_done:
+            return b""
+        item = self._get()
+        if item is _END_OF_CONTENT or item is None:
+            self._content_done = True
+            return b""
+        return item
+
+    def _run(self) -> None:
+        try:
+            while (item := self._get()) is not None:
+                if self._aborted:
+                    return
+                path, info, has_content = item
+                self._content_done = not has_content
+                self._extractor.add(path, info, self if has_content else None)
+                while not self._content_done:  # what the extractor left unread
+                    self.readview()
+        except BaseException as exc:
+            with self._ready:
+                self._error = exc
+                self._ready.notify_all()
