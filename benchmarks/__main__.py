@@ -155,9 +155,9 @@ def operations(image: Path, work: Path) -> list[Operation]:
         ),
         Operation(
             "floor: per-file hashes",
-            "igzip -dc of the layers, piped to sha256sum",
+            "igzip -dc of the layers, piped to openssl sha256",
             f"{REPRO} hash --files --json {src} > /dev/null",
-            f"{decompress_command(image, TAG)} | sha256sum > /dev/null",
+            f"{decompress_command(image, TAG)} | openssl dgst -sha256 > /dev/null",
             [],
         ),
     ]
@@ -205,9 +205,9 @@ def debian_operations(cache: Path, work: Path) -> list[Operation]:
         ),
         Operation(
             "floor: SBOM of a Debian image",
-            "igzip -dc of the layers, piped to sha256sum",
+            "igzip -dc of the layers, piped to openssl sha256",
             f"{REPRO} sbom --format spdx-json oci:{layout}:1 > /dev/null",
-            f"{decompress_command(layout)} | sha256sum > /dev/null",
+            f"{decompress_command(layout)} | openssl dgst -sha256 > /dev/null",
             [],
         ),
     ]
