@@ -348,6 +348,7 @@ SLOW_FIXTURES = {"catalog_images", "debian", "debian_base", "debian_defs"}
 
 def pytest_configure(config) -> None:
     config.addinivalue_line("markers", "slow: builds or reads real Debian images (make test-slow)")
+    config.addinivalue_line("markers", "arm64: a Debian image built for arm64 under QEMU (make test-arm64)")
 
 
 def pytest_collection_modifyitems(config, items) -> None:

@@ -114,6 +114,7 @@ def test_catalog_hello_for_amd64_and_arm64_as_a_plain_user(public_dir):
     assert arm64["architecture"] == "arm64" and arm64["config"]["Entrypoint"] == ["/bin/sh", "-c"]
 
 
+@pytest.mark.arm64
 def test_python_science_on_arm64_as_a_plain_user(catalog_images, nobody_subids, public_dir):
     """A plain user builds python-science for amd64 and arm64 in one index (the arm64 Debian base by
     mmdebstrap --arch=arm64 in the user's namespace, qemu in its own binfmt_misc): the amd64 image is the
