@@ -259,7 +259,7 @@ def _build_check(args: argparse.Namespace, spec) -> int:
     with tempfile.TemporaryDirectory(prefix="repro-check-") as tmp:
         images = []
         for n in (1, 2):
-            store = b.open_store(Path(tmp) / f"store{n}")
+            store = b.open_store(Path(args.store) if n == 1 and args.store else Path(tmp) / f"store{n}")
             platforms = [Platform.parse(p) for p in args.platforms.split(",")] if args.platforms else None
             result = b.build(spec, store, executor=args.executor, use_cache=False, platforms=platforms)
             digests.append(result.digest)
