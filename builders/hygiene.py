@@ -101,8 +101,9 @@ class LeftOut:
 
     def follow(self, before: dict, after: dict) -> None:
         """After a layer was applied to the tree: what it wrote or removed is the image's now."""
-        for path in [p for p in self.paths if p not in after or not before[p].same_content(after[p])]:
-            del self.paths[path]
+        for path in list(self.paths):
+            if path not in after or path not in before or not before[path].same_content(after[path]):
+                del self.paths[path]
         self.state = digest_of(self.paths, after)
 
     def record(self) -> dict:
