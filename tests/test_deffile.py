@@ -545,7 +545,8 @@ def debian_defs(catalog_images) -> dict:
 @pytest.mark.parametrize("name", list(DEBIAN_DEFS))
 def test_debian_def_builds_and_passes_its_tests(debian_defs, name):
     result = debian_defs[name]
-    assert all(step["cached"] for step in result["steps"])  # the first build of root's --check
+    # every step from the cache the first build of root's --check left (a base image is read, never cached)
+    assert all(step["cached"] for step in result["steps"] if not step["title"].startswith("base "))
     assert result["digest"] == result["root"]
     assert result["tests"] == [{"run": deffile.TEST, "exit": 0, "passed": True}]
     out = repro("run", result["ref"]).stdout  # the runscript, as the entrypoint
