@@ -31,6 +31,7 @@ from repro import executors
 from repro.blobs import BlobImage, BlobLayer, IndexImage
 from repro.confined import Tree, clean_path, remove_tree
 from repro.errors import CheckFailed, ReproError
+from repro.executors import subids
 from repro.extract import Extractor, Policy
 from repro.flatten import WHITEOUT_PREFIX, extract, whiteout_target
 from repro.image import OCI_INDEX, REF_NAME, Descriptor, Image, Index, Platform, canonical_json, parse_json
@@ -386,7 +387,9 @@ class Builder:
         self.stage_images: dict[str, tuple[BlobImage, dict]] = {}  # built stages: image, container config
         self.stages: dict[str, Spec] = spec.stages
         self.building: tuple[str, ...] = ()  # the stages being built, to refuse a cycle
-        self.claimed: dict[str, tuple[int, int]] = {}  # plain user: owners of what a `user` step made
+        # a plain user's tree is the user's on disk: the image's other owners (see _claim)
+        self.claimed: dict[str, tuple[int, int]] = {}
+        self.subids = False  # a plain user's root steps run with the user's subordinate ids (executors/subids.py)
         self.sources: dict[tuple[str, str], Image] = {}  # images copy steps read from: reference, platform
 
     # --- base ---------------------------------------------------------------------------
@@ -494,10 +497,11 @@ class Builder:
         self.executor = (executors.choose(self.executor_name, platform=self.platform) if self.foreign
                          else executors.choose(self.executor_name))
         self.policy = Policy(id_offset=executors.id_offset(self.executor))
+        self.subids = self.executor == "bwrap" and not self.foreign and subids.available()
         tree = executors.new_root(self._tmp, self.executor)
         if self.layers:
             image = self._commit(tag="")
-            stats = extract(image, tree, self.policy)
+            stats = extract(image, tree, self.policy, self._owners())
             if stats.skipped_devices and self.log:
                 self.log(f"left {stats.skipped_devices} device nodes out of the working tree (runs get a minimal /dev)")
         self.tree = tree
@@ -531,7 +535,7 @@ class Builder:
         assert self.tree is not None
         blob_layer = BlobLayer(LayoutBlobs(self.store, self.store.name), layer.descriptor, layer.diff_id)
         what = f"{self.store.name}: layer {layer.descriptor.digest}"
-        extractor = Extractor(self.tree, what, self.policy)
+        extractor = Extractor(self.tree, what, self.policy, owners=self._owners())
         try:
             with blob_layer.open_uncompressed(read_ahead=True) as stream:
                 tar = TarStream(stream, what)
@@ -551,6 +555,10 @@ class Builder:
             extractor.finish()
         finally:
             extractor.close()
+
+    def _owners(self) -> dict[str, tuple[int, int]] | None:
+        """The table in which a plain user's extractions keep the owners the tree cannot take."""
+        return self.claimed if os.geteuid() != 0 else None
 
     def _user(self, text: str, where: str) -> tuple[int, int]:
         """uid and gid of `user[:group]`: numbers as given, names from the tree's passwd and group
@@ -661,9 +669,16 @@ class Builder:
         else:
             script = step.value
         argv = list(script) if isinstance(script, list) else ["/bin/sh", "-c", script]
+        owners = None
+        if self.subids and user == (0, 0):  # the image's owners on the tree for the step, and back
+            owners = (str(self._tmp / "owners-given.json"), str(self._tmp / "owners-taken.json"))
+            subids.write_table(Path(owners[0]), self.claimed)
         with apt_sandbox.during_step(tree, self._tmp) as apt_binds:  # apt downloads as root inside, for any user
-            command = executors.Command(argv, env, workdir, step.network, (*binds, *apt_binds), user=user)
+            command = executors.Command(argv, env, workdir, step.network, (*binds, *apt_binds), user=user,
+                                        owners=owners)
             result = executors.run(self.executor, tree, command)
+        if owners is not None:
+            self.claimed = subids.read_table(Path(owners[1]))
         if result.exit_code != 0:
             failure = CheckFailed(
                 f"{self.spec.path}:{step.line}: {step.where} ({_title(step)}) exited {result.exit_code}; "
@@ -672,7 +687,7 @@ class Builder:
             )
             raise failure
         packages = _installed_packages(tree) if step.kind == "packages" else []
-        layer, normalized = self._tree_layer(before, user)
+        layer, normalized = self._tree_layer(before, user, one_id=os.geteuid() != 0 and owners is None)
         return layer, normalized, packages
 
     def _directory_step(self, step: Step) -> tuple[NewLayer, list[str]]:
@@ -705,28 +720,36 @@ class Builder:
         return self._tree_layer(before, (0, 0))
 
     def _snapshot(self, previous: dict[str, _tree.Node] | None) -> dict[str, _tree.Node]:
-        return self._claim(_tree.snapshot(self._materialize(), previous, self.policy.id_offset))
+        own = (os.getuid(), os.getgid()) if os.geteuid() != 0 else None
+        return self._claim(_tree.snapshot(self._materialize(), previous, self.policy.id_offset, own))
 
     def _claim(self, nodes: dict[str, _tree.Node]) -> dict[str, _tree.Node]:
+        """A plain user's snapshot (all root's) with the image's other owners, from the table that
+        extraction, directory steps, `user` steps and the root steps' subordinate ids keep."""
         if not self.claimed:
             return nodes
-        me = os.getuid()
         return {p: dataclasses.replace(n, uid=self.claimed[p][0], gid=self.claimed[p][1])
-                if p in self.claimed and n.uid == me else n for p, n in nodes.items()}
+                if p in self.claimed else n for p, n in nodes.items()}
 
-    def _tree_layer(self, before: dict[str, _tree.Node], user: tuple[int, int]) -> tuple[NewLayer, list[str]]:
+    def _tree_layer(self, before: dict[str, _tree.Node], user: tuple[int, int],
+                    one_id: bool = False) -> tuple[NewLayer, list[str]]:
         """The layer of what changed in the working tree since `before`, less what changes on every run
         (builders/hygiene.py), which stays in the tree for the next steps. A plain user cannot give files
-        away: what a step run as another user made is recorded as that user's, as root would have it."""
+        away: what a step run as another user made is recorded as that user's, as root would have it;
+        `one_id`: a plain user's root step ran in bwrap's user namespace of one id."""
         tree = self._materialize()
         normalized = _hygiene.empty_machine_id(tree)
         after = self._snapshot(before)
         if os.geteuid() != 0 and user != (0, 0):
-            me = os.getuid()
-            for path, node in after.items():
-                if path not in before and node.uid == me:
+            for path in after:
+                if path not in before:
                     self.claimed[path] = user
             after = self._claim(after)
+        elif one_id:  # root in bwrap's one id made root's files: what it replaced or removed is root's now
+            replaced = {p for p in self.claimed if p not in after or p not in before or after[p].ino != before[p].ino}
+            for path in replaced:
+                del self.claimed[path]
+            after = {p: dataclasses.replace(n, uid=0, gid=0) if p in replaced else n for p, n in after.items()}
         changed, deleted = _tree.changes(before, after)
         shaped = self.left_out.shape(before, after, changed, deleted)
         layer = write_layer(
@@ -888,7 +911,12 @@ class Builder:
             image = self._commit(self.tag)
             return BuildResult(image, image.digest, self.spec.tag, reports)
         finally:
-            remove_tree(self._tmp)
+            try:
+                remove_tree(self._tmp)
+            except PermissionError:
+                if not self.subids:
+                    raise
+                subids.remove(self._tmp)  # a step killed before it gave the tree back to the user
 
 
 def build(

@@ -56,14 +56,18 @@ def _sha256(dir_fd: int, name: bytes) -> str:
     return h.hexdigest()
 
 
-def snapshot(root: Path, previous: dict[str, Node] | None = None, id_offset: int = 0) -> dict[str, Node]:
+def snapshot(root: Path, previous: dict[str, Node] | None = None, id_offset: int = 0,
+             own: tuple[int, int] | None = None) -> dict[str, Node]:
     """Every path under root (relative, '/'-separated) with its metadata and content hash.
 
-    Ids are the image's: a tree run in a user namespace is stored shifted by `id_offset` on the host.
-    The walk never follows a symlink (os.fwalk), and files are opened relative to their directory."""
+    Ids are the image's: a tree run in a user namespace is stored shifted by `id_offset` on the host;
+    a plain user's tree is the user's (`own`: uid, gid), which reads as root's (the caller knows
+    the other owners). The walk never follows a symlink (os.fwalk), and files are opened relative
+    to their directory."""
     previous = previous or {}
     out: dict[str, Node] = {}
     base = os.fsencode(root)
+    own_uid, own_gid = own if own is not None else (-1, -1)
 
     def image_id(host_id: int) -> int:
         return host_id - id_offset if id_offset <= host_id < id_offset + 65536 else host_id
@@ -84,7 +88,8 @@ def snapshot(root: Path, previous: dict[str, Node] | None = None, id_offset: int
                 sha = old.sha256 if old is not None and old.stat_key == key else _sha256(dir_fd, name)
             elif kind == "symlink":
                 link = os.fsdecode(os.readlink(name, dir_fd=dir_fd))
-            out[rel] = Node(kind, stat.S_IMODE(st.st_mode), image_id(st.st_uid), image_id(st.st_gid),
+            out[rel] = Node(kind, stat.S_IMODE(st.st_mode), 0 if st.st_uid == own_uid else image_id(st.st_uid),
+                            0 if st.st_gid == own_gid else image_id(st.st_gid),
                             st.st_size if kind == "file" else 0, link, sha, key, st.st_ino, st.st_nlink,
                             st.st_rdev if kind in ("char", "block") else 0)
     return out
@@ -122,17 +127,16 @@ def write_changes(tar: TarWriter, root: Path, after: dict[str, Node], changed: l
             parent = parent.rpartition("/")[0]
     entries = [(p, False) for p in wanted] + [(p, True) for p in deleted]
     entries.sort(key=lambda e: _sort_key(*e))
-    me = (os.getuid(), os.getgid())
     first_of_inode: dict[int, str] = {}
     count = 0
     with Tree(root) as tree:
         for path, is_whiteout in entries:
-            count += _write_entry(tar, tree, path, is_whiteout, after, me, first_of_inode, mtime_limit)
+            count += _write_entry(tar, tree, path, is_whiteout, after, first_of_inode, mtime_limit)
     return count
 
 
 def _write_entry(tar: TarWriter, tree: Tree, path: str, is_whiteout: bool, after: dict[str, Node],
-                 me: tuple[int, int], first_of_inode: dict[int, str], mtime_limit: int) -> int:
+                 first_of_inode: dict[int, str], mtime_limit: int) -> int:
     """One entry of a step's layer; returns how many were written (0 for kinds a layer cannot hold)."""
     if is_whiteout:
         parent, _, name = path.rpartition("/")
@@ -143,9 +147,6 @@ def _write_entry(tar: TarWriter, tree: Tree, path: str, is_whiteout: bool, after
     node = after[path]
     info = tarfile.TarInfo(path)
     info.mode, info.uid, info.gid = node.mode, node.uid, node.gid
-    if me[0] != 0:
-        info.uid = 0 if node.uid == me[0] else node.uid
-        info.gid = 0 if node.gid == me[1] else node.gid
     info.mtime = min(node.stat_key[0] // 1_000_000_000, mtime_limit)
     content = None
     if node.kind == "dir":

@@ -49,10 +49,15 @@ class Policy:
 class Extractor:
     """Writes tar entries under `root`, which must be an existing directory."""
 
-    def __init__(self, root: Path, what: str, policy: Policy = Policy(), fresh: bool = False) -> None:
+    def __init__(self, root: Path, what: str, policy: Policy = Policy(), fresh: bool = False,
+                 owners: dict[str, tuple[int, int]] | None = None) -> None:
         """`fresh`: `root` starts empty and only this extractor writes in it. Then, unless the root's
         own mode or ACL would pass anything on (setgid, a default ACL), a file is created with its
-        final owner and mode where it can be, saving a chown and a chmod per file."""
+        final owner and mode where it can be, saving a chown and a chmod per file.
+
+        `owners`: the table of a plain user's tree, which cannot take other owners than the user:
+        each entry's ids are kept there instead (path -> uid, gid; root's are not listed)."""
+        self.owners = owners
         self.root = Path(root)
         self.what = what
         self.policy = policy
@@ -119,11 +124,20 @@ class Extractor:
         self._forget(path)
         self._dirs.clear()  # a removed directory may be cached under another name (through a link)
         self.tree.remove(path)
+        self._disown(path, lambda p: True)
+
+    def _disown(self, directory: str, gone) -> None:
+        """Drop from the owners table `directory` and what it held, where `gone(path)`."""
+        if self.owners:
+            inside = directory + "/"
+            for path in [p for p in self.owners if (p == directory or p.startswith(inside)) and gone(p)]:
+                del self.owners[path]
 
     def opaque(self, directory: str) -> None:
         """Hide every lower child of `directory`: what this layer already wrote there stays."""
         self._dirs.clear()
         self.tree.empty_dir(directory, keep=self.added)
+        self._disown(directory, lambda p: p != directory and p not in self.added)
 
     # --- writing entries ------------------------------------------------------------------
     def _clear(self, dir_fd: int, name: str, keep_dir: bool, path: str = "") -> None:
@@ -148,6 +162,11 @@ class Extractor:
             return
         dir_fd, name = self._borrowed_parent(path)
         self.added.add(path)
+        if self.owners is not None:
+            if info.uid or info.gid:
+                self.owners[path] = (info.uid, info.gid)
+            else:
+                self.owners.pop(path, None)
         self._add(dir_fd, name, path, info, content)
 
     def _create(self, dir_fd: int, name: str, path: str, make) -> None:

@@ -643,19 +643,19 @@ def flat_entries(image: Image, report: MergeReport | None = None) -> Iterator[tu
         yield info, entry.content
 
 
-def extract(image: Image, root: Path, policy=None):
+def extract(image: Image, root: Path, policy=None, owners: dict[str, tuple[int, int]] | None = None):
     """Flatten `image` into the existing, empty directory `root`; returns the extraction statistics.
 
     The files are written by a second thread (see _Writer): creating a file is a system call of tens
     to hundreds of microseconds on ext4 that runs without the GIL, beside the reading thread that
-    parses the layers and checks their digests."""
+    parses the layers and checks their digests. `owners`: a plain user's table of owners (see Extractor)."""
     from repro.extract import Extractor, Policy
 
     fresh = next(os.scandir(root), None) is None
 
     def once():
         report = MergeReport()
-        extractor = Extractor(root, image.name, policy or Policy(), fresh=fresh)
+        extractor = Extractor(root, image.name, policy or Policy(), fresh=fresh, owners=owners)
         try:
             with _Writer(extractor) as writer:
                 for entry in merged(image, report):
@@ -667,6 +667,8 @@ def extract(image: Image, root: Path, policy=None):
         return stats
 
     def reset() -> None:
+        if owners is not None:
+            owners.clear()
         with Tree(root, image.name) as tree:
             tree.empty_dir("")
 

@@ -37,5 +37,8 @@ def reaper(*commands: Sequence[str], disarm: bool = False) -> Iterator[None]:
 
 
 def remove_command(path: str) -> list[str]:
-    """A tree that may hold mode-000 directories (a plain user's unpack): made writable, then removed."""
-    return ["/bin/sh", "-c", 'chmod -R u+rwX "$1" 2>/dev/null; rm -rf "$1"', "repro-reaper", path]
+    """A tree that may hold mode-000 directories (a plain user's unpack): made writable, then removed;
+    files of the user's subordinate ids (a killed build step, see executors/subids.py) as root of
+    the user's namespace of them."""
+    return ["/bin/sh", "-c", 'chmod -R u+rwX "$1" 2>/dev/null; rm -rf "$1" 2>/dev/null || '
+            'unshare --map-auto --map-root-user rm -rf --one-file-system "$1"', "repro-reaper", path]

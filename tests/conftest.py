@@ -97,6 +97,47 @@ def public_directory(prefix: str = "repro-public-"):
         shutil.rmtree(path, ignore_errors=True)
 
 
+def _rewrite(path: Path, text: str | None) -> None:
+    """Replace `path` at once (a temporary file renamed over it), or remove it when `text` is None."""
+    if text is None:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+        return
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.chmod(tmp, 0o644)
+    os.replace(tmp, path)
+
+
+@contextlib.contextmanager
+def subordinate_ids_for_nobody():
+    """uid 65534 gets a range of subordinate ids in /etc/subuid and /etc/subgid, after every range already
+    there, as `adduser` gives a new user on Debian (mmdebstrap's unshare mode, repro's plain-user bootstrap
+    and a plain user's root build steps map them); the files are put back as they were afterwards
+    (removed if there were none)."""
+    files = [Path("/etc/subuid"), Path("/etc/subgid")]
+    before = {f: f.read_text() if f.exists() else None for f in files}
+    for f in files:
+        lines = [line.split(":") for line in (before[f] or "").splitlines() if line.count(":") == 2]
+        if any(owner in ("nobody", "65534") for owner, _, _ in lines):
+            continue
+        start = max([1_000_000, *(int(first) + int(count) for _, first, count in lines)])
+        text = before[f] or ""
+        _rewrite(f, text + ("" if not text or text.endswith("\n") else "\n") + f"nobody:{start}:65536\n")
+    try:
+        yield
+    finally:
+        for f in files:
+            _rewrite(f, before[f])
+
+
+@pytest.fixture
+def nobody_subids():
+    with subordinate_ids_for_nobody():
+        yield
+
+
 @pytest.fixture
 def public_dir():
     with public_directory() as path:

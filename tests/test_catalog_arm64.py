@@ -5,11 +5,9 @@ arm64 image computing exactly what the amd64 one does."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import subprocess
-import tempfile
 import time
 from pathlib import Path
 
@@ -36,40 +34,6 @@ def as_nobody(public: Path, *args: str, timeout: float = 600) -> subprocess.Comp
 def needs_namespaced_binfmt() -> None:
     if not emulation.sandboxed():
         pytest.skip("a plain user's arm64 steps need a user namespace with its own binfmt_misc (Linux 6.7+)")
-
-
-def _rewrite(path: Path, text: str | None) -> None:
-    """Replace `path` at once (a temporary file renamed over it), or remove it when `text` is None."""
-    if text is None:
-        with contextlib.suppress(FileNotFoundError):
-            path.unlink()
-        return
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
-
-
-@pytest.fixture
-def nobody_subids():
-    """uid 65534 gets a range of subordinate ids in /etc/subuid and /etc/subgid (mmdebstrap's unshare
-    mode, and repro's plain-user bootstrap, map them), after every range already there; the files are
-    put back as they were afterwards (removed if there were none)."""
-    files = [Path("/etc/subuid"), Path("/etc/subgid")]
-    before = {f: f.read_text() if f.exists() else None for f in files}
-    for f in files:
-        lines = [line.split(":") for line in (before[f] or "").splitlines() if line.count(":") == 2]
-        if any(owner in ("nobody", "65534") for owner, _, _ in lines):
-            continue
-        start = max([1_000_000, *(int(first) + int(count) for _, first, count in lines)])
-        text = before[f] or ""
-        _rewrite(f, text + ("" if not text or text.endswith("\n") else "\n") + f"nobody:{start}:65536\n")
-    try:
-        yield
-    finally:
-        for f in files:
-            _rewrite(f, before[f])
 
 
 def _index(ref: str) -> dict:

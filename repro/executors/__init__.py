@@ -211,7 +211,7 @@ FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT)
 STOP_TIMEOUT = 10.0  # seconds between a forwarded signal and SIGKILL, as docker stop
 
 
-WRAPPERS = frozenset({"bwrap", "unshare", "proot"})  # executors' own processes, which pass no signal on
+WRAPPERS = frozenset({"bwrap", "unshare", "proot", "repro-subids"})  # executors' own processes, which pass no signal on
 
 
 def command_processes(pid: int) -> list[int]:

@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from repro import emulation
+from repro.executors import subids
 from repro.executors.command import Command
 
 
@@ -24,8 +25,10 @@ def available() -> bool:
 
 @contextlib.contextmanager
 def launch(root: Path, command: Command) -> Iterator[tuple[list[str], dict[str, str] | None]]:
-    argv = ["bwrap", "--bind", str(root), "/", "--dev", "/dev", "--unshare-user", "--unshare-uts",
-            "--unshare-cgroup-try", "--uid", str(command.user[0]), "--gid", str(command.user[1]),
+    # in a namespace of the user's subordinate ids (a root step of a build, see subids.py) bwrap needs
+    # no user namespace of its own; otherwise its own maps the caller to the command's one id
+    ids = [] if command.owners else ["--unshare-user", "--uid", str(command.user[0]), "--gid", str(command.user[1])]
+    argv = ["bwrap", "--bind", str(root), "/", "--dev", "/dev", *ids, "--unshare-uts", "--unshare-cgroup-try",
             "--die-with-parent", "--chdir", command.workdir, "--clearenv"]
     if not command.network:
         argv += ["--unshare-net"]
@@ -42,4 +45,8 @@ def launch(root: Path, command: Command) -> Iterator[tuple[list[str], dict[str, 
         argv += ["--setenv", key, value]
     # a foreign tree: bwrap runs in a user namespace whose own binfmt_misc has qemu (Linux 6.7 and later)
     prefix = emulation.namespace_prefix(command.emulator) if command.emulator is not None else []
+    if command.owners:
+        if prefix or command.user != (0, 0):
+            raise ValueError("subordinate ids are for a native root step")
+        prefix = subids.prefix(root, *command.owners)
     yield [*prefix, *argv, *command.argv], None

@@ -29,3 +29,6 @@ class Command:
     host_pid: bool = False  # the host's PID namespace and /proc (an MPI rank: see repro.mpi)
     host_ipc: bool = False  # the host's IPC namespace and /dev/shm (an MPI rank)
     tty: str = ""  # -t: the host's pty (/dev/pts/N) the command runs on; runc makes its own inside
+    # a plain user's root step with subordinate ids (bwrap only): the owners table given and the one taken
+    # back (see executors/subids.py)
+    owners: tuple[str, str] | None = None
