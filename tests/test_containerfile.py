@@ -879,11 +879,13 @@ def test_chown_parents_and_workdir_as_a_plain_user(base_layout, public_dir):
                       "w/x/y": (0o755, 1000, 1000), "w/x/z": (0o755, 1000, 50)}
 
 
-def test_python_science_containerfile_as_a_plain_user(catalog_images, public_dir):
-    """Its RUN runs python under bwrap as a plain user, and gives the image root gives."""
+@pytest.mark.parametrize("name", DEBIAN_IMAGES)
+def test_catalog_debian_containerfile_as_a_plain_user(catalog_images, public_dir, nobody_subids, name):
+    """Its RUN runs under bwrap as a plain user who has subordinate ids, as Debian's `adduser` gives (a
+    user namespace of them, see repro/executors/subids.py), and gives the image root gives."""
     base = f"oci:{public_dir / 'base'}:1"
-    repro("convert", catalog_images["python-science"]["ref"], base)
-    path = staged("python-science", public_dir)
+    repro("convert", catalog_images[name]["ref"], base)
+    path = staged(name, public_dir)
     subprocess.run(["chmod", "-R", "a+rwX", str(public_dir)], check=True)
     as_root = build(path, public_dir / "root", "--build-arg", f"BASE={base}")
     as_user = _as_nobody(public_dir, "build", str(path), "--store", str(public_dir / "user"),

@@ -13,7 +13,7 @@ import pytest
 
 from builders import deffile
 from repro.errors import ReproError
-from tests.conftest import REPRO, public_directory, repro, run
+from tests.conftest import REPRO, public_directory, repro, run, subordinate_ids_for_nobody
 
 CATALOG = Path(__file__).resolve().parents[1] / "catalog"
 SD = "/.singularity.d"
@@ -491,15 +491,14 @@ def test_docker_bootstrap_from_a_registry(tmp_path, registry, busybox_layout):
 
 # The Debian images of the catalog, from their def files: %post installs with apt on a Debian bookworm
 # image the session builds anyway (conftest's catalog_images: python-science, minbase with python3), given
-# as --build-arg base=DIR:TAG. Each is built with --check as root (runc), and those of AS_A_PLAIN_USER once
-# as a plain user too (bwrap, one id mapped: apt's _apt has none, see builders/apt_sandbox.py), all at
-# once; both give one digest. These run in `make test-slow` (conftest marks users of debian_defs).
+# as --build-arg base=DIR:TAG. Each is built with --check as root (runc), and once as a plain user who has
+# subordinate ids, as Debian's adduser gives (bwrap in a user namespace of them for root steps, see
+# repro/executors/subids.py: dpkg gives files to _apt, adm, _ssh; apt's sandbox user, builders/apt_sandbox.py),
+# all at once; both give one digest. These run in `make test-slow` (conftest marks users of debian_defs).
 DEBIAN_DEFS = {"python-science": "integral of exp(-x^2) over the real line = 1.7724538509",
                "openmpi": "hello from rank 0 of 2", "r-stats": "slope = 3.9324"}
 NOBODY = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
-# Checked as a plain user too. openmpi is not: its %post's dpkg fails under bwrap, which maps one id (a
-# package's chown to another id, "dpkg returned an error code (1)"); r-stats is not known to pass yet.
-AS_A_PLAIN_USER = ("python-science",)
+AS_A_PLAIN_USER = tuple(DEBIAN_DEFS)
 
 
 def _checked(proc: subprocess.Popen, what: str) -> str:
@@ -516,7 +515,7 @@ def _checked(proc: subprocess.Popen, what: str) -> str:
 def debian_defs(catalog_images) -> dict:
     """Per def: `repro build --check` as root, keeping its first build in a store (built again with --test
     from the cache), and one build as nobody; the base copied where nobody can read it."""
-    with public_directory("repro-defs-") as public:
+    with public_directory("repro-defs-") as public, subordinate_ids_for_nobody():
         base = public / "base"
         repro("convert", catalog_images["python-science"]["ref"], f"oci:{base}:1")
         argument = f"base={base}:1"
