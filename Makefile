@@ -38,11 +38,12 @@ test: setup lint
 	@echo "benchmarks, quick mode (checks that every benchmark runs and gives a number):"
 	@$(VENV)/bin/python -m benchmarks --quick
 
+# Among them the catalog's python-science for arm64 as a plain user (a Debian bootstrap and numpy/scipy
+# under QEMU, a quarter of an hour of one core), started with the session so that the other slow tests
+# overlap it; `make test-arm64` runs it alone.
 test-slow: setup
-	@$(VENV)/bin/pytest -q -m "slow and not arm64" $(PYTEST_ARGS)
+	@$(VENV)/bin/pytest -q -m slow $(PYTEST_ARGS)
 
-# The catalog's python-science for arm64, a Debian bootstrap and numpy/scipy under QEMU: half an hour and
-# more on two cores, which CI's time limit cannot hold beside the rest; run it by hand.
 test-arm64: setup
 	@$(VENV)/bin/pytest -q -m arm64 $(PYTEST_ARGS)
 

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -380,6 +381,45 @@ def catalog_images(tmp_path_factory) -> dict[str, dict]:
         out[name] = {**json.loads(stdout), "spec": spec, "archive": archive, "store": store / "store",
                      "ref": f"oci:{store / 'store'}:{name}:1.0"}
     return out
+
+
+@dataclass
+class Started:
+    """A build started in the background: its process, where it works, and when it started."""
+
+    proc: subprocess.Popen
+    public: Path
+    spec: Path
+    started: float
+
+
+@pytest.fixture(scope="session")
+def python_science_arm64():
+    """python-science built for linux/amd64 and linux/arm64 by nobody (with subordinate ids, for the
+    arm64 bootstrap by mmdebstrap in the user's namespace), started once and left to run: its QEMU steps
+    take a quarter of an hour of one core, which the other slow tests overlap (see _arm64_early)."""
+    with public_directory("repro-arm64-") as public, subordinate_ids_for_nobody():
+        spec = staged("python-science", public)
+        subprocess.run(["chmod", "-R", "a+rwX", str(public)], check=True)
+        env = {**os.environ, "HOME": str(public), "REPRO_STORE": str(public / "run-store")}
+        proc = subprocess.Popen(
+            ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", REPRO, "build", str(spec), "--platform",
+             "linux/amd64,linux/arm64", "--store", str(public / "store"), "--json", "--test"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+        try:
+            yield Started(proc, public, spec, time.monotonic())
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+            proc.communicate()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _arm64_early(request):
+    """Starts the arm64 build with the session when a test that needs it is selected (make test-slow)."""
+    if any(item.get_closest_marker("arm64") for item in request.session.items):
+        request.getfixturevalue("python_science_arm64")
+    yield
 
 
 # Tests that build or read real Debian images (mmdebstrap and apt downloads: minutes each) run in
