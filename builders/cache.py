@@ -40,7 +40,10 @@ def check_left_out(record: object, where: str) -> Descriptor | None:
     elif not isinstance(record.get("paths", {}), dict) or not all(
             isinstance(k, str) and isinstance(v, bool) for k, v in record.get("paths", {}).items()):
         problem = "paths are not a map of path to true/false"
-    elif not isinstance(record.get("removed", []), list) or not all(isinstance(p, str) for p in record["removed"]):
+    # "removed" is optional: a copy or file step's record (the account after a run left files out) has
+    # none, and reading it as record["removed"] made every such entry a miss (a KeyError, caught as damage)
+    elif not isinstance(record.get("removed", []), list) or not all(
+            isinstance(p, str) for p in record.get("removed", [])):
         problem = "removed is not a list of paths"
     elif record.get("state", "") and not KEY_PATTERN.fullmatch(str(record["state"])):
         problem = "state is not a sha256 hex digest"

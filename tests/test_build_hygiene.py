@@ -82,6 +82,21 @@ def test_a_cached_step_puts_back_what_it_left_out(base, tmp_path):
     assert again["digest"] == first["digest"] and all(s["cached"] for s in again["steps"][1:])
 
 
+def test_a_file_step_after_a_run_that_left_files_out_is_taken_from_the_cache(base, tmp_path):
+    """A copy or file step after a run that left files out records the account of them without the
+    run's "removed" list; that entry is still used (as an Apptainer def's /.singularity.d files after an
+    apt-using %post), locally and through --cache-to/--cache-from."""
+    path = tmp_path / "f.yaml"
+    path.write_text(f"spec: 1\nname: f\ntag: f:1\nbase: {{image: '{base}'}}\nsteps:\n"
+                    f"  - run: {json.dumps(UPDATE)}\n  - file: {{dst: /srv/note, content: hi}}\n")
+    cache = f"oci:{tmp_path / 'cache'}:build"
+    first = build(path, tmp_path / "store", "--cache-to", cache)
+    for store, args in ((tmp_path / "store", ()), (tmp_path / "other", ("--cache-from", cache))):
+        again = build(path, store, *args)
+        assert again["digest"] == first["digest"]
+        assert [s["cached"] for s in again["steps"][1:]] == [True, True]
+
+
 def test_the_same_layer_with_other_left_out_files_is_another_starting_point(base, tmp_path):
     """Both first steps give the same (empty) layer; only what they left in /tmp differs. The
     second step must not be taken from the cache of the other build."""
