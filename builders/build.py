@@ -381,7 +381,7 @@ class Builder:
         self.snapshot: dict[str, _tree.Node] | None = None
         self.left_out = _hygiene.LeftOut()  # what the tree holds and the image does not (apt lists, /tmp)
         self.left_record: dict | None = None  # the last step's account of it, for the cache
-        self._tmp = Path(tempfile.mkdtemp(prefix="repro-build-"))
+        self._tmp = Path()  # the working directory, made when the build starts (see build)
         self.executor = ""
         self.policy = Policy()
         self.stage_images: dict[str, tuple[BlobImage, dict]] = {}  # built stages: image, container config
@@ -781,7 +781,10 @@ class Builder:
         return image
 
     def build(self) -> BuildResult:
-        # the working tree goes even if repro is killed; otherwise _build removes it
+        # made here, not when the builder is: a builder that never builds (a --cache-from that fails
+        # first) leaves nothing behind. The working tree goes even if repro is killed; otherwise
+        # _build removes it.
+        self._tmp = Path(tempfile.mkdtemp(prefix="repro-build-"))
         with reaper(remove_command(str(self._tmp)), disarm=True):
             return self._build()
 

@@ -169,3 +169,24 @@ def test_a_containerfile_with_apt_update_and_install_in_two_runs(catalog_images,
     assert second["digest"] != first["digest"]
     root = tree(store, "ctx:latest", tmp_path / "again")
     assert (root / "opt" / "again").read_text().strip() == "again"
+
+
+def test_a_build_that_fails_before_it_starts_leaves_no_working_directory(base, tmp_path, public_dir):
+    """A --cache-from that cannot be read fails the build before any step: no repro-build-* directory
+    stays in TMPDIR (the builder makes its working directory when it starts, not when it is made)."""
+    import os
+    import subprocess
+
+    from tests.conftest import REPRO
+
+    scratch = public_dir / "tmp"  # runc's root inside must enter the working tree below it
+    scratch.mkdir(mode=0o777)
+    proc = subprocess.run([REPRO, "build", str(spec(tmp_path, base, ["true"])), "--store", str(tmp_path / "store"),
+                           "--cache-from", f"oci:{tmp_path / 'missing'}:build"], capture_output=True, text=True,
+                          env={**os.environ, "TMPDIR": str(scratch)})
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr, proc.stderr
+    assert list(scratch.iterdir()) == []
+    built = subprocess.run([REPRO, "build", str(spec(tmp_path, base, ["true"])), "--store", str(tmp_path / "store")],
+                           capture_output=True, text=True, env={**os.environ, "TMPDIR": str(scratch)})
+    assert built.returncode == 0, built.stderr
+    assert list(scratch.iterdir()) == []
