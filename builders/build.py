@@ -497,7 +497,7 @@ class Builder:
         self.executor = (executors.choose(self.executor_name, platform=self.platform) if self.foreign
                          else executors.choose(self.executor_name))
         self.policy = Policy(id_offset=executors.id_offset(self.executor))
-        self.subids = self.executor == "bwrap" and not self.foreign and subids.available()
+        self.subids = self.executor == "bwrap" and subids.available()
         tree = executors.new_root(self._tmp, self.executor)
         if self.layers:
             image = self._commit(tag="")

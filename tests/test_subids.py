@@ -110,3 +110,29 @@ def test_a_stale_owner_behind_a_link_does_not_reach_the_host(public_dir, nobody_
     assert (st.st_uid, st.st_gid, (sentinel / "f").read_text()) == (65534, 65534, "host\n")
     entries = _entries(public_dir / "user", json.loads(as_user.stdout)["digest"])
     assert entries["d"][:2] == (0, 0)
+
+
+def test_a_foreign_run_step_gives_files_away_too(public_dir, nobody_subids):
+    """An arm64 RUN under QEMU, qemu registered in the namespace of the user's subordinate ids (Linux 6.7
+    and later): its chown works, it sees the COPY's owner, and the image is root's."""
+    from repro import emulation
+    from tests.test_emulation import arm64_busybox
+
+    if not emulation.sandboxed():
+        import pytest
+
+        pytest.skip("a plain user's arm64 steps need a user namespace with its own binfmt_misc (Linux 6.7+)")
+    (public_dir / "busybox-arm64").write_bytes(arm64_busybox(public_dir))
+    (public_dir / "busybox-arm64").chmod(0o755)
+    _context(public_dir, "ARG SOURCE_DATE_EPOCH=1700000000\nFROM --platform=linux/arm64 scratch\n"
+                         "COPY busybox-arm64 /bin/busybox\nRUN [\"/bin/busybox\", \"--install\", \"-s\", \"/bin\"]\n"
+                         "COPY --chown=100:4 owned /var/owned\nRUN mkdir -p /srv && echo x > /srv/f && chown 100:4 "
+                         "/srv/f && uname -m > /srv/m && stat -c %u:%g /var/owned > /srv/seen\n")
+    as_root, as_user = _build(public_dir, "root"), _build(public_dir, "user")
+    assert as_root.returncode == 0, as_root.stderr
+    assert as_user.returncode == 0, as_user.stderr
+    digest = json.loads(as_user.stdout)["digest"]
+    assert digest == json.loads(as_root.stdout)["digest"]
+    assert _entries(public_dir / "user", digest)["srv/f"] == (100, 4, 0o644)
+    assert (_content(public_dir / "user", digest, "srv/m"), _content(public_dir / "user", digest, "srv/seen")) == (
+        "aarch64\n", "100:4\n")

@@ -44,9 +44,12 @@ def launch(root: Path, command: Command) -> Iterator[tuple[list[str], dict[str, 
     for key, value in sorted(command.env.items()):
         argv += ["--setenv", key, value]
     # a foreign tree: bwrap runs in a user namespace whose own binfmt_misc has qemu (Linux 6.7 and later)
-    prefix = emulation.namespace_prefix(command.emulator) if command.emulator is not None else []
-    if command.owners:
-        if prefix or command.user != (0, 0):
-            raise ValueError("subordinate ids are for a native root step")
-        prefix = subids.prefix(root, *command.owners)
+    if command.owners:  # a root step with the user's subordinate ids; a foreign one with qemu registered there
+        if command.user != (0, 0):
+            raise ValueError("subordinate ids are for a root step")
+        helper = subids.helper(root, *command.owners)
+        prefix = ([*emulation.namespace_prefix(command.emulator, all_ids=True), *helper]
+                  if command.emulator is not None else [*subids.unshare_prefix(), *helper])
+    else:
+        prefix = emulation.namespace_prefix(command.emulator) if command.emulator is not None else []
     yield [*prefix, *argv, *command.argv], None

@@ -48,21 +48,17 @@ def available() -> bool:
     return probe.returncode == 0
 
 
-def prefix(root: Path | str, given: Path | str, taken: Path | str) -> list[str]:
-    """The command prefix that runs the rest (bwrap's argv) in the namespace, owners from `given`
-    put on the tree at `root` before and read back into `taken` after."""
-    return [*unshare_prefix(), *_helper(), str(root), str(given), str(taken), "--"]
-
-
-def _helper() -> list[str]:
-    """`main` in a Python of its own, isolated (-I), which needs nothing but the standard library: this
-    Python, or the system's python3 where this user cannot run this one again (it lies under a home
-    directory only its owner may enter, as root's virtualenv run by another user)."""
+def helper(root: Path | str, given: Path | str, taken: Path | str) -> list[str]:
+    """The command prefix that runs the rest (bwrap's argv) once inside the namespace, owners from
+    `given` put on the tree at `root` before and read back into `taken` after: `main` in a Python of
+    its own, isolated (-I), which needs nothing but the standard library. This Python, or the system's
+    python3 where this user cannot run this one again (it lies under a home directory only its owner
+    may enter, as root's virtualenv run by another user)."""
     python = sys.executable if os.access(sys.executable, os.X_OK) else shutil.which("python3") or sys.executable
     package = str(Path(__file__).resolve().parents[2])
     code = (f"import sys; sys.path.insert(0, {package!r}); from repro.executors.subids import main; "
             "sys.exit(main(sys.argv[1:]))")
-    return [python, "-I", "-c", code]
+    return [python, "-I", "-c", code, str(root), str(given), str(taken), "--"]
 
 
 def remove(path: Path | str) -> None:
