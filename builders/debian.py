@@ -6,7 +6,7 @@ lock file before mmdebstrap cleans its caches.
 
 `options["arch"]` (Debian's name: arm64, armhf, ...) bootstraps another architecture; when the host
 cannot run it, its maintainer scripts run under QEMU. mmdebstrap chroots into the tree on the host, so
-as root qemu is registered host-wide with binfmt_misc for the bootstrap (repro.emulation.global_handler,
+as root qemu is registered host-wide with binfmt_misc for the bootstrap (repro.run.emulation.global_handler,
 removed after). A plain user's mmdebstrap runs in root mode inside a user namespace that maps the
 user's subordinate ids (as its unshare mode does) and has qemu in its own binfmt_misc (Linux 6.7 and
 later); on older kernels only the host's own handler (with F) for that architecture lets it work.
@@ -21,9 +21,9 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from repro import emulation
 from repro.errors import ReproError
 from repro.layers import TarWriter
+from repro.run import emulation
 
 DEFAULT_MIRROR = "http://deb.debian.org/debian"
 

@@ -6,15 +6,15 @@ Written only by `repro archive`, which makes the whole package (SBOMs, provenanc
 from __future__ import annotations
 
 from converters.oci_layout import read_from_files
-from repro import bag
 from repro.errors import ReproError
 from repro.image import Image
+from repro.preserve import bag
 from repro.refs import Options, Reference
 
 
 def read(ref: Reference, options: Options) -> Image:
-    from repro.archive import LAYOUT_DIR, LAYOUT_TAG
-    from repro.verify import Subdirectory
+    from repro.preserve.archive import LAYOUT_DIR, LAYOUT_TAG
+    from repro.preserve.verify import Subdirectory
 
     if not ref.body:
         raise ReproError(f"{ref}: missing path", "write it as archive:PACKAGE (a directory or .tar)")

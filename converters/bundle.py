@@ -1,7 +1,7 @@
 """`bundle:DIR`: an OCI runtime bundle (runtime-spec), what `umoci unpack` writes: `DIR/rootfs` and
 `DIR/config.json`, for runc or any OCI runtime a site already has.
 
-The configuration is repro's own runc configuration (repro/executors/runc.py), so a bundle is as
+The configuration is repro's own runc configuration (repro/run/executors/runc.py), so a bundle is as
 confined as `repro run`. Differences from the config.json `umoci unpack` writes for the same image:
 - a user namespace always: as root, container ids 0-65535 map to host ids 100000-165535 (the rootfs is
   written with its ids shifted to match) where umoci keeps host root as root; a plain user's own id
@@ -20,17 +20,17 @@ import json
 import os
 from pathlib import Path
 
-from repro import executors
 from repro.atomic import atomic_dir
 from repro.confined import Tree
-from repro.container import Invocation, command_line, image_env
 from repro.errors import ReproError
-from repro.executors import runc
-from repro.executors.command import Command
 from repro.extract import Policy
 from repro.flatten import extract
 from repro.image import Image
 from repro.refs import Options, Reference
+from repro.run import executors
+from repro.run.container import Invocation, command_line, image_env
+from repro.run.executors import runc
+from repro.run.executors.command import Command
 
 MAX_ACCOUNTS_FILE = 1 << 20
 

@@ -331,8 +331,8 @@ def cmd_sbom(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     import subprocess
 
-    from repro import container, mpi
-    from repro.executors import terminal
+    from repro.run import container, mpi
+    from repro.run.executors import terminal
 
     terminal.check(args.interactive, args.tty)
     argv = list(args.command or [])
@@ -364,7 +364,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_prune(args: argparse.Namespace) -> int:
-    from repro import unpacked
+    from repro.run import unpacked
 
     store = Path(args.store) if args.store else default_store()
     removed = unpacked.prune(store, args.days)
@@ -381,7 +381,7 @@ class _RecordAction(argparse.Action):
     """--record CMD starts a recorded run; --output PATH names a file of the run before it."""
 
     def __call__(self, parser, namespace, value, option_string=None) -> None:
-        from repro.archive import RecordRequest
+        from repro.preserve.archive import RecordRequest
 
         runs = list(getattr(namespace, "records", None) or [])
         if option_string == "--record":
@@ -395,7 +395,7 @@ class _RecordAction(argparse.Action):
 
 
 def cmd_archive(args: argparse.Namespace) -> int:
-    from repro import archive
+    from repro.preserve import archive
 
     renditions = tuple(r.strip() for part in args.with_ or [] for r in part.split(",") if r.strip())
     image = archive.write(args.ref, args.output, spec=args.spec, records=args.records or [], renditions=renditions,
@@ -416,7 +416,7 @@ def _is_image_reference(text: str) -> bool:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    from repro import verify
+    from repro.preserve import verify
 
     rows: list[tuple[str, str]] = []
     failure: CheckFailed | None = None
@@ -445,7 +445,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
-    from repro.replay import replay
+    from repro.preserve.replay import replay
 
     def report(result) -> None:
         if args.json:

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from repro import emulation
 from repro.image import Platform
+from repro.run import emulation
 from tests.conftest import CATALOG, REPRO, repro, run
 
 pytestmark = pytest.mark.skipif(Platform.host().architecture != "amd64", reason="the foreign platform is arm64")

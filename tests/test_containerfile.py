@@ -882,7 +882,7 @@ def test_chown_parents_and_workdir_as_a_plain_user(base_layout, public_dir):
 @pytest.mark.parametrize("name", DEBIAN_IMAGES)
 def test_catalog_debian_containerfile_as_a_plain_user(catalog_images, public_dir, nobody_subids, name):
     """Its RUN runs under bwrap as a plain user who has subordinate ids, as Debian's `adduser` gives (a
-    user namespace of them, see repro/executors/subids.py), and gives the image root gives."""
+    user namespace of them, see repro/run/executors/subids.py), and gives the image root gives."""
     base = f"oci:{public_dir / 'base'}:1"
     repro("convert", catalog_images[name]["ref"], base)
     path = staged(name, public_dir)

@@ -493,7 +493,7 @@ def test_docker_bootstrap_from_a_registry(tmp_path, registry, busybox_layout):
 # image the session builds anyway (conftest's catalog_images: python-science, minbase with python3), given
 # as --build-arg base=DIR:TAG. Each is built with --check as root (runc), and once as a plain user who has
 # subordinate ids, as Debian's adduser gives (bwrap in a user namespace of them for root steps, see
-# repro/executors/subids.py: dpkg gives files to _apt, adm, _ssh; apt's sandbox user, builders/apt_sandbox.py),
+# repro/run/executors/subids.py: dpkg gives files to _apt, adm, _ssh; apt's sandbox user, builders/apt_sandbox.py),
 # all at once; both give one digest. These run in `make test-slow` (conftest marks users of debian_defs).
 DEBIAN_DEFS = {"python-science": "integral of exp(-x^2) over the real line = 1.7724538509",
                "openmpi": "hello from rank 0 of 2", "r-stats": "slope = 3.9324"}

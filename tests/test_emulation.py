@@ -16,12 +16,12 @@ from pathlib import Path
 
 import pytest
 
-from repro import emulation, executors
 from repro.errors import ReproError
 from repro.extract import Policy
 from repro.flatten import extract
 from repro.image import Platform
 from repro.refs import open_image
+from repro.run import emulation, executors
 from tests.conftest import BUSYBOX, REPRO, public_directory, repro
 from tests.imagekit import E, add_index, make_image
 

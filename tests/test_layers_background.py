@@ -10,7 +10,7 @@ import threading
 import pytest
 
 from repro.layers import BackgroundCompressor, compressing_writer
-from repro.reaper import reaper
+from repro.run.reaper import reaper
 
 
 def _input() -> bytes:

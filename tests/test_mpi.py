@@ -1,7 +1,7 @@
 """MPI jobs in the hybrid model (issue 16): the host's Open MPI launcher starts one `repro run` per rank,
 each rank runs in the openmpi catalog image (Debian's Open MPI 4.1, as on the host), and the ranks find
 each other; the job's exit status is the launcher's verdict. As a plain user, as HPC users run jobs
-(bwrap, and proot); as root an MPI job is refused in one line. See repro/mpi.py."""
+(bwrap, and proot); as root an MPI job is refused in one line. See repro/run/mpi.py."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from repro import mpi
 from repro.errors import ReproError
+from repro.run import mpi
 from tests.conftest import REPRO, busybox_layers, public_directory, repro
 from tests.imagekit import make_image
 

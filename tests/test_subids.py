@@ -1,4 +1,4 @@
-"""A plain user's root build steps with the user's subordinate ids (repro/executors/subids.py): a RUN that
+"""A plain user's root build steps with the user's subordinate ids (repro/run/executors/subids.py): a RUN that
 gives files to other owners (as dpkg does for _apt, adm or _ssh) works as a plain user, sees the owners
 earlier layers gave, and gives root's image; a stale owner never reaches through a link to the host.
 Fast: busybox, no apt (the Debian defs and Containerfiles as a plain user run in make test-slow)."""
@@ -115,7 +115,7 @@ def test_a_stale_owner_behind_a_link_does_not_reach_the_host(public_dir, nobody_
 def test_a_foreign_run_step_gives_files_away_too(public_dir, nobody_subids):
     """An arm64 RUN under QEMU, qemu registered in the namespace of the user's subordinate ids (Linux 6.7
     and later): its chown works, it sees the COPY's owner, and the image is root's."""
-    from repro import emulation
+    from repro.run import emulation
     from tests.test_emulation import arm64_busybox
 
     if not emulation.sandboxed():

@@ -14,9 +14,9 @@ import tempfile
 from dataclasses import dataclass, field
 
 from repro import __version__
-from repro.container import Invocation, Session
 from repro.digest import sha256_stream
 from repro.errors import ReproError
+from repro.run.container import Invocation, Session
 
 
 @dataclass(frozen=True)

@@ -6,9 +6,10 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from repro import bag, container, records
 from repro.errors import ReproError
-from repro.records import Record
+from repro.preserve import bag, records
+from repro.preserve.records import Record
+from repro.run import container
 
 
 @dataclass(frozen=True)
@@ -24,7 +25,7 @@ class Replayed:
 
 
 def recorded_runs(package: str) -> list[Record]:
-    from repro.archive import RUNS_FILE
+    from repro.preserve.archive import RUNS_FILE
 
     files = bag.open_package(package)
     name = f"data/{RUNS_FILE}"

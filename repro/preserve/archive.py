@@ -26,12 +26,13 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from repro import __version__, bag, referrers
+from repro import __version__, referrers
 from repro.atomic import atomic_dir, atomic_file
 from repro.errors import ReproError
 from repro.image import Image
 from repro.mutate import document_time
-from repro.records import Record
+from repro.preserve import bag
+from repro.preserve.records import Record
 from repro.refs import Options, open_image, parse, write_image
 
 LAYOUT_DIR = "image"
@@ -109,7 +110,7 @@ def write(source: str, output: str, *, spec: str | None = None, records: list[Re
 
 def _fill(image: Image, source: str, data: Path, spec: str | None, records: list[RecordRequest],
           renditions: tuple[str, ...], executor: str | None, options: Options, log) -> None:
-    from repro import provenance
+    from repro.preserve import provenance
     from sbom.generate import MEDIA_TYPES, generate_many
 
     created = document_time(image)
@@ -144,7 +145,7 @@ def _fill(image: Image, source: str, data: Path, spec: str | None, records: list
             write_image(image, f"tar:{path}", options)
         else:
             write_image(image, f"docker-archive:{path}:{name}", options)
-    from repro import package_docs
+    from repro.preserve import package_docs
 
     layers = [layer.descriptor for layer in image.layers]
     _put(data / "README.txt", package_docs.readme(image, name, made, renditions, statement is not None, layers))
@@ -162,7 +163,8 @@ def _copy_referrers(source: str, image: Image, layout_ref: str, options: Options
 
 
 def _record(image: Image, requests: list[RecordRequest], executor: str | None, log) -> list[Record]:
-    from repro import container, records
+    from repro.preserve import records
+    from repro.run import container
 
     if not requests:
         return []

@@ -16,10 +16,10 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import BinaryIO
 
-from repro import bag
 from repro.digest import MAX_DOCUMENT_SIZE
 from repro.errors import CheckFailed, ReproError
 from repro.image import INDEX_TYPES, MANIFEST_TYPES, Image, Index, Manifest
+from repro.preserve import bag
 from repro.refs import Options, open_image
 
 Rows = list[tuple[str, str]]
@@ -75,7 +75,7 @@ def _drain(stream, size: int) -> int:
 
 
 def verify_package(path: str, deep: bool = False, report: Callable[[str, str], None] | None = None) -> Rows:
-    from repro.archive import LAYOUT_DIR, LAYOUT_TAG, PROVENANCE_FILE, RUNS_FILE, SBOM_FILES
+    from repro.preserve.archive import LAYOUT_DIR, LAYOUT_TAG, PROVENANCE_FILE, RUNS_FILE, SBOM_FILES
 
     files = bag.open_package(path)
     rows: Rows = []
@@ -164,7 +164,7 @@ def _walk(layout: Subdirectory, present: set[str], descriptor, where: str) -> No
 
 
 def _check_documents(files, layout, index, image, add, sbom_files, provenance_file, runs_file) -> None:
-    from repro import provenance
+    from repro.preserve import provenance
     from repro.referrers import MAX_DOCUMENT as MAX_ATTACHED  # SBOMs and provenance are referrers too
     from sbom.generate import subject_digest
 

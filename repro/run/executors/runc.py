@@ -21,10 +21,10 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-from repro import emulation
 from repro.errors import ReproError
-from repro.executors.command import Command
-from repro.reaper import reaper, remove_command
+from repro.run import emulation
+from repro.run.executors.command import Command
+from repro.run.reaper import reaper, remove_command
 
 log = logging.getLogger(__name__)
 ID_BASE = 100000  # host uid and gid of root inside
@@ -64,7 +64,7 @@ def config(root: Path | str, command: Command, user: tuple[int, int] = (0, 0)) -
         {"destination": "/dev/shm", "type": "tmpfs", "source": "shm",
          "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"]},
     ]
-    if command.host_pid or command.host_ipc:  # MPI ranks, which run as a plain user (see repro.mpi)
+    if command.host_pid or command.host_ipc:  # MPI ranks, which run as a plain user (see repro.run.mpi)
         raise ReproError("runc: the host's PID and IPC namespaces are never shared as root", "internal")
     namespaces = ["pid", "ipc", "uts", "mount", "cgroup", "user"]
     if command.resolv_conf:

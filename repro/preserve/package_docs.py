@@ -8,7 +8,7 @@ import shlex
 
 from repro import __version__
 from repro.image import Descriptor, Image
-from repro.records import Record
+from repro.preserve.records import Record
 
 BLOB_CHECK = 'cd data/image/blobs/sha256 && for f in *; do echo "$f  $f"; done | sha256sum -c; cd -'
 

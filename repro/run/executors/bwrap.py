@@ -1,6 +1,6 @@
 """bubblewrap, for plain users: a user namespace in which the caller is root, pivot_root into the tree,
 a fresh /proc and a minimal /dev, no_new_privs. As root it would keep root's ids, so it is not used then.
-An MPI rank (see repro.mpi) runs as the caller's own ids and shares the host's PID and IPC namespaces."""
+An MPI rank (see repro.run.mpi) runs as the caller's own ids and shares the host's PID and IPC namespaces."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
-from repro import emulation
-from repro.executors import subids
-from repro.executors.command import Command
+from repro.run import emulation
+from repro.run.executors import subids
+from repro.run.executors.command import Command
 
 
 def available() -> bool:

@@ -34,7 +34,7 @@ from pathlib import Path
 
 from repro.errors import ReproError
 from repro.image import Platform
-from repro.reaper import reaper
+from repro.run.reaper import reaper
 
 log = logging.getLogger(__name__)
 

@@ -2,7 +2,7 @@
 
 A tree is unpacked per manifest digest and per id mode (shifted for runc as root, the caller's own ids
 for a plain user) under `$REPRO_STORE/unpacked/`, and never changed afterwards: runs see it through an
-overlay whose upper layer is thrown away (see repro.executors). Two jobs unpacking the same image at
+overlay whose upper layer is thrown away (see repro.run.executors). Two jobs unpacking the same image at
 once each unpack into a private temporary directory and the first rename wins; a killed unpack leaves
 only a temporary directory, which is never used and which `prune` removes.
 """
@@ -16,11 +16,11 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from repro import executors
 from repro.confined import Tree, remove_tree
 from repro.extract import Policy
 from repro.flatten import extract
 from repro.image import Image
+from repro.run import executors
 
 TEMP_PREFIX = ".unpacking-"
 USED = "last-used"  # touched by every run: what `prune` ages by

@@ -22,13 +22,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Protocol
 
-from repro import executors, unpacked
 from repro.confined import Tree, remove_tree
 from repro.errors import ReproError
 from repro.extract import Policy, open_inside
 from repro.flatten import extract
 from repro.image import Image
-from repro.reaper import reaper, remove_command
+from repro.run import executors, unpacked
+from repro.run.reaper import reaper, remove_command
 
 NAMES = (*executors.NAMES, "docker", "udocker")
 MPI_LAUNCHERS = ("mpirun", "mpiexec", "orterun", "prterun", "mpiexec.hydra", "mpiexec.openmpi", "mpirun.openmpi")
@@ -46,7 +46,7 @@ class Invocation:
     stop_timeout: float = executors.STOP_TIMEOUT  # after a stop signal, seconds before the command is killed
     network: bool = False  # the host's network (else none)
     tty: bool = False  # on a pseudo-terminal that repro relays (-t)
-    mpi: bool = False  # a rank of an MPI job (see repro.mpi): the caller's ids, the host's PID and IPC
+    mpi: bool = False  # a rank of an MPI job (see repro.run.mpi): the caller's ids, the host's PID and IPC
     entrypoint: str | None = None  # replaces the image's ENTRYPOINT and CMD (docker run --entrypoint); "" clears
 
 
@@ -79,7 +79,7 @@ def command_line(image: Image, invocation: Invocation) -> list[str]:
         return entrypoint + argv
     entrypoint = list(image.config.entrypoint or [])
     if invocation.mpi and entrypoint and os.path.basename(entrypoint[0]) in MPI_LAUNCHERS:
-        entrypoint = []  # a rank of the host's launcher must not start a launcher of its own (see repro.mpi)
+        entrypoint = []  # a rank of the host's launcher must not start a launcher of its own (see repro.run.mpi)
     argv = list(invocation.argv) if invocation.argv else list(image.config.cmd or [])
     if not entrypoint and not argv:
         raise ReproError(f"{image.name}: the image has no entrypoint or cmd", "give the command after --")
@@ -118,7 +118,7 @@ class RootfsSession:
     def run(self, invocation: Invocation, stdout=None, stderr=None, stdin=None) -> int:
         env = image_env(self.image, invocation.env)
         if invocation.mpi:
-            from repro import mpi
+            from repro.run import mpi
 
             env = {**mpi.DEFAULTS, **env}
         command = executors.Command(command_line(self.image, invocation), env,
@@ -294,7 +294,7 @@ class UdockerSession:
 def session(image: Image, executor: str | None, store: Path | None = None
             ) -> contextlib.AbstractContextManager[Session]:
     """A session in `image` with the executor asked for, else the first rootfs executor usable here.
-    With `store`, runc and bwrap start from the image unpacked once there (see repro.unpacked)."""
+    With `store`, runc and bwrap start from the image unpacked once there (see repro.run.unpacked)."""
     if executor == "docker":
         return DockerSession(image)
     if executor == "udocker":

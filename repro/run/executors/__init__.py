@@ -8,7 +8,7 @@
 As root only runc is used: bwrap and proot would run the image with root's powers over the host.
 `choose()` picks the first that works here; `--executor` overrides it.
 
-A tree of another architecture runs under QEMU user emulation (see repro.emulation): `choose(name,
+A tree of another architecture runs under QEMU user emulation (see repro.run.emulation): `choose(name,
 platform)` returns a name that remembers the platform, and `run`/`run_attached` with it run emulated.
 """
 
@@ -28,13 +28,13 @@ import time
 from collections import deque
 from pathlib import Path
 
-from repro import emulation
 from repro.confined import Tree
 from repro.errors import ReproError
-from repro.executors import bwrap, proot, runc, terminal
-from repro.executors.command import DEFAULT_PATH, Command, Result
 from repro.image import Platform
-from repro.reaper import reaper
+from repro.run import emulation
+from repro.run.executors import bwrap, proot, runc, terminal
+from repro.run.executors.command import DEFAULT_PATH, Command, Result
+from repro.run.reaper import reaper
 
 __all__ = ["DEFAULT_PATH", "NAMES", "Command", "Executor", "Result", "choose", "id_offset", "new_root", "run",
            "run_attached"]

@@ -1,6 +1,6 @@
 """proot, for plain users where nothing else works (ptrace, no namespaces: udocker's default mode).
 It cannot cut the network, so `network: false` is not enforced; as root it would confine nothing.
-With `-q` (a foreign tree) it also shows the host's `/` at /host-rootfs: only on request (see repro.emulation)."""
+With `-q` (a foreign tree) it also shows the host's `/` at /host-rootfs: only on request (see repro.run.emulation)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
-from repro.executors.command import Command
+from repro.run.executors.command import Command
 
 
 def available() -> bool:

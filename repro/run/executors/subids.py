@@ -55,8 +55,8 @@ def helper(root: Path | str, given: Path | str, taken: Path | str) -> list[str]:
     python3 where this user cannot run this one again (it lies under a home directory only its owner
     may enter, as root's virtualenv run by another user)."""
     python = sys.executable if os.access(sys.executable, os.X_OK) else shutil.which("python3") or sys.executable
-    package = str(Path(__file__).resolve().parents[2])
-    code = (f"import sys; sys.path.insert(0, {package!r}); from repro.executors.subids import main; "
+    package = str(Path(__file__).resolve().parents[3])
+    code = (f"import sys; sys.path.insert(0, {package!r}); from repro.run.executors.subids import main; "
             "sys.exit(main(sys.argv[1:]))")
     return [python, "-I", "-c", code, str(root), str(given), str(taken), "--"]
 
