@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import tarfile
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,10 +31,14 @@ from repro import __version__, referrers
 from repro.atomic import atomic_dir, atomic_file
 from repro.errors import ReproError
 from repro.image import Image
+from repro.layers import TarWriter, source_date_epoch
 from repro.mutate import document_time
-from repro.preserve import bag
-from repro.preserve.records import Record
-from repro.refs import Options, open_image, parse, write_image
+from repro.preserve import bag, package_docs, provenance
+from repro.preserve.records import Record, record
+from repro.refs import Options, open_image, parse, transport_module, write_image
+from repro.run import container
+from repro.store import open_regular
+from sbom.generate import MEDIA_TYPES, generate_many
 
 LAYOUT_DIR = "image"
 LAYOUT_TAG = "image"
@@ -110,9 +115,6 @@ def write(source: str, output: str, *, spec: str | None = None, records: list[Re
 
 def _fill(image: Image, source: str, data: Path, spec: str | None, records: list[RecordRequest],
           renditions: tuple[str, ...], executor: str | None, options: Options, log) -> None:
-    from repro.preserve import provenance
-    from sbom.generate import MEDIA_TYPES, generate_many
-
     created = document_time(image)
     layout_ref = f"oci:{data / LAYOUT_DIR}:{LAYOUT_TAG}"
     write_image(image, layout_ref, options)
@@ -145,8 +147,6 @@ def _fill(image: Image, source: str, data: Path, spec: str | None, records: list
             write_image(image, f"tar:{path}", options)
         else:
             write_image(image, f"docker-archive:{path}:{name}", options)
-    from repro.preserve import package_docs
-
     layers = [layer.descriptor for layer in image.layers]
     _put(data / "README.txt", package_docs.readme(image, name, made, renditions, statement is not None, layers))
     _put(data / "ro-crate-metadata.json",
@@ -155,17 +155,12 @@ def _fill(image: Image, source: str, data: Path, spec: str | None, records: list
 
 def _copy_referrers(source: str, image: Image, layout_ref: str, options: Options) -> list[referrers.Artifact]:
     """The source's own referrers come along where the source can have them (oci:, docker://)."""
-    from repro.refs import transport_module
-
     if not hasattr(transport_module(parse(source)), "attach_referrer"):
         return []
     return referrers.copy(source, image, layout_ref, options)
 
 
 def _record(image: Image, requests: list[RecordRequest], executor: str | None, log) -> list[Record]:
-    from repro.preserve import records
-    from repro.run import container
-
     if not requests:
         return []
     made = []
@@ -173,7 +168,7 @@ def _record(image: Image, requests: list[RecordRequest], executor: str | None, l
         for request in requests:
             if log:
                 log(f"recording: {request.command}")
-            made.append(records.record(active, request.command, request.outputs))
+            made.append(record(active, request.command, request.outputs))
             for digest in made[-1].outcome.outputs.values():
                 if digest.startswith("missing"):
                     raise ReproError(f"--record {request.command!r}: {digest.removeprefix('missing: ')}",
@@ -188,11 +183,6 @@ def _put(path: Path, data: bytes) -> None:
 
 def _write_tar(root: Path, target: Path) -> None:
     """The bag as one tar: its top directory and every file, sorted, owned by 0:0, times from the bag's date."""
-    import tarfile
-
-    from repro.layers import TarWriter, source_date_epoch
-    from repro.store import open_regular
-
     mtime = source_date_epoch()
     with atomic_file(target) as out:
         tar = TarWriter(out)

@@ -8,7 +8,9 @@ from dataclasses import dataclass
 
 from repro.errors import ReproError
 from repro.preserve import bag, records
+from repro.preserve.archive import RUNS_FILE
 from repro.preserve.records import Record
+from repro.refs import open_image
 from repro.run import container
 
 
@@ -25,8 +27,6 @@ class Replayed:
 
 
 def recorded_runs(package: str) -> list[Record]:
-    from repro.preserve.archive import RUNS_FILE
-
     files = bag.open_package(package)
     name = f"data/{RUNS_FILE}"
     if not files.exists(name):
@@ -40,8 +40,6 @@ def recorded_runs(package: str) -> list[Record]:
 
 def replay(package: str, executor: str | None = None,
            report: Callable[[Replayed], None] | None = None) -> list[Replayed]:
-    from repro.refs import open_image
-
     runs = recorded_runs(package)
     if not runs:
         raise ReproError(f"{package}: the package has no recorded runs", "record some with repro archive --record")

@@ -27,7 +27,8 @@ from repro.errors import ReproError
 from repro.extract import Policy, open_inside
 from repro.flatten import extract
 from repro.image import Image
-from repro.run import executors, unpacked
+from repro.refs import write_image
+from repro.run import executors, mpi, unpacked
 from repro.run.reaper import reaper, remove_command
 
 NAMES = (*executors.NAMES, "docker", "udocker")
@@ -118,8 +119,6 @@ class RootfsSession:
     def run(self, invocation: Invocation, stdout=None, stderr=None, stdin=None) -> int:
         env = image_env(self.image, invocation.env)
         if invocation.mpi:
-            from repro.run import mpi
-
             env = {**mpi.DEFAULTS, **env}
         command = executors.Command(command_line(self.image, invocation), env,
                                     invocation.workdir or self.image.config.workdir or "/",
@@ -149,8 +148,6 @@ class DockerSession:
         self.containers: list[str] = []
 
     def __enter__(self) -> DockerSession:
-        from repro.refs import write_image
-
         if not shutil.which("docker"):
             raise ReproError("--executor docker: the docker command is missing", "install docker.io")
         write_image(self.image, f"docker-daemon:{self.tag}")
@@ -248,8 +245,6 @@ class UdockerSession:
         return proc
 
     def __enter__(self) -> UdockerSession:
-        from repro.refs import write_image
-
         if os.geteuid() == 0:
             raise ReproError("--executor udocker: udocker refuses to run as root", "run repro as a plain user")
         if not shutil.which("udocker"):
