@@ -762,7 +762,7 @@ def _unnamed(i: int, names: list[str]) -> str:
 
 def _translated(path: str | Path, build_args: dict[str, str] | None, registry: str | None, epoch: int | None,
                 platform: Platform | None = None) -> tuple[_Def, dict, dict[str, int]]:
-    from repro.layers import source_date_epoch
+    from repro.clock import source_date_epoch
 
     d, stages = parse(path, build_args, registry)
     return (d, *translate(d, stages, source_date_epoch() if epoch is None else epoch, platform))

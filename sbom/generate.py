@@ -5,8 +5,8 @@ from __future__ import annotations
 import logging
 
 from repro import __version__
+from repro.clock import document_time
 from repro.image import Image
-from repro.mutate import document_time
 from sbom import cyclonedx, spdx
 from sbom.catalogers import catalog, os_release, wanted
 from sbom.files import scan

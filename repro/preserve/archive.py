@@ -28,9 +28,9 @@ from pathlib import Path
 
 from repro import __version__, referrers
 from repro.atomic import atomic_dir, atomic_file
+from repro.clock import document_time
 from repro.errors import ReproError
 from repro.image import Image
-from repro.mutate import document_time
 from repro.preserve import bag
 from repro.preserve.records import Record
 from repro.refs import Options, open_image, parse, write_image
@@ -190,7 +190,8 @@ def _write_tar(root: Path, target: Path) -> None:
     """The bag as one tar: its top directory and every file, sorted, owned by 0:0, times from the bag's date."""
     import tarfile
 
-    from repro.layers import TarWriter, source_date_epoch
+    from repro.clock import source_date_epoch
+    from repro.layers import TarWriter
     from repro.store import open_regular
 
     mtime = source_date_epoch()
