@@ -17,11 +17,9 @@ ENV = "SOURCE_DATE_EPOCH"
 def source_date_epoch(default: int = 0) -> int:
     """SOURCE_DATE_EPOCH from the environment, else `default`."""
     value = os.environ.get(ENV, "")
-    if not value:
-        return default
-    if not value.isdigit():
+    if value and not value.isdigit():
         raise ReproError(f"{ENV}={value!r} is not a number of seconds", "unset it or give an integer")
-    return int(value)
+    return int(value) if value else default
 
 
 def rfc3339(epoch: int) -> str:
