@@ -2,6 +2,8 @@
 
 Like go-containerregistry's mutate package: a new image is its base's layers plus appended ones, a
 config derived from the base's, and a manifest over both, written into an OCI layout (the store).
+An import (a tarball, a directory, a squashfs or SIF file) is the simplest case: one layer, no base
+(image_from_layer_writer).
 """
 
 from __future__ import annotations
