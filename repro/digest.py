@@ -90,6 +90,19 @@ class RawReader(io.RawIOBase):
         return n
 
 
+class WrappingReader(RawReader):
+    """A reader over another stream (`_raw`), which closing this one closes."""
+
+    def __init__(self, raw: BinaryIO) -> None:
+        self._raw = raw
+
+    def close(self) -> None:
+        try:
+            self._raw.close()
+        finally:
+            super().close()
+
+
 class HashingWriter:
     """Hashes (sha256) and counts what is written on its way to `out`; without `out` it only hashes."""
 
@@ -115,11 +128,11 @@ class HashingWriter:
         return "sha256:" + self.hash.hexdigest()
 
 
-class HashingReader(RawReader):
+class HashingReader(WrappingReader):
     """Pass-through reader that hashes and counts what is read."""
 
     def __init__(self, raw: BinaryIO, algorithm: str = "sha256") -> None:
-        self._raw = raw
+        super().__init__(raw)
         self.hash = hashlib.new(algorithm)
         self.size = 0
         self._algorithm = algorithm
@@ -144,12 +157,6 @@ class HashingReader(RawReader):
     @property
     def digest(self) -> str:
         return f"{self._algorithm}:{self.hash.hexdigest()}"
-
-    def close(self) -> None:
-        try:
-            self._raw.close()
-        finally:
-            super().close()
 
 
 class VerifyingReader(HashingReader):

@@ -20,7 +20,7 @@ from typing import BinaryIO
 import zstandard
 from isal import isal_zlib
 
-from repro.digest import CHUNK, RawReader
+from repro.digest import CHUNK, RawReader, WrappingReader
 from repro.errors import DigestMismatch, ReproError
 
 BLOCK = 512
@@ -135,7 +135,7 @@ class GuardedReader(RawReader):
             super().close()
 
 
-class _Gunzip(RawReader):
+class _Gunzip(WrappingReader):
     """The members of a gzip stream one after another, inflated by ISA-L.
 
     Reading only: any inflater gives the same bytes, and ISA-L's is about twice as fast as zlib's.
@@ -145,7 +145,7 @@ class _Gunzip(RawReader):
     INPUT = 1 << 18
 
     def __init__(self, raw: BinaryIO) -> None:
-        self._raw = raw
+        super().__init__(raw)
         self._inflater = None
         self._input = b""
         self._members = 0
@@ -190,12 +190,6 @@ class _Gunzip(RawReader):
             if out:
                 return out
         return b""
-
-    def close(self) -> None:
-        try:
-            self._raw.close()
-        finally:
-            super().close()
 
 
 def decompressed(raw: BinaryIO, compression: str, what: str) -> BinaryIO:
