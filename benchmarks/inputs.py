@@ -12,9 +12,10 @@ import random
 import tarfile
 from pathlib import Path
 
+from repro.clock import rfc3339
 from repro.image import OCI_MANIFEST, Descriptor, Platform
 from repro.layers import TarWriter
-from repro.mutate import commit, new_config, rfc3339, write_layer
+from repro.mutate import commit, new_config, write_layer
 from repro.store import Layout
 
 TAG = "synthetic"

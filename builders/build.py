@@ -26,20 +26,20 @@ from builders import lock as _lock
 from builders import sources as _sources
 from builders import tree as _tree
 from builders.spec import Spec, Step
-from converters.oci_layout import LayoutBlobs
 from repro.blobs import BlobImage, BlobLayer, IndexImage
+from repro.clock import rfc3339, source_date_epoch
 from repro.confined import Tree, clean_path, remove_tree
 from repro.errors import CheckFailed, ReproError
 from repro.extract import Extractor, Policy
 from repro.flatten import WHITEOUT_PREFIX, extract, whiteout_target
 from repro.image import OCI_INDEX, REF_NAME, Descriptor, Image, Index, Platform, canonical_json, parse_json
-from repro.layers import TarWriter, source_date_epoch
-from repro.mutate import NewLayer, commit, new_config, rfc3339, write_layer
+from repro.layers import TarWriter
+from repro.mutate import NewLayer, commit, new_config, write_layer
 from repro.refs import Options, open_image
 from repro.run import executors
 from repro.run.executors import subids
 from repro.run.reaper import reaper, remove_command
-from repro.store import Layout
+from repro.store import Layout, LayoutBlobs, copy_into
 from repro.tarstream import TarStream
 from repro.transfer import manifest_descriptor
 
@@ -412,8 +412,6 @@ class Builder:
         if kind == "image":
             try:
                 image = open_image(value, Options(platform=self.requested))
-                from converters.oci_layout import copy_into
-
                 with self.store.transaction():
                     copy_into(self.store, image)
             except ReproError as exc:
@@ -994,7 +992,7 @@ def _attach_provenance(spec: Spec, store: Layout, result: BuildResult) -> None:
     """The build's provenance (spec, lock, SOURCE_DATE_EPOCH) as a referrer of the image in the store, so
     it travels with `convert --referrers` and into `repro archive`. Same build, same statement bytes."""
     from repro import referrers
-    from repro.mutate import document_time
+    from repro.clock import document_time
     from repro.preserve import provenance
 
     statement = provenance.for_build(result.image, spec)

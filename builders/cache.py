@@ -15,7 +15,7 @@ from pathlib import Path
 from repro.atomic import atomic_file
 from repro.errors import ReproError
 from repro.image import Descriptor, canonical_json, parse_json
-from repro.store import Layout
+from repro.store import Layout, copy_into
 
 KEY_PATTERN = re.compile(r"[0-9a-f]{64}")
 DIGEST_PATTERN = re.compile(r"sha256:[0-9a-f]{64}")
@@ -150,7 +150,6 @@ def export_to(cache: Cache, images: list, keys: list[str], ref: str) -> str:
 
 def import_from(cache: Cache, ref: str) -> int:
     """Fetch the layers and cache entries that `export_to` published; returns how many entries."""
-    from converters.oci_layout import copy_into
     from repro.refs import open_image
 
     image = open_image(ref)

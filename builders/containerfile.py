@@ -37,6 +37,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from repro.digest import sha256_stream
 from repro.errors import ReproError
 
 log = logging.getLogger("repro")
@@ -780,11 +781,8 @@ def _describe(path: Path) -> str:
 def _file_digest(path: Path, st: os.stat_result) -> str:
     if stat.S_ISLNK(st.st_mode):
         return hashlib.sha256(os.readlink(path).encode("utf-8", "surrogateescape")).hexdigest()
-    digest = hashlib.sha256()
     with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
+        return sha256_stream(f)[0]
 
 
 # --- base images ---------------------------------------------------------------------------------------------
@@ -1741,8 +1739,9 @@ def fetch_url(url: str, sha256: str) -> Path:
     kept by checksum in ~/.cache/repro/add, so a file is downloaded once."""
     import requests
 
+    from repro.clock import rfc3339
     from repro.image import Platform
-    from repro.mutate import commit, new_config, rfc3339, write_layer
+    from repro.mutate import commit, new_config, write_layer
     from repro.store import Layout
     from repro.transfer import manifest_descriptor
 

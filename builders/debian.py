@@ -28,7 +28,7 @@ from repro.run import emulation
 DEFAULT_MIRROR = "http://deb.debian.org/debian"
 
 
-def bootstrap(options: dict, epoch: int, tar: TarWriter, what: str, log=None) -> list[dict]:
+def bootstrap(options: dict, epoch: int, tar: TarWriter, what: str) -> list[dict]:
     """Write the base layer into `tar`; returns the installed packages for the lock."""
     from builders.hygiene import is_volatile_stream_path
     from converters.tarball import copy_tar_stream

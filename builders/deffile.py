@@ -28,6 +28,7 @@ from pathlib import Path
 
 from builders.spec import Spec, from_dict
 from converters import sif_rootfs as sd
+from repro.clock import rfc3339, source_date_epoch
 from repro.errors import ReproError
 from repro.image import Platform
 
@@ -597,7 +598,7 @@ def build_labels(stage: Stage, epoch: int, has_help: bool, platform: Platform | 
     arch = (platform or Platform.host()).architecture
     out = {
         "org.label-schema.schema-version": "1.0",
-        "org.opencontainers.image.created": when.strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "org.opencontainers.image.created": rfc3339(epoch),
         "org.label-schema.build-date": f"{when.strftime('%A')}_{when.day}_{when.strftime('%B')}_{when.year}_"
                                        f"{when.hour}:{when.minute}:{when.second}_UTC",
         "org.opencontainers.image.architecture": arch,
@@ -762,8 +763,6 @@ def _unnamed(i: int, names: list[str]) -> str:
 
 def _translated(path: str | Path, build_args: dict[str, str] | None, registry: str | None, epoch: int | None,
                 platform: Platform | None = None) -> tuple[_Def, dict, dict[str, int]]:
-    from repro.layers import source_date_epoch
-
     d, stages = parse(path, build_args, registry)
     return (d, *translate(d, stages, source_date_epoch() if epoch is None else epoch, platform))
 

@@ -8,7 +8,6 @@ did not change, so each file is hashed once unless a step rewrites it.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import stat
 import tarfile
@@ -16,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from repro.confined import Tree
-from repro.digest import CHUNK
+from repro.digest import sha256_stream
 from repro.flatten import WHITEOUT_PREFIX
 from repro.layers import TarWriter
 
@@ -49,11 +48,8 @@ def _kind(mode: int) -> str:
 
 
 def _sha256(dir_fd: int, name: bytes) -> str:
-    h = hashlib.sha256()
     with open(os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=dir_fd), "rb") as f:
-        while chunk := f.read(CHUNK):
-            h.update(chunk)
-    return h.hexdigest()
+        return sha256_stream(f)[0]
 
 
 def snapshot(root: Path, previous: dict[str, Node] | None = None, id_offset: int = 0,

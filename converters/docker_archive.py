@@ -16,7 +16,8 @@ from typing import BinaryIO
 from converters.oci_archive import refuse_link
 from repro.atomic import atomic_file
 from repro.blobs import BlobImage
-from repro.digest import CHUNK, MAX_DOCUMENT_SIZE, sha256_bytes
+from repro.clock import source_date_epoch
+from repro.digest import CHUNK, MAX_DOCUMENT_SIZE, sha256_bytes, sha256_stream
 from repro.errors import ReproError
 from repro.image import (
     OCI_CONFIG,
@@ -30,7 +31,7 @@ from repro.image import (
     canonical_json,
     parse_json,
 )
-from repro.layers import TarWriter, sniff_compression, source_date_epoch
+from repro.layers import TarWriter, sniff_compression
 from repro.refs import Options, Reference
 from repro.tarfiles import TarFiles
 from repro.transfer import blob_progress, with_progress
@@ -141,11 +142,8 @@ def _document(files: TarFiles, member: str) -> bytes:
 
 
 def _hash_member(files: TarFiles, member: str) -> str:
-    h = hashlib.sha256()
     with files.open(member) as f:
-        while chunk := f.read(CHUNK):
-            h.update(chunk)
-    return "sha256:" + h.hexdigest()
+        return "sha256:" + sha256_stream(f)[0]
 
 
 def read(ref: Reference, options: Options) -> Image:

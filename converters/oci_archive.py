@@ -11,10 +11,11 @@ from typing import BinaryIO
 
 from converters.oci_layout import check_tag, read_from_files
 from repro.atomic import atomic_file
+from repro.clock import source_date_epoch
 from repro.digest import MAX_DOCUMENT_SIZE
 from repro.errors import ReproError
 from repro.image import REF_NAME, Image, Index, canonical_json
-from repro.layers import TarWriter, member_name, source_date_epoch
+from repro.layers import TarWriter, member_name
 from repro.refs import Options, Reference
 from repro.store import INDEX_FILE, OCI_LAYOUT_FILE, blob_name, layout_marker
 from repro.tarfiles import TarFiles

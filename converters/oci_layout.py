@@ -8,48 +8,27 @@ assembled under a temporary name and renamed into place when complete.
 from __future__ import annotations
 
 import re
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import BinaryIO, Protocol
 
 from repro.atomic import atomic_dir
 from repro.blobs import BlobImage, IndexImage, read_document, read_index, select_manifest
 from repro.errors import ReproError
 from repro.image import REF_NAME, Descriptor, Image
 from repro.refs import Options, Reference
-from repro.store import INDEX_FILE, OCI_LAYOUT_FILE, Layout, blob_name, layout_marker, parse_json
-from repro.transfer import blob_progress, image_blobs, manifest_descriptor
+from repro.store import (
+    INDEX_FILE,
+    OCI_LAYOUT_FILE,
+    Layout,
+    LayoutBlobs,
+    LayoutFiles,
+    copy_into,
+    layout_marker,
+    parse_json,
+)
+from repro.transfer import manifest_descriptor
 
 # image-spec annotations.md: the ref.name grammar, simplified to the characters it allows.
 _TAG_RE = re.compile(r"^[A-Za-z0-9._:@/+-]+$")
-
-
-class LayoutFiles(Protocol):
-    """What reading a layout needs: a directory (store.Layout) or a tar (tarfiles.TarFiles)."""
-
-    def exists(self, name: str) -> bool: ...
-
-    def open(self, name: str) -> BinaryIO: ...
-
-    def read(self, name: str, limit: int = ...) -> bytes: ...
-
-
-class LayoutBlobs:
-    """BlobSource over the blobs/ folder of a layout."""
-
-    def __init__(self, files: LayoutFiles, name: str) -> None:
-        self.files = files
-        self.name = name
-
-    def open_blob(self, descriptor: Descriptor) -> BinaryIO:
-        path = blob_name(descriptor.digest)
-        try:
-            return self.files.open(path)
-        except FileNotFoundError:
-            raise ReproError(
-                f"{self.name}: blob {descriptor.digest} is missing ({path})",
-                "the layout is incomplete; copy it again from its source",
-            ) from None
 
 
 def check_tag(tag: str, ref: Reference) -> str:
@@ -99,24 +78,6 @@ def read(ref: Reference, options: Options) -> Image:
     path, tag = ref.split_path()
     layout = Layout.open_existing(path)
     return read_from_files(layout, check_tag(tag, ref), options, str(ref))
-
-
-PARALLEL = 3  # blobs copied at once: hashing, socket reads and writes release the GIL
-
-
-def copy_into(layout: Layout, image: Image, progress=None) -> Descriptor:
-    """Store every blob of `image` and its manifest in `layout`; returns the manifest descriptor."""
-
-    def copy(blob) -> None:
-        with blob.open() as src:
-            layout.put_blob(blob.descriptor, src, blob_progress(progress, blob.descriptor))
-
-    missing = [blob for blob in image_blobs(image) if not layout.has_blob(blob.descriptor.digest)]
-    with ThreadPoolExecutor(max_workers=PARALLEL) as pool:
-        for future in [pool.submit(copy, blob) for blob in missing]:
-            future.result()
-    layout.put_bytes(image.raw_manifest, image.manifest.media_type)
-    return manifest_descriptor(image)
 
 
 def _store(layout: Layout, image: Image | IndexImage, progress) -> Descriptor:

@@ -37,7 +37,7 @@ import urllib3
 from oras.auth import utils as oras_auth
 
 from repro.blobs import MAX_DOCUMENT, BlobImage, IndexImage, read_index, select_manifest
-from repro.digest import CHUNK, sha256_bytes, validate
+from repro.digest import CHUNK, RawReader, sha256_bytes, validate
 from repro.errors import DigestMismatch, ReproError
 from repro.image import INDEX_TYPES, MANIFEST_TYPES, OCI_INDEX, Descriptor, Image, Index, canonical_json, parse_json
 from repro.refs import Options, Reference
@@ -208,7 +208,7 @@ def _drain(response: requests.Response, limit: int = ERROR_BODY) -> bytes:
     return b"".join(parts)[:limit]
 
 
-class _Bounded(io.RawIOBase):
+class _Bounded(RawReader):
     """A blob's body that may not run past its declared size: reading it whole stays bounded too."""
 
     def __init__(self, response: requests.Response, limit: int, what: str) -> None:
@@ -217,9 +217,6 @@ class _Bounded(io.RawIOBase):
         if declared.isdigit() and int(declared) > limit:
             response.close()
             raise _too_large(what, limit, "the registry sends more than the descriptor declares")
-
-    def readable(self) -> bool:
-        return True
 
     def read(self, size: int | None = -1) -> bytes:
         if size is None or size < 0:
@@ -244,11 +241,6 @@ class _Bounded(io.RawIOBase):
             self.close()
             raise _too_large(self.what, self.limit, "the registry sends more than the descriptor declares")
         return data
-
-    def readinto(self, buffer) -> int:  # type: ignore[override]
-        data = self.read(len(buffer))
-        buffer[:len(data)] = data
-        return len(data)
 
     def close(self) -> None:
         self.response.close()

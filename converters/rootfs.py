@@ -9,50 +9,25 @@ opened through repro.confined, never through a symlink in the tree.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
-import shutil
 import tarfile
-import tempfile
-import weakref
 from collections.abc import Iterator
 from functools import cached_property
 from pathlib import Path
 
+from repro.clock import rfc3339, source_date_epoch
 from repro.confined import Tree
-from repro.digest import CHUNK
+from repro.digest import CHUNK, HashingWriter
 from repro.errors import ReproError
 from repro.extract import Policy
 from repro.flatten import MergedEntry
-from repro.image import Image, ImageConfig, Manifest, Platform
-from repro.layers import TarWriter, source_date_epoch
-from repro.mutate import commit, directory_entries, new_config, rfc3339, write_layer
+from repro.image import Image, ImageConfig, Manifest
+from repro.layers import TarWriter
+from repro.mutate import directory_entries, image_from_layer_writer
 from repro.refs import Options, Reference
-from repro.store import Layout
 
 log = logging.getLogger(__name__)
-
-
-def image_from_layer_writer(produce, name: str, options: Options, container_config=None) -> Image:
-    """A one-layer image around the entries `produce` writes, in a temporary store.
-
-    `container_config()`, called once the layer is written, gives the config's `config` part."""
-    tmp = Path(tempfile.mkdtemp(prefix="repro-import-"))
-    try:
-        layout = Layout.initialize(tmp)
-        layer = write_layer(layout, produce, "gzip")
-        epoch = source_date_epoch()
-        platform = options.platform or Platform.host()
-        history = [{"created": rfc3339(epoch), "created_by": f"repro import {name.split(':', 1)[0]}"}]
-        config = new_config(platform, rfc3339(epoch), [layer.diff_id], history,
-                            container_config() if container_config else None)
-        image = commit(layout, config, [layer], name=name)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    weakref.finalize(image, shutil.rmtree, tmp, True)
-    return image
 
 
 class _FileContent:
@@ -113,7 +88,7 @@ class DirectoryImage:
 
         The layer's tar is hashed on the way (each file read again from the page cache once its
         entry is done with), so a complete pass also gives tree_digest."""
-        sink = _Sha256Sink()
+        sink = HashingWriter()
         tar = TarWriter(sink)  # type: ignore[arg-type]
         with Tree(self.root, self.name) as tree:
             for info, file in self._entries(tree):
@@ -123,18 +98,18 @@ class DirectoryImage:
                     file.seek(0)  # type: ignore[attr-defined]
                 tar.add(info, file)  # type: ignore[arg-type]
         tar.close()
-        self._tree_digest = "sha256:" + sink.hash.hexdigest()
+        self._tree_digest = sink.digest
 
     @property
     def tree_digest(self) -> str:
         """The sha256 of the layer's uncompressed tar: the diff_id the imported image has, known without
         compressing the layer (which is most of an import's time)."""
         if self._tree_digest is None:
-            sink = _Sha256Sink()
+            sink = HashingWriter()
             tar = TarWriter(sink)  # type: ignore[arg-type]
             self._write(tar)
             tar.close()
-            self._tree_digest = "sha256:" + sink.hash.hexdigest()
+            self._tree_digest = sink.digest
         return self._tree_digest
 
     @property
@@ -144,7 +119,7 @@ class DirectoryImage:
 
     @cached_property
     def _image(self) -> Image:
-        return image_from_layer_writer(self._write, self.name, self._options)
+        return image_from_layer_writer(self._write, self.name, self._options.platform)
 
     @property
     def raw_manifest(self) -> bytes:
@@ -174,15 +149,6 @@ class DirectoryImage:
         if name.startswith("_"):
             raise AttributeError(name)
         return getattr(self._image, name)
-
-
-class _Sha256Sink:
-    def __init__(self) -> None:
-        self.hash = hashlib.sha256()
-
-    def write(self, data) -> int:
-        self.hash.update(data)
-        return len(data)
 
 
 def read(ref: Reference, options: Options) -> Image:

@@ -26,15 +26,16 @@ from typing import BinaryIO
 
 from converters import sif_format as fmt
 from converters import sif_rootfs as sd
-from converters.rootfs import image_from_layer_writer
 from converters.squashfs import COMPRESSORS, run_tar2sqfs
 from converters.tarball import copy_tar_stream
 from repro.atomic import atomic_file
+from repro.clock import source_date_epoch
 from repro.digest import MAX_DOCUMENT_SIZE
 from repro.errors import ReproError
 from repro.flatten import flat_entries
 from repro.image import Image, Platform, canonical_json, parse_json
-from repro.layers import TarWriter, source_date_epoch
+from repro.layers import TarWriter
+from repro.mutate import image_from_layer_writer
 from repro.refs import Options, Reference
 
 UUID_NAMESPACE = uuid.UUID("6f3c2a4e-5d1b-4f7a-9c8e-2b1d0e9f7a63")  # repro's namespace for SIF ids
@@ -303,4 +304,4 @@ def read(ref: Reference, options: Options) -> Image:
 
     arch = part.partition[2] if part.partition else header.arch  # type: ignore[index]
     platform = options.platform or Platform("linux", arch if arch != "unknown" else Platform.host().architecture)
-    return image_from_layer_writer(produce, str(ref), Options(platform, options.extra), container_config)
+    return image_from_layer_writer(produce, str(ref), platform, container_config)

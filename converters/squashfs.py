@@ -12,13 +12,14 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from converters.rootfs import image_from_layer_writer
 from converters.tarball import copy_tar_stream, write_flat
 from repro.atomic import copy_into_special, fsync_dir, is_special
+from repro.clock import source_date_epoch
 from repro.errors import ReproError
 from repro.flatten import flattening
 from repro.image import Image
-from repro.layers import TarWriter, source_date_epoch
+from repro.layers import TarWriter
+from repro.mutate import image_from_layer_writer
 from repro.refs import Options, Reference
 
 COMPRESSORS = ("gzip", "zstd", "xz", "lz4")
@@ -108,4 +109,4 @@ def read(ref: Reference, options: Options) -> Image:
             if proc.wait() != 0:
                 raise ReproError(f"{ref}: sqfs2tar failed: {stderr.strip()[-300:]}", "the squashfs may be damaged")
 
-    return image_from_layer_writer(produce, str(ref), options)
+    return image_from_layer_writer(produce, str(ref), options.platform)

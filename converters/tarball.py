@@ -14,17 +14,20 @@ import lzma
 from pathlib import Path
 from typing import BinaryIO
 
-from converters.rootfs import image_from_layer_writer
 from repro.atomic import atomic_file
+from repro.clock import source_date_epoch
+from repro.digest import RawReader
 from repro.errors import ReproError
 from repro.flatten import clean_path, flat_entries, flattening
 from repro.image import Image
-from repro.layers import ExpansionGuard, TarWriter, decompressed, sniff_compression, source_date_epoch
+from repro.layers import GuardedReader, TarWriter, decompressed, sniff_compression
+from repro.mutate import image_from_layer_writer
 from repro.refs import Options, Reference
 from repro.tarstream import CHUNK, TarDamaged, TarStream
 
 XZ_MAGIC = b"\xfd7zXZ\x00"
 BZIP2_MAGIC = b"BZh"
+INFLATE_DAMAGE = (lzma.LZMAError, EOFError, OSError)  # what xz and bzip2 readers raise for damaged input
 
 
 def write_flat(image: Image, out: BinaryIO) -> None:
@@ -47,7 +50,7 @@ def write(image: Image, ref: Reference, options: Options, progress=None) -> str:
     return image.digest
 
 
-class _Counted(io.RawIOBase):
+class _Counted(RawReader):
     """The bytes already read to sniff the compression, then the rest of the source; `size` counts
     what was read (the decompression-bomb guard compares it with the output)."""
 
@@ -55,9 +58,6 @@ class _Counted(io.RawIOBase):
         self._head = head
         self._source = source
         self.size = 0
-
-    def readable(self) -> bool:
-        return True
 
     def read(self, size: int = -1) -> bytes:
         if size is None or size < 0:
@@ -69,36 +69,6 @@ class _Counted(io.RawIOBase):
         self.size += len(data)
         return data
 
-    def readinto(self, buffer) -> int:  # type: ignore[override]
-        data = self.read(len(buffer))
-        buffer[: len(data)] = data
-        return len(data)
-
-
-class _Inflated(io.RawIOBase):
-    """xz or bzip2 content, with the layers' decompression-bomb guard and one error for damage."""
-
-    def __init__(self, inner: BinaryIO, counted: _Counted, what: str, compression: str) -> None:
-        self._inner = inner
-        self._counted = counted
-        self._what = what
-        self._compression = compression
-        self._guard = ExpansionGuard(what)
-        self._out = 0
-
-    def readable(self) -> bool:
-        return True
-
-    def read(self, size: int = -1) -> bytes:
-        try:
-            data = self._inner.read(CHUNK if size is None or size < 0 else size)
-        except (lzma.LZMAError, EOFError, OSError) as exc:
-            raise ReproError(f"{self._what}: corrupt or truncated {self._compression} stream ({exc})",
-                             "the file is damaged") from None
-        self._out += len(data)
-        self._guard.check(self._counted.size, self._out)
-        return data
-
 
 def _uncompressed(source: BinaryIO, what: str) -> BinaryIO:
     """`source` without its compression, if it has one that tar readers accept."""
@@ -108,9 +78,11 @@ def _uncompressed(source: BinaryIO, what: str) -> BinaryIO:
     if compression:
         return decompressed(counted, compression, what)  # type: ignore[arg-type]
     if head.startswith(XZ_MAGIC):
-        return _Inflated(lzma.LZMAFile(counted), counted, what, "xz")  # type: ignore[arg-type]
+        return GuardedReader(lzma.LZMAFile(counted), counted, what, "xz",  # type: ignore[arg-type]
+                             INFLATE_DAMAGE, "the file is damaged")
     if head.startswith(BZIP2_MAGIC):
-        return _Inflated(bz2.BZ2File(counted), counted, what, "bzip2")  # type: ignore[arg-type]
+        return GuardedReader(bz2.BZ2File(counted), counted, what, "bzip2",  # type: ignore[arg-type]
+                             INFLATE_DAMAGE, "the file is damaged")
     return counted  # type: ignore[return-value]
 
 
@@ -153,4 +125,4 @@ def read(ref: Reference, options: Options) -> Image:
         with open(path, "rb") as f:
             copy_tar_stream(f, tar, str(ref), epoch)
 
-    return image_from_layer_writer(produce, str(ref), options)
+    return image_from_layer_writer(produce, str(ref), options.platform)

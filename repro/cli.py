@@ -312,7 +312,7 @@ def cmd_sbom(args: argparse.Namespace) -> int:
         data = generate(image, args.format, name)
     if args.attach:
         from repro import referrers
-        from repro.mutate import document_time
+        from repro.clock import document_time
         from sbom.generate import MEDIA_TYPES
 
         artifact = referrers.attach(args.ref, image, data, MEDIA_TYPES[args.format], MEDIA_TYPES[args.format],
@@ -554,7 +554,7 @@ def cmd_attach(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from repro import referrers
-    from repro.mutate import document_time
+    from repro.clock import document_time
 
     annotations = dict(_key_value(a, "--annotation") for a in args.annotation or ())
     image = open_image(args.ref, _options(args))

@@ -1,8 +1,11 @@
-"""Content digests, and readers that verify digest and size while the bytes stream past.
+"""Content digests, and the streaming pieces every reader and writer of content is built from.
 
 Nothing in repro trusts a blob because of where it came from: every read of content that is named
 by a digest goes through VerifyingReader, which fails at the end of the stream (or as soon as the
-stream is longer than declared) when the content does not match its name.
+stream is longer than declared) when the content does not match its name. HashingWriter names what is
+written; sha256_stream what a stream holds. The rest keeps streams bounded and copies few: read_bounded
+caps a document, RawReader gives a reader its readinto, read_pieces fills a read from smaller pieces.
+All of it reads in chunks: memory never grows with the size of the content.
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import io
 import re
+from collections.abc import Callable
 from typing import BinaryIO
 
 from repro.errors import DigestMismatch, ReproError
@@ -58,24 +62,80 @@ def read_bounded(stream: BinaryIO, limit: int, what: str, hint: str = "the input
     raise ReproError(f"{what} is larger than {limit} bytes", hint)
 
 
-class HashingReader(io.RawIOBase):
-    """Pass-through reader that hashes and counts what is read."""
+def read_pieces(read1: Callable[[int], bytes | memoryview], size: int) -> bytes:
+    """`size` bytes (fewer only at the end) from `read1`, which gives at most that many at a time: a first
+    piece that is all that was asked is handed back uncopied (bytes(b) is b), else the pieces are joined once."""
+    first = read1(size)
+    if len(first) == size or not first:
+        return bytes(first)
+    parts = [first]
+    size -= len(first)
+    while size and (piece := read1(size)):
+        parts.append(piece)
+        size -= len(piece)
+    return b"".join(parts)
 
-    def __init__(self, raw: BinaryIO, algorithm: str = "sha256") -> None:
-        self._raw = raw
-        self.hash = hashlib.new(algorithm)
-        self.size = 0
-        self._algorithm = algorithm
+
+class RawReader(io.RawIOBase):
+    """A raw reader whose subclass only says how to read(size): readinto, which io's buffered readers
+    call, copies what read gives into the caller's buffer."""
 
     def readable(self) -> bool:
         return True
 
     def readinto(self, buffer) -> int:  # type: ignore[override]
-        data = self._raw.read(len(buffer))
+        data = self.read(len(buffer))
         n = len(data)
         buffer[:n] = data
-        self._consume(data)
         return n
+
+
+class WrappingReader(RawReader):
+    """A reader over another stream (`_raw`), which closing this one closes."""
+
+    def __init__(self, raw: BinaryIO) -> None:
+        self._raw = raw
+
+    def close(self) -> None:
+        try:
+            self._raw.close()
+        finally:
+            super().close()
+
+
+class HashingWriter:
+    """Hashes (sha256) and counts what is written on its way to `out`; without `out` it only hashes."""
+
+    def __init__(self, out: BinaryIO | None = None) -> None:
+        self._out = out
+        self.hash = hashlib.sha256()
+        self.size = 0
+
+    def write(self, data) -> int:
+        self.hash.update(data)
+        self.size += len(data)
+        return self._out.write(data) if self._out is not None else len(data)
+
+    def flush(self) -> None:
+        if self._out is not None:
+            self._out.flush()
+
+    def writable(self) -> bool:
+        return True
+
+    @property
+    def digest(self) -> str:
+        return "sha256:" + self.hash.hexdigest()
+
+
+class HashingReader(WrappingReader):
+    """Pass-through reader that hashes and counts what is read."""
+
+    def __init__(self, raw: BinaryIO, algorithm: str = "sha256") -> None:
+        super().__init__(raw)
+        self.hash = hashlib.new(algorithm)
+        self.size = 0
+        self._algorithm = algorithm
 
     def read(self, size: int = -1) -> bytes:
         data = self._raw.read(size if size is not None and size >= 0 else -1)
@@ -97,12 +157,6 @@ class HashingReader(io.RawIOBase):
     @property
     def digest(self) -> str:
         return f"{self._algorithm}:{self.hash.hexdigest()}"
-
-    def close(self) -> None:
-        try:
-            self._raw.close()
-        finally:
-            super().close()
 
 
 class VerifyingReader(HashingReader):

@@ -11,14 +11,17 @@ import gzip
 import hashlib
 import io
 import os
+import queue
 import tarfile
+import threading
 import zlib
 from typing import BinaryIO
 
 import zstandard
 from isal import isal_zlib
 
-from repro.errors import ReproError
+from repro.digest import CHUNK, RawReader, WrappingReader
+from repro.errors import DigestMismatch, ReproError
 
 BLOCK = 512
 XATTR_RECORD = "SCHILY.xattr."  # the pax records TarWriter passes on
@@ -88,56 +91,51 @@ class ExpansionGuard:
             )
 
 
-class _GuardedReader(io.RawIOBase):
-    """Turns the decompressors' own exceptions into one ReproError naming the content, and bounds
-    how far the content may expand."""
+LAYER_DAMAGE = (EOFError, zlib.error, isal_zlib.error, gzip.BadGzipFile, zstandard.ZstdError)
+LAYER_DAMAGED = "the layer is damaged; fetch or rebuild the image"
 
-    def __init__(self, inner: BinaryIO, what: str, compression: str, closers: tuple = ()) -> None:
+
+class GuardedReader(RawReader):
+    """A decompressor's output: its own exceptions (`damage`) become one ReproError naming the content,
+    and the content may expand only so far (ExpansionGuard) over what was read of `source`, the
+    compressed stream (counted by its `size`, checked by its `finish` before damage is reported)."""
+
+    def __init__(self, inner: BinaryIO, source: BinaryIO, what: str, compression: str,
+                 damage: tuple[type[BaseException], ...] = LAYER_DAMAGE, hint: str = LAYER_DAMAGED) -> None:
         self._inner = inner
+        self._source = source
         self._what = what
         self._compression = compression
-        self._closers = closers
+        self._damage = damage
+        self._hint = hint
         self._guard = ExpansionGuard(what)
         self._out = 0
 
-    def _compressed_so_far(self) -> int:
-        return max((getattr(c, "size", 0) for c in self._closers), default=0)
-
-    def readable(self) -> bool:
-        return True
-
     def read(self, size: int = -1) -> bytes:
+        if size is None or size < 0:  # all of it, each chunk under the guard
+            return b"".join(iter(lambda: self.read(CHUNK), b""))
         try:
             data = self._inner.read(size)
-            self._out += len(data)
-            self._guard.check(self._compressed_so_far(), self._out)
-            return data
-        except (EOFError, zlib.error, isal_zlib.error, gzip.BadGzipFile, zstandard.ZstdError) as exc:
+        except self._damage as exc:
             # A blob that fails its digest explains the damage better than the decompressor can.
-            for closer in self._closers:
-                finish = getattr(closer, "finish", None)
-                if finish is not None:
-                    finish()
-            raise ReproError(
-                f"{self._what}: corrupt or truncated {self._compression} stream ({exc})",
-                "the layer is damaged; fetch or rebuild the image",
-            ) from None
-
-    def readinto(self, buffer) -> int:  # type: ignore[override]
-        data = self.read(len(buffer))
-        buffer[: len(data)] = data
-        return len(data)
+            finish = getattr(self._source, "finish", None)
+            if finish is not None:
+                finish()
+            raise ReproError(f"{self._what}: corrupt or truncated {self._compression} stream ({exc})",
+                             self._hint) from None
+        self._out += len(data)
+        self._guard.check(getattr(self._source, "size", 0), self._out)
+        return data
 
     def close(self) -> None:
         try:
             self._inner.close()
-            for closer in self._closers:
-                closer.close()
+            self._source.close()
         finally:
             super().close()
 
 
-class _Gunzip(io.RawIOBase):
+class _Gunzip(WrappingReader):
     """The members of a gzip stream one after another, inflated by ISA-L.
 
     Reading only: any inflater gives the same bytes, and ISA-L's is about twice as fast as zlib's.
@@ -147,14 +145,11 @@ class _Gunzip(io.RawIOBase):
     INPUT = 1 << 18
 
     def __init__(self, raw: BinaryIO) -> None:
-        self._raw = raw
+        super().__init__(raw)
         self._inflater = None
         self._input = b""
         self._members = 0
         self._eof = False
-
-    def readable(self) -> bool:
-        return True
 
     def _next_member(self) -> bool:
         """Start the next member; False at the end of the stream."""
@@ -196,27 +191,16 @@ class _Gunzip(io.RawIOBase):
                 return out
         return b""
 
-    def readinto(self, buffer) -> int:  # type: ignore[override]
-        data = self.read(len(buffer))
-        buffer[: len(data)] = data
-        return len(data)
-
-    def close(self) -> None:
-        try:
-            self._raw.close()
-        finally:
-            super().close()
-
 
 def decompressed(raw: BinaryIO, compression: str, what: str) -> BinaryIO:
     """A reader of the uncompressed bytes of `raw`."""
     if compression == "":
         return raw
     if compression == "gzip":
-        return _GuardedReader(_Gunzip(raw), what, "gzip", (raw,))
+        return GuardedReader(_Gunzip(raw), raw, what, "gzip")
     if compression == "zstd":
         reader = zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True, closefd=True)
-        return _GuardedReader(reader, what, "zstd", (raw,))
+        return GuardedReader(reader, raw, what, "zstd")
     raise ReproError(f"{what}: unsupported compression {compression!r}", "use gzip, zstd or none")
 
 
@@ -290,8 +274,6 @@ class LayerChecker:
             raise self._corrupt("the stream ends before its end marker")
         digest = f"{self.diff_id.split(':', 1)[0]}:{self.hash.hexdigest()}"
         if digest != self.diff_id:
-            from repro.errors import DigestMismatch
-
             raise DigestMismatch(f"{self.what}: uncompressed content has digest {digest}, diff_id is {self.diff_id}",
                                  "the image is corrupt or was modified; fetch or rebuild it")
 
@@ -333,9 +315,6 @@ class BackgroundCompressor:
     DEPTH = 4  # pieces in flight: memory stays at a few MiB
 
     def __init__(self, sink: BinaryIO) -> None:
-        import queue
-        import threading
-
         self._sink = sink
         self._queue: queue.Queue = queue.Queue(self.DEPTH)
         self._pending: list[bytes] = []
@@ -396,18 +375,6 @@ def second_core() -> bool:
         return len(os.sched_getaffinity(0)) > 1
     except (AttributeError, OSError):
         return (os.cpu_count() or 1) > 1
-
-
-def source_date_epoch(default: int = 0) -> int:
-    """SOURCE_DATE_EPOCH from the environment, else `default`."""
-    value = os.environ.get("SOURCE_DATE_EPOCH", "")
-    if not value:
-        return default
-    if not value.isdigit():
-        raise ReproError(
-            f"SOURCE_DATE_EPOCH={value!r} is not a number of seconds", "unset it or give an integer"
-        )
-    return int(value)
 
 
 def _octal_or_base256(value: int, width: int) -> bytes:

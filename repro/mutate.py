@@ -2,21 +2,26 @@
 
 Like go-containerregistry's mutate package: a new image is its base's layers plus appended ones, a
 config derived from the base's, and a manifest over both, written into an OCI layout (the store).
+An import (a tarball, a directory, a squashfs or SIF file) is the simplest case: one layer, no base
+(image_from_layer_writer).
 """
 
 from __future__ import annotations
 
-import hashlib
 import os
+import shutil
 import stat
 import tarfile
+import tempfile
+import weakref
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import BinaryIO
 
 from repro.blobs import BlobImage
+from repro.clock import rfc3339, source_date_epoch
+from repro.digest import HashingWriter
 from repro.errors import ReproError
 from repro.image import (
     OCI_CONFIG,
@@ -30,43 +35,16 @@ from repro.image import (
     canonical_json,
 )
 from repro.layers import BackgroundCompressor, TarWriter, compressed_writer_id, compressing_writer, second_core
-from repro.store import Layout
+from repro.store import Layout, LayoutBlobs
 
 LAYER_MEDIA_TYPES = {"": OCI_LAYER, "gzip": OCI_LAYER_GZIP, "zstd": OCI_LAYER_ZSTD}
 COMPRESSOR_ANNOTATION = "dev.repro.layer.compressor"
-
-
-def rfc3339(epoch: int) -> str:
-    return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def document_time(image) -> str:
-    """The time to stamp on a document about `image` (an SBOM, an attestation, a package): SOURCE_DATE_EPOCH
-    when set, else the image's own creation time, so the same image gives the same document bytes."""
-    if os.environ.get("SOURCE_DATE_EPOCH"):
-        from repro.layers import source_date_epoch
-
-        return rfc3339(source_date_epoch())
-    created = image.config.created
-    return created[:19] + "Z" if created and len(created) >= 19 else rfc3339(0)
 
 
 @dataclass(frozen=True, slots=True)
 class NewLayer:
     descriptor: Descriptor
     diff_id: str
-
-
-class _DiffIdWriter:
-    """Hashes the uncompressed tar (the diff_id) on its way into the compressor."""
-
-    def __init__(self, inner: BinaryIO) -> None:
-        self.inner = inner
-        self.hash = hashlib.sha256()
-
-    def write(self, data) -> int:
-        self.hash.update(data)
-        return self.inner.write(data)
 
 
 def write_layer(layout: Layout, produce: Callable[[TarWriter], None], compression: str = "gzip") -> NewLayer:
@@ -77,7 +55,7 @@ def write_layer(layout: Layout, produce: Callable[[TarWriter], None], compressio
         sink = compressing_writer(out, compression) if compression else out
         if compression == "gzip" and second_core():  # the same bytes, compressed on a second core
             sink = BackgroundCompressor(sink)
-        tee = _DiffIdWriter(sink)
+        tee = HashingWriter(sink)  # the uncompressed tar's digest (the diff_id) on its way into the compressor
         tar = TarWriter(tee)  # type: ignore[arg-type]
         try:
             produce(tar)
@@ -88,7 +66,7 @@ def write_layer(layout: Layout, produce: Callable[[TarWriter], None], compressio
             raise
         if compression:
             sink.close()
-        diff_hash.append("sha256:" + tee.hash.hexdigest())
+        diff_hash.append(tee.digest)
 
     digest, size = layout.put_stream(write)
     annotations = {COMPRESSOR_ANNOTATION: compressed_writer_id(compression)} if compression else {}
@@ -185,6 +163,26 @@ def commit(
     )
     raw = canonical_json(manifest.to_json())
     layout.put_bytes(raw, OCI_MANIFEST)
-    from converters.oci_layout import LayoutBlobs
-
     return BlobImage(LayoutBlobs(layout, name or layout.name), raw, OCI_MANIFEST)
+
+
+def image_from_layer_writer(produce: Callable[[TarWriter], None], name: str, platform: Platform | None = None,
+                            container_config: Callable[[], dict] | None = None) -> BlobImage:
+    """A one-layer image around the entries `produce` writes, in a temporary store that lives as long
+    as the image (an import: tar:, rootfs:, squashfs:, sif:). Its times are SOURCE_DATE_EPOCH's.
+
+    `container_config()`, called once the layer is written, gives the config's `config` part."""
+    tmp = Path(tempfile.mkdtemp(prefix="repro-import-"))
+    try:
+        layout = Layout.initialize(tmp)
+        layer = write_layer(layout, produce, "gzip")
+        epoch = source_date_epoch()
+        history = [{"created": rfc3339(epoch), "created_by": f"repro import {name.split(':', 1)[0]}"}]
+        config = new_config(platform or Platform.host(), rfc3339(epoch), [layer.diff_id], history,
+                            container_config() if container_config else None)
+        image = commit(layout, config, [layer], name=name)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    weakref.finalize(image, shutil.rmtree, tmp, True)
+    return image

@@ -7,17 +7,18 @@ at a few chunks whatever the layer's size.
 
 from __future__ import annotations
 
-import io
 import queue
 import threading
 from typing import BinaryIO
+
+from repro.digest import RawReader, read_pieces
 
 CHUNK = 1 << 20
 DEPTH = 8
 _END = object()
 
 
-class PrefetchReader(io.RawIOBase):
+class PrefetchReader(RawReader):
     def __init__(self, inner: BinaryIO, chunk: int = CHUNK, depth: int = DEPTH) -> None:
         self._inner = inner
         self._chunk = chunk
@@ -48,9 +49,6 @@ class PrefetchReader(io.RawIOBase):
             except queue.Full:
                 continue
 
-    def readable(self) -> bool:
-        return True
-
     def _next(self) -> bool:
         if self._done:
             return False
@@ -76,6 +74,7 @@ class PrefetchReader(io.RawIOBase):
         return item[pos : pos + size]
 
     def readinto(self, buffer) -> int:  # type: ignore[override]
+        """One piece at most, as a raw read may: no joining of pieces for the copy to come."""
         data = self.read1(len(buffer))
         buffer[: len(data)] = data
         return len(data)
@@ -83,15 +82,7 @@ class PrefetchReader(io.RawIOBase):
     def read(self, size: int = -1) -> bytes:
         if size is None or size < 0:
             return b"".join(iter(self.read1, b""))
-        first = self.read1(size)
-        if len(first) == size or not first:
-            return first
-        parts = [first]
-        size -= len(first)
-        while size and (piece := self.read1(size)):
-            parts.append(piece)
-            size -= len(piece)
-        return b"".join(parts)
+        return read_pieces(self.read1, size)
 
     def finish(self) -> None:
         """Read to the end, so every check of the inner stream has run."""

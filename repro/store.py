@@ -4,24 +4,36 @@ Invariants: a file under blobs/ALG/ always holds exactly the content its name sa
 written under a temporary name, checked, then renamed); index.json changes only under an exclusive
 lock on the layout directory and by an atomic rename, so concurrent writers add their tags instead
 of overwriting each other's.
+
+copy_into fills a layout from any image; LayoutBlobs serves the blobs of a layout (a directory, or an
+archive read through the same calls) as the BlobSource an image is read from.
 """
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
-import hashlib
 import os
 import tempfile
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, Protocol
 
 from repro.atomic import atomic_file, fsync_dir
 from repro.confined import Tree
-from repro.digest import CHUNK, MAX_DOCUMENT_SIZE, VerifyingReader, algorithm_and_hex, read_bounded
+from repro.digest import (
+    CHUNK,
+    MAX_DOCUMENT_SIZE,
+    HashingWriter,
+    VerifyingReader,
+    algorithm_and_hex,
+    read_bounded,
+    sha256_bytes,
+)
 from repro.errors import ReproError
-from repro.image import OCI_INDEX, Descriptor, Index, canonical_json, parse_json
+from repro.image import OCI_INDEX, Descriptor, Image, Index, canonical_json, parse_json
+from repro.transfer import blob_progress, image_blobs, manifest_descriptor
 
 LAYOUT_VERSION = "1.0.0"
 OCI_LAYOUT_FILE = "oci-layout"
@@ -180,7 +192,7 @@ class Layout:
             commit(descriptor.digest)
 
     def put_bytes(self, data: bytes, media_type: str) -> Descriptor:
-        digest = "sha256:" + hashlib.sha256(data).hexdigest()
+        digest = sha256_bytes(data)
         descriptor = Descriptor(media_type, digest, len(data))
         if not self.has_blob(digest):
             with self._temp_blob("sha256") as (out, commit):
@@ -193,11 +205,11 @@ class Layout:
     def put_stream(self, write: Callable[[BinaryIO], None]) -> tuple[str, int]:
         """Store a blob produced by `write(out)` whose digest is not known in advance."""
         with self._temp_blob("sha256") as (out, commit):
-            hashing = _HashingWriter(out)
+            hashing = HashingWriter(out)
             write(hashing)
             out.flush()
             os.fsync(out.fileno())
-            digest = "sha256:" + hashing.hash.hexdigest()
+            digest = hashing.digest
             if self.has_blob(digest):
                 return digest, hashing.size
             commit(digest)
@@ -237,19 +249,47 @@ class Layout:
         return self.update_index(change)
 
 
-class _HashingWriter:
-    def __init__(self, out: BinaryIO) -> None:
-        self._out = out
-        self.hash = hashlib.sha256()
-        self.size = 0
+PARALLEL = 3  # blobs copied at once: hashing, socket reads and writes release the GIL
 
-    def write(self, data) -> int:
-        self.hash.update(data)
-        self.size += len(data)
-        return self._out.write(data)
 
-    def flush(self) -> None:
-        self._out.flush()
+def copy_into(layout: Layout, image: Image, progress=None) -> Descriptor:
+    """Store every blob of `image` and its manifest in `layout`; returns the manifest descriptor."""
 
-    def writable(self) -> bool:
-        return True
+    def copy(blob) -> None:
+        with blob.open() as src:
+            layout.put_blob(blob.descriptor, src, blob_progress(progress, blob.descriptor))
+
+    missing = [blob for blob in image_blobs(image) if not layout.has_blob(blob.descriptor.digest)]
+    with ThreadPoolExecutor(max_workers=PARALLEL) as pool:
+        for future in [pool.submit(copy, blob) for blob in missing]:
+            future.result()
+    layout.put_bytes(image.raw_manifest, image.manifest.media_type)
+    return manifest_descriptor(image)
+
+
+class LayoutFiles(Protocol):
+    """What reading a layout needs: a directory (Layout) or a tar (tarfiles.TarFiles)."""
+
+    def exists(self, name: str) -> bool: ...
+
+    def open(self, name: str) -> BinaryIO: ...
+
+    def read(self, name: str, limit: int = ...) -> bytes: ...
+
+
+class LayoutBlobs:
+    """BlobSource (repro.blobs) over the blobs/ folder of a layout."""
+
+    def __init__(self, files: LayoutFiles, name: str) -> None:
+        self.files = files
+        self.name = name
+
+    def open_blob(self, descriptor: Descriptor) -> BinaryIO:
+        path = blob_name(descriptor.digest)
+        try:
+            return self.files.open(path)
+        except FileNotFoundError:
+            raise ReproError(
+                f"{self.name}: blob {descriptor.digest} is missing ({path})",
+                "the layout is incomplete; copy it again from its source",
+            ) from None

@@ -7,28 +7,25 @@ offset in the file, so blobs are never extracted to a temporary directory and ma
 
 from __future__ import annotations
 
-import io
 import os
 import tarfile
 from functools import cached_property
 from pathlib import Path
 from typing import BinaryIO
 
+from repro.digest import RawReader
 from repro.errors import ReproError
 from repro.layers import member_name, sniff_compression
 from repro.tarstream import TarDamaged, TarStream
 
 
-class FileSlice(io.RawIOBase):
+class FileSlice(RawReader):
     """A reader of `size` bytes at `offset` of a file, using pread (no shared file position)."""
 
     def __init__(self, path: Path, offset: int, size: int) -> None:
         self._fd = os.open(path, os.O_RDONLY)
         self._pos = offset
         self._end = offset + size
-
-    def readable(self) -> bool:
-        return True
 
     def read(self, size: int = -1) -> bytes:
         remaining = self._end - self._pos
@@ -39,11 +36,6 @@ class FileSlice(io.RawIOBase):
         data = os.pread(self._fd, size, self._pos)
         self._pos += len(data)
         return data
-
-    def readinto(self, buffer) -> int:  # type: ignore[override]
-        data = self.read(len(buffer))
-        buffer[: len(data)] = data
-        return len(data)
 
     def close(self) -> None:
         if not self.closed:

@@ -21,6 +21,7 @@ import tarfile
 import zlib
 from typing import BinaryIO
 
+from repro.digest import read_pieces
 from repro.errors import ReproError
 
 BLOCK = 512
@@ -213,17 +214,7 @@ class Content:
 
     def read(self, size: int = -1) -> bytes:
         stream = self._live()
-        if size is None or size < 0:
-            size = stream._left
-        first = stream._view(size)
-        if len(first) == size or not first:
-            return first.tobytes()
-        parts = [first]
-        size -= len(first)
-        while size and (piece := stream._view(size)):
-            parts.append(piece)
-            size -= len(piece)
-        return b"".join(parts)
+        return read_pieces(stream._view, stream._left if size is None or size < 0 else size)
 
     def readinto(self, buffer) -> int:
         view = self._live()._view(len(buffer))

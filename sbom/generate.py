@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import logging
 
 from repro import __version__
+from repro.clock import document_time
 from repro.image import Image
-from repro.mutate import document_time
 from sbom import cyclonedx, spdx
-from sbom.catalogers import catalog, os_release, wanted
+from sbom.catalogers import catalog, os_release, rpm, wanted
 from sbom.files import scan
 
 log = logging.getLogger(__name__)
@@ -17,8 +18,6 @@ MEDIA_TYPES = {"spdx-json": "application/spdx+json", "cyclonedx-json": "applicat
 
 
 def packages_of(image: Image):
-    from sbom.catalogers import rpm
-
     result = scan(image, capture=wanted, with_md5=True)
     if rpm.uses_berkeley_db(result):
         log.warning("%s: its RPM database is in the old Berkeley DB format, which repro does not read: "
@@ -57,8 +56,6 @@ def generate_many(image: Image, formats: tuple[str, ...], name: str) -> dict[str
 
 def subject_digest(document: bytes) -> str:
     """The image digest an SBOM we wrote is about ("sha256:<hex>"), for checking it against the image."""
-    import json
-
     obj = json.loads(document)
     if "spdxVersion" in obj:
         described = {r["relatedSpdxElement"] for r in obj.get("relationships", [])

@@ -12,8 +12,8 @@ import json
 import uuid
 
 from repro.blobs import IndexImage
+from repro.clock import document_time
 from repro.image import canonical_json
-from repro.mutate import document_time
 from sbom import cyclonedx
 from sbom.generate import generate_many
 

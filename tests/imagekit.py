@@ -9,9 +9,10 @@ import tarfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from repro.clock import rfc3339
 from repro.image import OCI_INDEX, OCI_MANIFEST, Descriptor, Index, Platform, canonical_json
 from repro.layers import TarWriter
-from repro.mutate import NewLayer, commit, new_config, rfc3339, write_layer
+from repro.mutate import NewLayer, commit, new_config, write_layer
 from repro.store import Layout
 
 

@@ -449,9 +449,10 @@ def test_the_extractor_applying_layers_in_order_gives_the_same_trees(tmp_path):
 def test_a_layer_replacing_what_it_gave_costs_no_memory(tmp_path):
     """A big file given twice in one layer (the flattened stream starts over, that layer's headers read
     first): memory stays that of a tiny image, in the tar and squashfs outputs alike."""
+    from repro.clock import rfc3339
     from repro.image import Platform
     from repro.layers import TarWriter
-    from repro.mutate import commit, new_config, rfc3339, write_layer
+    from repro.mutate import commit, new_config, write_layer
     from repro.store import Layout
     from repro.transfer import manifest_descriptor
     from tests.test_streaming import Noise, peak_rss_mb

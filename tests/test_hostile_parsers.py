@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
+from repro.clock import rfc3339
 from repro.errors import ReproError
 from repro.image import OCI_CONFIG, OCI_LAYER, OCI_MANIFEST, Descriptor, canonical_json
-from repro.mutate import rfc3339
 from repro.store import Layout
 from tests.conftest import REPRO
 from tests.imagekit import E, make_image, raw_blob_image

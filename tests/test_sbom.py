@@ -334,7 +334,7 @@ def test_spdx_declares_every_license_ref_once_per_text(tmp_path):
     from spdx_tools.spdx.validation.document_validator import validate_full_spdx_document
 
     from sbom import spdx
-    from sbom.catalogers import Package
+    from sbom.catalogers.package import Package
 
     packages = [
         Package("deb", "a", "1", "pkg:deb/debian/a@1", licenses="LicenseRef-permissive AND MIT",

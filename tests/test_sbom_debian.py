@@ -139,7 +139,8 @@ def test_spdx_validates_and_licenses_are_found(debian, tmp_path):
 
 def _directory_diff_id(root: Path) -> str:
     """The diff_id `repro convert rootfs:DIR` gives, from the tar it writes (without compressing it)."""
-    from repro.layers import TarWriter, source_date_epoch
+    from repro.clock import source_date_epoch
+    from repro.layers import TarWriter
     from repro.mutate import add_directory
 
     class Sink:

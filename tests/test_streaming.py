@@ -12,9 +12,10 @@ from pathlib import Path
 
 import pytest
 
+from repro.clock import rfc3339
 from repro.image import Platform
 from repro.layers import TarWriter
-from repro.mutate import commit, new_config, rfc3339, write_layer
+from repro.mutate import commit, new_config, write_layer
 from repro.store import Layout
 from tests.conftest import REPRO, repro
 

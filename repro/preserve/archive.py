@@ -29,10 +29,10 @@ from pathlib import Path
 
 from repro import __version__, referrers
 from repro.atomic import atomic_dir, atomic_file
+from repro.clock import document_time, source_date_epoch
 from repro.errors import ReproError
 from repro.image import Image
-from repro.layers import TarWriter, source_date_epoch
-from repro.mutate import document_time
+from repro.layers import TarWriter
 from repro.preserve import bag, package_docs, provenance
 from repro.preserve.records import Record, record
 from repro.refs import Options, open_image, parse, transport_module, write_image

@@ -91,7 +91,7 @@ def for_build(image: Image, spec) -> bytes:
     """Provenance of a loaded spec (YAML, or a Containerfile or def file translated by its front end):
     its file's text and the lock beside it."""
     from builders import lock as _lock
-    from repro.layers import source_date_epoch
+    from repro.clock import source_date_epoch
 
     epoch = source_date_epoch(int(spec.raw.get("source_date_epoch", 0)))
     return statement(image, spec.tag, spec.path, _lock.read(spec.path), epoch)

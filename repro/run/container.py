@@ -9,7 +9,6 @@ what `repro run`, recording and replay need alike.
 from __future__ import annotations
 
 import contextlib
-import io
 import os
 import shutil
 import stat
@@ -23,6 +22,7 @@ from pathlib import Path
 from typing import BinaryIO, Protocol
 
 from repro.confined import Tree, remove_tree
+from repro.digest import RawReader
 from repro.errors import ReproError
 from repro.extract import Policy, open_inside
 from repro.flatten import extract
@@ -187,7 +187,7 @@ class DockerSession:
         return _DockerCopy(self.containers[-1], path)
 
 
-class _DockerCopy(io.RawIOBase):
+class _DockerCopy(RawReader):
     """A reader of one regular file inside a container, from the tar stream `docker cp C:PATH -` writes."""
 
     def __init__(self, container: str, path: str) -> None:
@@ -210,16 +210,8 @@ class _DockerCopy(io.RawIOBase):
         _, err = self.proc.communicate()
         return err.decode(errors="replace").strip()
 
-    def readable(self) -> bool:
-        return True
-
     def read(self, size: int = -1) -> bytes:
         return self.content.read(size)  # type: ignore[union-attr]
-
-    def readinto(self, buffer) -> int:
-        data = self.read(len(buffer))
-        buffer[: len(data)] = data
-        return len(data)
 
     def close(self) -> None:
         if not self.closed:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from packageurl import PackageURL
 
-from sbom.catalogers import Package, spdx_expression
+from sbom.catalogers.package import Package, layer_of, spdx_expression
 
 INSTALLED = "lib/apk/db/installed"
 
@@ -17,7 +17,7 @@ def catalog(scan, distro: dict[str, str]) -> list[Package]:
     data = scan.contents.get(INSTALLED)
     if not data:
         return []
-    records = scan.by_path()
+    layer = layer_of(scan.by_path(), INSTALLED)
     out = []
     for block in data.decode(errors="replace").split("\n\n"):
         fields: dict[str, str] = {}
@@ -41,11 +41,7 @@ def catalog(scan, distro: dict[str, str]) -> list[Package]:
         purl = PackageURL("apk", "alpine", fields["P"], fields.get("V", ""), qualifiers).to_string()
         package = Package("apk", fields["P"], fields.get("V", ""), purl, database=INSTALLED)
         package.licenses, package.license_text = spdx_expression([fields.get("L", "")])
-        for path in files:
-            resolved, record = scan.find(path)
-            package.files.append(resolved)
-            if record is None:
-                package.missing.append(path)
-        package.layer = records[INSTALLED].layer if INSTALLED in records else -1
+        package.add_files(scan, files)
+        package.layer = layer
         out.append(package)
     return out

@@ -12,7 +12,7 @@ from packageurl import PackageURL
 
 from repro.confined import clean_path
 from repro.flatten import ancestors
-from sbom.catalogers import Package
+from sbom.catalogers.package import Package
 from sbom.licenses import copyright_licenses
 
 STATUS = "var/lib/dpkg/status"

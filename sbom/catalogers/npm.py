@@ -6,7 +6,7 @@ import json
 
 from packageurl import PackageURL
 
-from sbom.catalogers import Package, spdx_expression
+from sbom.catalogers.package import Package, layer_of, spdx_expression
 
 
 def wanted(path: str) -> bool:
@@ -40,6 +40,6 @@ def catalog(scan, distro: dict[str, str]) -> list[Package]:
         package.licenses, package.license_text = spdx_expression(
             [license_field] if isinstance(license_field, str) else []
         )
-        package.layer = records[path].layer if path in records else -1
+        package.layer = layer_of(records, path)
         out.append(package)
     return out

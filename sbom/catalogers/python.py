@@ -10,7 +10,7 @@ import re
 from packageurl import PackageURL
 
 from repro.confined import clean_path
-from sbom.catalogers import Package, spdx_expression
+from sbom.catalogers.package import Package, layer_of, spdx_expression
 
 _CLASSIFIER = re.compile(r"^License :: (?:OSI Approved :: )?(.+)$")
 _CLASSIFIER_TO_SPDX = {
@@ -48,7 +48,7 @@ def catalog(scan, distro: dict[str, str]) -> list[Package]:
             continue
         purl = PackageURL("pypi", None, name.lower().replace("_", "-"), version).to_string()
         package = Package("pypi", name, version, purl, database=path.rpartition("/")[0])
-        package.layer = records[path].layer if path in records else -1
+        package.layer = layer_of(records, path)
         names = meta.get("License-Expression") or []
         if not names:
             classifiers = [m.group(1) for c in meta.get("Classifier", []) if (m := _CLASSIFIER.match(c))]

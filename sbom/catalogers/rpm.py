@@ -15,7 +15,7 @@ import tempfile
 from packageurl import PackageURL
 
 from repro.confined import clean_path
-from sbom.catalogers import Package, spdx_expression
+from sbom.catalogers.package import Package, layer_of, spdx_expression
 
 SQLITE_DB = "var/lib/rpm/rpmdb.sqlite"
 BDB = ("var/lib/rpm/Packages",)
@@ -59,7 +59,7 @@ def catalog(scan, distro: dict[str, str]) -> list[Package]:
     data = scan.contents.get(SQLITE_DB)
     if not data:
         return []
-    records = scan.by_path()
+    layer = layer_of(scan.by_path(), SQLITE_DB)
     out = []
     with tempfile.NamedTemporaryFile(suffix=".sqlite") as tmp:
         tmp.write(data)
@@ -90,13 +90,9 @@ def catalog(scan, distro: dict[str, str]) -> list[Package]:
         package = Package("rpm", name, version, purl, database=SQLITE_DB)
         package.licenses, package.license_text = spdx_expression([str(tags.get(TAG_LICENSE, ""))])
         dirs = tags.get(TAG_DIRNAMES) or []
-        for base, index in zip(tags.get(TAG_BASENAMES) or [], tags.get(TAG_DIRINDEXES) or [], strict=False):
-            path = clean_path(f"{dirs[index]}{base}")  # type: ignore[index]
-            resolved, record = scan.find(path)
-            package.files.append(resolved)
-            if record is None:
-                package.missing.append(path)
-        package.layer = records[SQLITE_DB].layer if SQLITE_DB in records else -1
+        pairs = zip(tags.get(TAG_BASENAMES) or [], tags.get(TAG_DIRINDEXES) or [], strict=False)
+        package.add_files(scan, [clean_path(f"{dirs[index]}{base}") for base, index in pairs])  # type: ignore[index]
+        package.layer = layer
         out.append(package)
     return out
 
