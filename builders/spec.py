@@ -21,6 +21,7 @@ from typing import Any
 import yaml
 
 from repro.errors import ReproError
+from repro.layers import source_date_epoch
 
 SCHEMA_FILE = "spec.schema.json"
 MAX_SPEC_BYTES = 1 << 20
@@ -107,6 +108,11 @@ class Spec:
             raw["source_date_epoch"] = self.raw.get("source_date_epoch", 0)
             out[stage["name"]] = Spec(self.path, raw, self.lines, self.context, f"stages[{i}].", self.text)
         return out
+
+    @property
+    def epoch(self) -> int:
+        """The build's SOURCE_DATE_EPOCH: the environment's, else the spec's."""
+        return source_date_epoch(int(self.raw.get("source_date_epoch", 0)))
 
     @property
     def platform(self) -> str | None:
