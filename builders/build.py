@@ -3,7 +3,9 @@
 Steps that only add files (copy, file) are written straight into a layer. Steps that run commands
 (run, packages) need the image as a directory: it is materialized once, on the first such step that
 misses the cache, and kept current as later steps change it. Every step's layer goes through the
-cache, keyed by the parent chain of diff_ids, the step, and the content of its inputs.
+cache, keyed by the parent chain of diff_ids, the step, and the content of its inputs. Each step
+kind's own rules (what a copy or file layer holds, what a run or packages step runs) are in
+builders/steps.py; the provenance of a build is attached by the caller (builders/definition.py).
 """
 
 from __future__ import annotations
