@@ -3,7 +3,9 @@
 Steps that only add files (copy, file) are written straight into a layer. Steps that run commands
 (run, packages) need the image as a directory: it is materialized once, on the first such step that
 misses the cache, and kept current as later steps change it. Every step's layer goes through the
-cache, keyed by the parent chain of diff_ids, the step, and the content of its inputs.
+cache, keyed by the parent chain of diff_ids, the step, and the content of its inputs. Each step
+kind's own rules (what a copy or file layer holds, what a run or packages step runs) are in
+builders/steps.py; the provenance of a build is attached by the caller (builders/definition.py).
 """
 
 from __future__ import annotations
@@ -12,26 +14,27 @@ import dataclasses
 import hashlib
 import os
 import stat
-import tarfile
 import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from builders import apt_sandbox
+from builders import apt_sandbox, steps
 from builders import cache as _cache
 from builders import hygiene as _hygiene
 from builders import lock as _lock
 from builders import sources as _sources
 from builders import tree as _tree
+from builders.cache import CacheEntry
+from builders.debian import bootstrap, debian_architecture
 from builders.spec import Spec, Step
 from repro.blobs import BlobImage, BlobLayer, IndexImage
-from repro.clock import rfc3339, source_date_epoch
+from repro.clock import rfc3339
 from repro.confined import Tree, clean_path, remove_tree
 from repro.errors import CheckFailed, ReproError
 from repro.extract import Extractor, Policy
-from repro.flatten import WHITEOUT_PREFIX, extract, whiteout_target
+from repro.flatten import extract, whiteout_target
 from repro.image import OCI_INDEX, REF_NAME, Descriptor, Image, Index, Platform, canonical_json, parse_json
 from repro.layers import TarWriter
 from repro.mutate import NewLayer, commit, new_config, write_layer
@@ -73,183 +76,10 @@ class BuildResult:
     steps: list[StepReport] = field(default_factory=list)
     lock_file: Path | None = None
 
-
-def _epoch(spec: Spec) -> int:
-    return source_date_epoch(int(spec.raw.get("source_date_epoch", 0)))
-
-
-def _title(step: Step) -> str:
-    if step.extras.get("history"):  # a front end's own words for the step (its instruction)
-        first = step.extras["history"].strip().splitlines()[0] if step.extras["history"].strip() else ""
-        return first if len(first) <= 100 else first[:97] + "..."
-    if step.kind == "copy":
-        src = step.value["src"]
-        source = " ".join(src) if isinstance(src, list) else src
-        origin = f"--from={step.value['from']} " if step.value.get("from") else ""
-        return f"copy {origin}{source} -> {step.value['dst']}"
-    if step.kind == "file":
-        return f"file {step.value['dst']}"
-    if step.kind == "directory":
-        return f"directory {step.value['dst']}"
-    if step.kind == "packages":
-        return "packages " + " ".join(step.value)
-    return f"run {step.value if isinstance(step.value, str) else ' '.join(step.value)}"
-
-
-PLATFORM_VARIABLES = ("TARGETPLATFORM", "TARGETOS", "TARGETARCH", "TARGETVARIANT")
-
-
-def platform_variables(platform: Platform) -> dict[str, str]:
-    """Docker's automatic platform ARGs, which a copy source may name (busybox-${TARGETARCH})."""
-    return {"TARGETPLATFORM": str(platform), "TARGETOS": platform.os, "TARGETARCH": platform.architecture,
-            "TARGETVARIANT": platform.variant}
-
-
-def _sources_of(step: Step, platform: Platform | None = None) -> list[str]:
-    src = step.value["src"]
-    sources = list(src) if isinstance(src, list) else [src]
-    if platform is None:
-        return sources
-    values = platform_variables(platform)
-    for name in PLATFORM_VARIABLES:
-        sources = [s.replace("${" + name + "}", values[name]) for s in sources]
-    return sources
-
-
-def _placement(spec: Spec, step: Step, sources: list[str], names: int) -> str:
-    """Where one file source lands; several sources (or a glob) need a directory destination."""
-    dst = step.value["dst"]
-    if (len(sources) > 1 or any(_sources.is_glob(s) for s in sources) or names > 1) and not dst.endswith("/"):
-        raise spec.error(f"steps[{step.index}].copy.dst", f"{dst!r}: several sources need a directory "
-                         "destination", "end dst with /")
-    return dst
-
-
-def _made_parents(owner: tuple[int, int] | None, epoch: int, is_dir: Callable[[str], bool]
-                  ) -> Callable[[TarWriter, str], None]:
-    """The directories an entry's name needs that the image lacks, as buildah makes them for COPY
-    --chown: each owned by the step's owner, mode 0755, written before the entry. Without an owner (or
-    root's) they are left to extraction, which makes them alike (root's, 0755): layers stay as they were."""
-    made: set[str] = set()
-
-    def make(tar: TarWriter, name: str) -> None:
-        parts = name.split("/")
-        if owner is not None and owner != (0, 0):
-            for end in range(1, len(parts)):
-                path = "/".join(parts[:end])
-                if path in made or is_dir(path):
-                    continue
-                info = tarfile.TarInfo(path)
-                info.type, info.mode, info.mtime = tarfile.DIRTYPE, 0o755, epoch
-                info.uid, info.gid = owner
-                tar.add(info)
-                made.add(path)
-        made.add(name)  # an entry of the step: what is below it is not made again
-
-    return make
-
-
-def _copy_entries(spec: Spec, step: Step, epoch: int, owner: tuple[int, int] | None, image: Image | None,
-                  platform: Platform, resolve: Callable[..., str],
-                  is_dir: Callable[[str], bool] = lambda path: False) -> Callable[[TarWriter], None]:
-    """The layer of a copy step: context files (owned by root unless `owner`) or another image's files
-    (owners kept unless `owner`), placed like `COPY` places them. `mode` is the copied files',
-    `directory_mode` the copied directories' (not the destination's); the directories the step makes
-    on the way to its entries are `owner`'s (see _made_parents), as buildah has it."""
-    dst = step.value["dst"]
-    mode = int(step.value["mode"], 8) if step.value.get("mode") else None
-    directory_mode = int(step.value["directory_mode"], 8) if step.value.get("directory_mode") else None
-    sources = _sources_of(step, platform)
-    parents = _made_parents(owner, epoch, is_dir)
-
-    def error(message: str, hint: str) -> ReproError:
-        return spec.error(f"steps[{step.index}].copy.src", message, hint)
-
-    def place(info: tarfile.TarInfo, relative: str, is_root_file: bool) -> str:
-        if is_root_file:
-            target = dst + relative if dst.endswith("/") else dst
-            return clean_path(target)
-        return clean_path(f"{dst}/{relative}")
-
-    def add(tar: TarWriter, info: tarfile.TarInfo, content, name: str) -> None:
-        info.name = resolve(name, info.isdir())
-        _refuse_whiteout(info.name, spec, step)
-        if owner is not None:
-            info.uid, info.gid = owner
-            info.uname = info.gname = ""
-        if mode is not None and info.isreg():
-            info.mode = mode
-        if directory_mode is not None and info.isdir():
-            info.mode = directory_mode
-        info.mtime = min(info.mtime, epoch)
-        parents(tar, info.name)
-        if info.isreg() and isinstance(content, Path):
-            with open(content, "rb") as f:
-                tar.add(info, f)
-        else:
-            tar.add(info, content)
-
-    def produce(tar: TarWriter) -> None:
-        if image is None:
-            ignore = _ignore(step)
-            found = _sources.context_sources(spec.directory, sources, ignore, error)
-            _placement(spec, step, sources, len(found))
-            for source in found:
-                is_dir = source.path.is_dir()
-                base = "" if is_dir else None
-                for info, path in _sources.context_entries(source, ignore, epoch):
-                    relative = info.name
-                    if owner is None:
-                        info.uid = info.gid = 0
-                    name = place(info, relative, base is None)
-                    if info.islnk():
-                        info.linkname = resolve(place(info, info.linkname, False))
-                    add(tar, info, path, name)
-            return
-        _placement(spec, step, sources, 1)
-        copied: dict[str, str] = {}
-        for _source, relative, whole, info, content in _sources.image_entries(image, sources, error):
-            name = place(info, relative, whole)
-            original = info.name
-            if info.islnk():
-                if info.linkname not in copied:
-                    raise error(f"{original!r} is a hard link to {info.linkname!r}, outside what is copied",
-                                "copy the directory that holds both")
-                info.linkname = resolve(copied[info.linkname])
-            copied[original] = name
-            add(tar, info, content, name)
-
-    return produce
-
-
-def _ignore(step: Step) -> _sources.Ignore:
-    return _sources.Ignore.parse(list(step.value.get("exclude") or []))
-
-
-def _refuse_whiteout(name: str, spec: Spec, step: Step) -> None:
-    """A name that a layer would read as a whiteout deletes files instead of adding one."""
-    if name.rpartition("/")[2].startswith(WHITEOUT_PREFIX):
-        raise spec.error(f"steps[{step.index}].{step.kind}", f"{name!r}: names starting with {WHITEOUT_PREFIX} are "
-                         "whiteouts in a layer (they delete files)", "rename the file")
-
-
-def _file_entry(spec: Spec, step: Step, epoch: int, resolve: Callable[..., str],
-                is_dir: Callable[[str], bool] = lambda path: False) -> Callable[[TarWriter], None]:
-    """The layer of a file step; the directories it makes on the way are its owner's (as a copy's)."""
-    def produce(tar: TarWriter) -> None:
-        import io
-
-        data = step.value["content"].encode()
-        info = tarfile.TarInfo(resolve(clean_path(step.value["dst"])))
-        _refuse_whiteout(info.name, spec, step)
-        info.size, info.mtime = len(data), epoch
-        info.mode = int(step.value.get("mode") or "0644", 8)
-        uid, _, gid = (step.value.get("owner") or "0:0").partition(":")
-        info.uid, info.gid = int(uid), int(gid)
-        _made_parents((info.uid, info.gid), epoch, is_dir)(tar, info.name)
-        tar.add(info, io.BytesIO(data))
-
-    return produce
+    @property
+    def images(self) -> list[Image]:
+        """The image of each platform built (an index's children): what the build's provenance is about."""
+        return list(self.image.children) if isinstance(self.image, IndexImage) else [self.image]
 
 
 def _container_config(base: dict, spec: Spec) -> dict:
@@ -281,73 +111,6 @@ def _container_config(base: dict, spec: Spec) -> dict:
     return {k: v for k, v in out.items() if v not in (None, [], {})}
 
 
-MAX_DPKG_STATUS = 256 << 20
-
-
-MAX_ACCOUNTS = 4 << 20
-DEBIAN_ARCHITECTURES = {"amd64": "amd64", "arm64": "arm64", "arm/v7": "armhf", "arm/v5": "armel", "386": "i386",
-                        "ppc64le": "ppc64el", "s390x": "s390x", "riscv64": "riscv64", "mips64le": "mips64el"}
-
-
-def debian_architecture(platform: Platform) -> str:
-    """Debian's name of an OCI platform's architecture (arm64, armhf, ppc64el, ...)."""
-    key = f"{platform.architecture}/{platform.variant}" if platform.architecture == "arm" else platform.architecture
-    if key == "arm":
-        key = "arm/v7"
-    if key not in DEBIAN_ARCHITECTURES:
-        raise ReproError(f"platform {platform}: Debian has no such architecture",
-                         f"use one of {', '.join('linux/' + k for k in DEBIAN_ARCHITECTURES)}")
-    return DEBIAN_ARCHITECTURES[key]
-
-
-def _accounts(root: Path, name: str) -> dict[str, list[str]]:
-    """passwd or group of the tree (read inside it, bounded): name -> its colon-separated fields."""
-    try:
-        with Tree(root) as tree, tree.open_file(name) as f:
-            text = f.read(MAX_ACCOUNTS).decode(errors="replace")
-    except (FileNotFoundError, NotADirectoryError):
-        return {}
-    out = {}
-    for line in text.splitlines():
-        fields = line.split(":")
-        if len(fields) >= 4 and fields[0] not in out and fields[2].isdigit():
-            out[fields[0]] = fields
-    return out
-
-
-def _home(root: Path, uid: int) -> str:
-    """HOME as docker sets it: the user's from passwd, else /root for root and / for others."""
-    for fields in _accounts(root, "etc/passwd").values():
-        if fields[2] == str(uid) and len(fields) >= 6 and fields[5].startswith("/"):
-            return fields[5]
-    return "/root" if uid == 0 else "/"
-
-
-def _installed_packages(root: Path) -> list[dict]:
-    """dpkg's status file in the tree, read inside it (a step may have made it a link to the host's)."""
-    try:
-        with Tree(root) as tree, tree.open_file("var/lib/dpkg/status") as status:
-            text = status.read(MAX_DPKG_STATUS + 1).decode(errors="replace")
-    except (FileNotFoundError, NotADirectoryError):
-        return []
-    if len(text) > MAX_DPKG_STATUS:
-        raise ReproError(f"{root}: /var/lib/dpkg/status is larger than {MAX_DPKG_STATUS >> 20} MiB",
-                         "the image is damaged or hostile")
-    out = []
-    for block in text.split("\n\n"):
-        fields = dict(line.split(": ", 1) for line in block.splitlines() if ": " in line and not line.startswith(" "))
-        if fields.get("Status", "").endswith(" installed") and "Package" in fields:
-            out.append(
-                {
-                    "name": fields["Package"],
-                    "version": fields.get("Version", ""),
-                    "architecture": fields.get("Architecture", ""),
-                    "sha256": "",
-                }
-            )
-    return sorted(out, key=lambda p: p["name"])
-
-
 class Builder:
     def __init__(
         self,
@@ -365,7 +128,7 @@ class Builder:
         self.cache = _cache.Cache(store, use_cache)
         self.report = report or (lambda r: None)
         self.log = log
-        self.epoch = _epoch(spec)
+        self.epoch = spec.epoch
         self.created = rfc3339(self.epoch)
         self.layers: list[NewLayer] = []
         self.history: list[dict] = []
@@ -443,9 +206,8 @@ class Builder:
         cache_key = _cache.key([], definition, {})
         self.used_keys.append(cache_key)
         entry = self.cache.get(cache_key)
+        cached = entry is not None
         if entry is None:
-            from builders.debian import bootstrap
-
             packages: list[dict] = []
 
             def produce(tar: TarWriter) -> None:
@@ -457,27 +219,21 @@ class Builder:
                 "created_by": f"repro base: mmdebstrap {options.get('variant', 'minbase')}"
                 f" {options['suite']} {' '.join(options.get('packages') or [])}".rstrip(),
             }
-            self.cache.put(cache_key, layer.descriptor, layer.diff_id, history, {"packages": packages})
-            entry = {
-                "descriptor": layer.descriptor,
-                "diff_id": layer.diff_id,
-                "history": history,
-                "packages": packages,
-                "hit": False,
-            }
-        self.layers.append(NewLayer(entry["descriptor"], entry["diff_id"]))
-        self.history.append(entry["history"])
+            entry = CacheEntry(layer.descriptor, layer.diff_id, history, packages)
+            self.cache.put(cache_key, entry)
+        self.layers.append(NewLayer(entry.descriptor, entry.diff_id))
+        self.history.append(entry.history)
         self.resolved["base"] = {"debian": options}
-        self.resolved["packages"] = entry.get("packages", [])
+        self.resolved["packages"] = entry.packages or []
         self.base_config = {"Env": [f"PATH={DEFAULT_ENV_PATH}"]}
         reports.append(
             StepReport(
                 0,
                 total,
                 f"base debian {options['suite']}",
-                entry.get("hit", True),
+                cached,
                 time.monotonic() - started,
-                entry["descriptor"].size,
+                entry.descriptor.size,
             )
         )
 
@@ -562,7 +318,7 @@ class Builder:
         """uid and gid of `user[:group]`: numbers as given, names from the tree's passwd and group
         (read inside the tree), and a user's own group when only the user is given, as docker does."""
         name, _, group = text.partition(":")
-        passwd = _accounts(self._materialize(), "etc/passwd") if not (name.isdigit() and group.isdigit()) else {}
+        passwd = steps.accounts(self._materialize(), "etc/passwd") if not (name.isdigit() and group.isdigit()) else {}
         if name.isdigit():
             uid = int(name)
             gid = next((int(f[3]) for f in passwd.values() if f[2] == name), 0)
@@ -574,7 +330,7 @@ class Builder:
         if group.isdigit():
             gid = int(group)
         elif group:
-            groups = _accounts(self._materialize(), "etc/group")
+            groups = steps.accounts(self._materialize(), "etc/group")
             if group not in groups:
                 raise self.spec.error(where, f"group {group!r} is not in the image's /etc/group",
                                       "create the group in an earlier step, or give a numeric gid")
@@ -641,7 +397,7 @@ class Builder:
             env = dict(e.partition("=")[::2] for e in _container_config(self.base_config, self.spec).get("Env", []))
         env.setdefault("PATH", DEFAULT_ENV_PATH)
         user = self._user(step.extras["user"], f"steps[{step.index}].user") if step.extras.get("user") else (0, 0)
-        home = _home(tree, user[0]) if user != (0, 0) else "/root"
+        home = steps.home(tree, user[0]) if user != (0, 0) else "/root"
         if "env" in step.extras:  # a front end's whole environment: add only what it left out
             env.setdefault("HOME", home)
             env.setdefault("LC_ALL", "C.UTF-8")
@@ -658,15 +414,7 @@ class Builder:
                 binds.append((self._cache_mount(path), confined.resolve_dir(path, create=True)))
         if step.kind == "packages":
             env["DEBIAN_FRONTEND"] = "noninteractive"
-            # apt drops to its _apt user for downloads; in a plain user's namespace (bwrap) there is no
-            # such id, and as root the step is confined already: download as root inside, everywhere, so
-            # that the files apt leaves are owned alike as root and as a plain user.
-            apt = "apt-get -o APT::Sandbox::User=root"
-            packages = " ".join(step.value)
-            script = f"{apt} update -qq && {apt} install -y -qq --no-install-recommends {packages} > /dev/null"
-        else:
-            script = step.value
-        argv = list(script) if isinstance(script, list) else ["/bin/sh", "-c", script]
+        argv = steps.command(step)
         owners = None
         if self.subids and user == (0, 0):  # the image's owners on the tree for the step, and back
             owners = (str(self._tmp / "owners-given.json"), str(self._tmp / "owners-taken.json"))
@@ -679,12 +427,12 @@ class Builder:
             self.claimed = subids.read_table(Path(owners[1]))
         if result.exit_code != 0:
             failure = CheckFailed(
-                f"{self.spec.path}:{step.line}: {step.where} ({_title(step)}) exited {result.exit_code}; "
+                f"{self.spec.path}:{step.line}: {step.where} ({steps.title(step)}) exited {result.exit_code}; "
                 f"last lines:\n{result.tail.rstrip()}",
                 "nothing was written; fix the command and build again",
             )
             raise failure
-        packages = _installed_packages(tree) if step.kind == "packages" else []
+        packages = steps.installed_packages(tree) if step.kind == "packages" else []
         layer, normalized = self._tree_layer(before, user, one_id=os.geteuid() != 0 and owners is None)
         return layer, normalized, packages
 
@@ -828,14 +576,13 @@ class Builder:
         self.resolved["packages"] = sorted([*known.values(), *new], key=lambda p: p["name"])
 
     def _build(self) -> BuildResult:
-        steps = self.spec.steps
-        total = len(steps)
+        total = len(self.spec.steps)
         reports: list[StepReport] = []
         try:
             self._base(reports, total)
             for report in reports:
                 self.report(report)
-            for step in steps:
+            for step in self.spec.steps:
                 started = time.monotonic()
                 parent = [x.diff_id for x in self.layers]
                 inputs: dict[str, str] = {}
@@ -844,7 +591,7 @@ class Builder:
                     origin = self._copy_origin(step)
                     if origin is None:
                         found = _sources.context_sources(
-                            self.spec.directory, _sources_of(step, self.platform), _ignore(step),
+                            self.spec.directory, steps.copy_sources(step, self.platform), steps.exclusions(step),
                             lambda m, h, s=step: self.spec.error(f"steps[{s.index}].copy.src", m, h))
                         inputs = _cache.hash_inputs([s.path for s in found])
                     else:
@@ -860,30 +607,31 @@ class Builder:
                 self.used_keys.append(cache_key)
                 entry = self.cache.get(cache_key)
                 cached = entry is not None
-                created_by = step.extras.get("history") or f"repro {_title(step)}"
+                created_by = step.extras.get("history") or f"repro {steps.title(step)}"
                 if entry is not None:
-                    layer = NewLayer(entry["descriptor"], entry["diff_id"])
+                    layer = NewLayer(entry.descriptor, entry.diff_id)
                     # the cache holds the layer; its history text is this build's (a Containerfile's RUN and a
                     # spec's run step may share a layer, never a history)
-                    history = {**entry["history"], "created_by": created_by}
-                    self._add_packages(entry.get("packages", []))
-                    if (entry.get("left_out") or {}).get("descriptor") or (entry.get("left_out") or {}).get("removed"):
+                    history = {**entry.history, "created_by": created_by}
+                    self._add_packages(entry.packages or [])
+                    if (entry.left_out or {}).get("descriptor") or (entry.left_out or {}).get("removed"):
                         self._materialize()  # what the step left out must be in the tree before the next
                     self._apply_to_tree(layer)
-                    self._restore_left_out(entry.get("left_out"))
+                    self._restore_left_out(entry.left_out)
                 elif step.kind in ("copy", "file"):
                     if step.kind == "copy":
                         owner = (self._user(step.value["owner"], f"steps[{step.index}].copy.owner")
                                  if step.value.get("owner") else None)
-                        produce = _copy_entries(self.spec, step, self.epoch, owner, origin, self.platform,
+                        produce = steps.copy_layer(self.spec, step, self.epoch, owner, origin, self.platform,
                                                 self._destinations(), self._directories())
                     else:
-                        produce = _file_entry(self.spec, step, self.epoch, self._destinations(), self._directories())
+                        produce = steps.file_layer(self.spec, step, self.epoch, self._destinations(),
+                                                   self._directories())
                     layer = write_layer(self.store, produce, "gzip")
                     history = {"created": self.created, "created_by": created_by}
                     self._apply_to_tree(layer)
-                    self.cache.put(cache_key, layer.descriptor, layer.diff_id, history,
-                                   {"left_out": self.left_out.record()} if self.left_out.paths else None)
+                    self.cache.put(cache_key, CacheEntry(layer.descriptor, layer.diff_id, history, None,
+                                                         self.left_out.record() if self.left_out.paths else None))
                 else:
                     packages: list[dict] = []
                     if step.kind == "directory":
@@ -898,14 +646,12 @@ class Builder:
                             + (f" and {len(normalized) - 50} more" if len(normalized) > 50 else "")
                         )
                     self._add_packages(packages)
-                    extra: dict = {"packages": packages} if packages else {}
-                    if self.left_record:
-                        extra["left_out"] = self.left_record
-                    self.cache.put(cache_key, layer.descriptor, layer.diff_id, history, extra)
+                    self.cache.put(cache_key, CacheEntry(layer.descriptor, layer.diff_id, history, packages or None,
+                                                         self.left_record or None))
                 self.layers.append(layer)
                 self.history.append(history)
                 report = StepReport(
-                    step.index + 1, total, _title(step), cached, time.monotonic() - started, layer.descriptor.size
+                    step.index + 1, total, steps.title(step), cached, time.monotonic() - started, layer.descriptor.size
                 )
                 reports.append(report)
                 self.report(report)
@@ -971,8 +717,6 @@ def build(
         result.lock_file = _lock.write(spec.path, resolved)
     else:
         result.lock_file = _lock.lock_path(spec.path)
-    for one in results:
-        _attach_provenance(spec, store, one)
     return result
 
 
@@ -984,20 +728,7 @@ def _index(spec: Spec, store: Layout, results: list[BuildResult]) -> BuildResult
     descriptor = store.put_bytes(raw, OCI_INDEX)
     store.add_manifest(dataclasses.replace(descriptor, annotations={REF_NAME: spec.tag}), spec.tag)
     image = IndexImage(f"oci:{store.path}:{spec.tag}", raw, OCI_INDEX, [r.image for r in results])
-    steps = [step for r in results for step in r.steps]
-    return BuildResult(image, image.digest, spec.tag, steps)
-
-
-def _attach_provenance(spec: Spec, store: Layout, result: BuildResult) -> None:
-    """The build's provenance (spec, lock, SOURCE_DATE_EPOCH) as a referrer of the image in the store, so
-    it travels with `convert --referrers` and into `repro archive`. Same build, same statement bytes."""
-    from repro import referrers
-    from repro.clock import document_time
-    from repro.preserve import provenance
-
-    statement = provenance.for_build(result.image, spec)
-    referrers.attach(f"oci:{store.path}", result.image, statement, provenance.MEDIA_TYPE,
-                     provenance.MEDIA_TYPE, document_time(result.image))
+    return BuildResult(image, image.digest, spec.tag, [report for r in results for report in r.steps])
 
 
 def run_tests(spec: Spec, image: Image, executor: str | None = None) -> list[tuple[dict, executors.Result, bool]]:

@@ -10,11 +10,14 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
 from repro.atomic import atomic_file
+from repro.blobs import BlobImage
 from repro.errors import ReproError
-from repro.image import Descriptor, canonical_json, parse_json
+from repro.image import Descriptor, Manifest, canonical_json, parse_json
+from repro.refs import open_image, write_image
 from repro.store import Layout, copy_into
 
 KEY_PATTERN = re.compile(r"[0-9a-f]{64}")
@@ -59,38 +62,66 @@ def key(parent_diff_ids: list[str], definition: dict, inputs: dict[str, str]) ->
     return hashlib.sha256(material).hexdigest()
 
 
+@dataclass
+class CacheEntry:
+    """One step's layer in the cache: the layer, its history, and what the step resolved beside it.
+    `packages` (a packages step's, a Debian base's) and `left_out` (builders/hygiene.py's account of what
+    the step kept out of its layer) are written only when the step has them, so entries keep their bytes."""
+
+    descriptor: Descriptor
+    diff_id: str
+    history: dict
+    packages: list[dict] | None = None
+    left_out: dict | None = None
+
+    @classmethod
+    def from_json(cls, entry: object, where: str) -> CacheEntry:
+        """An entry read from the cache or a shared cache, checked: it may be damaged or hostile."""
+        if not isinstance(entry, dict) or not isinstance(entry.get("history"), dict):
+            raise ReproError(f"{where}: not a cache entry", "the build cache is damaged or hostile; do not use it")
+        descriptor = Descriptor.from_json(entry.get("descriptor"), where)
+        if not isinstance(entry.get("diff_id"), str) or not DIGEST_PATTERN.fullmatch(entry["diff_id"]):
+            raise ReproError(f"{where}: diff_id is not a sha256 digest", "the build cache is damaged or hostile")
+        check_left_out(entry.get("left_out"), where)
+        return cls(descriptor, entry["diff_id"], entry["history"], entry.get("packages"), entry.get("left_out"))
+
+    def to_json(self) -> dict:
+        out = {"descriptor": self.descriptor.to_json(), "diff_id": self.diff_id, "history": self.history}
+        if self.packages is not None:
+            out["packages"] = self.packages
+        if self.left_out is not None:
+            out["left_out"] = self.left_out
+        return out
+
+
 class Cache:
     def __init__(self, layout: Layout, enabled: bool = True) -> None:
         self.layout = layout
         self.enabled = enabled
         self.directory = layout.path / "cache"
 
-    def get(self, cache_key: str) -> dict | None:
+    def get(self, cache_key: str) -> CacheEntry | None:
+        """The entry under `cache_key`, or None when there is none, it is damaged or its blobs are gone."""
         if not self.enabled:
             return None
         path = self.directory / f"{check_key(cache_key, str(self.directory))}.json"
         if not path.is_file():
             return None
         try:
-            entry = json.loads(path.read_bytes())
-            descriptor = Descriptor.from_json(entry["descriptor"], str(path))
-            left_out = check_left_out(entry.get("left_out"), str(path))
+            entry = CacheEntry.from_json(json.loads(path.read_bytes()), str(path))
+            left_out = check_left_out(entry.left_out, str(path))
         except (ValueError, KeyError, TypeError, ReproError):
             return None
-        if not self.layout.has_blob(descriptor.digest):
+        if not self.layout.has_blob(entry.descriptor.digest):
             return None
         if left_out is not None and not self.layout.has_blob(left_out.digest):
             return None  # what the step left out of its layer is gone: run it again
-        entry["descriptor"] = descriptor
         return entry
 
-    def put(
-        self, cache_key: str, descriptor: Descriptor, diff_id: str, history: dict, extra: dict | None = None
-    ) -> None:
+    def put(self, cache_key: str, entry: CacheEntry) -> None:
         self.directory.mkdir(exist_ok=True)
-        entry = {"descriptor": descriptor.to_json(), "diff_id": diff_id, "history": history, **(extra or {})}
         with atomic_file(self.directory / f"{check_key(cache_key, str(self.directory))}.json") as out:
-            out.write(canonical_json(entry))
+            out.write(canonical_json(entry.to_json()))
 
 
 def hash_inputs(paths: list[Path]) -> dict[str, str]:
@@ -117,10 +148,6 @@ def export_to(cache: Cache, images: list, keys: list[str], ref: str) -> str:
     built image, with the cache entries for its layers in a manifest annotation. A multi-platform build
     shares one image holding every platform's layers (its config lists them all), so one reference
     carries the cache of every platform."""
-    from repro.blobs import BlobImage
-    from repro.image import Manifest
-    from repro.refs import write_image
-
     entries = {}
     for cache_key in keys:
         path = cache.directory / f"{cache_key}.json"
@@ -150,7 +177,6 @@ def export_to(cache: Cache, images: list, keys: list[str], ref: str) -> str:
 
 def import_from(cache: Cache, ref: str) -> int:
     """Fetch the layers and cache entries that `export_to` published; returns how many entries."""
-    from repro.refs import open_image
 
     image = open_image(ref)
     text = image.manifest.annotations.get(CACHE_ANNOTATION)
@@ -161,15 +187,9 @@ def import_from(cache: Cache, ref: str) -> int:
         raise ReproError(f"{ref}: {CACHE_ANNOTATION} annotation is not a JSON object", "publish it again")
     checked = {}
     for cache_key, entry in entries.items():
-        where = f"{ref}: cache entry {str(cache_key)[:80]!r}"
         check_key(cache_key, ref)
-        if not isinstance(entry, dict) or not isinstance(entry.get("history"), dict):
-            raise ReproError(f"{where}: not a cache entry", "the build cache is damaged or hostile; do not use it")
-        descriptor = Descriptor.from_json(entry.get("descriptor"), where)
-        if not isinstance(entry.get("diff_id"), str) or not DIGEST_PATTERN.fullmatch(entry["diff_id"]):
-            raise ReproError(f"{where}: diff_id is not a sha256 digest", "the build cache is damaged or hostile")
-        check_left_out(entry.get("left_out"), where)
-        checked[cache_key] = (descriptor, entry)
+        where = f"{ref}: cache entry {str(cache_key)[:80]!r}"
+        checked[cache_key] = (CacheEntry.from_json(entry, where).descriptor, entry)
     with cache.layout.transaction():
         copy_into(cache.layout, image)
     count = 0

@@ -25,20 +25,34 @@ folds into the stage's `config`. Anything repro cannot honour is one `FILE:LINE:
 
 from __future__ import annotations
 
+import bz2
 import csv
+import dataclasses
+import gzip
 import hashlib
 import json
 import logging
+import lzma
 import os
 import posixpath
 import re
+import shutil
 import stat
+import tarfile
+import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from builders import spec as _spec
+from repro.clock import rfc3339
 from repro.digest import sha256_stream
 from repro.errors import ReproError
+from repro.image import Platform, parse_json
+from repro.mutate import commit, new_config, write_layer
+from repro.refs import TRANSPORTS, Options, open_image
+from repro.store import Layout
+from repro.transfer import manifest_descriptor
 
 log = logging.getLogger("repro")
 
@@ -135,48 +149,30 @@ class _Lexer:
                 self.pos += 1
                 found = True
                 break
-            if ch == "$":
-                value = self._dollar()
+            if ch in "$'\"":
+                value = self._dollar() if ch == "$" else self._single() if ch == "'" else self._double()
                 result.append(value)
-                for c in value:  # an unquoted expansion splits into words, as in the shell
-                    if split and c.isspace():
-                        if in_word:
-                            words.append("".join(current))
-                        current, in_word = [], False
-                    else:
-                        current.append(c)
-                        in_word = True
-                continue
-            if ch == "'":
-                value = self._single()
-                result.append(value)
-                current.append(value)
-                in_word = True
-                continue
-            if ch == '"':
-                value = self._double()
-                result.append(value)
-                current.append(value)
-                in_word = True
-                continue
-            self.pos += 1
-            if ch == self.escape:
-                if self.pos >= len(text):
-                    break
-                ch = text[self.pos]
-                self.pos += 1
-                result.append(ch)
-                current.append(ch)
-                in_word = True
-                continue
-            result.append(ch)
-            if split and ch.isspace():
-                if in_word:
-                    words.append("".join(current))
-                current, in_word = [], False
+                # an unquoted expansion splits into words, as in the shell; a quoted string is one piece
+                pieces, splits = (list(value), split) if ch == "$" else ([value], False)
             else:
-                current.append(ch)
-                in_word = True
+                self.pos += 1
+                if ch == self.escape:
+                    if self.pos >= len(text):
+                        break
+                    ch = text[self.pos]
+                    self.pos += 1
+                    pieces, splits = [ch], False
+                else:
+                    pieces, splits = [ch], split
+                result.append(ch)
+            for piece in pieces:
+                if splits and piece.isspace():
+                    if in_word:
+                        words.append("".join(current))
+                    current, in_word = [], False
+                else:
+                    current.append(piece)
+                    in_word = True
         if stop is not None and not found:
             raise _Failure("syntax error: missing '}'", "close every ${")
         if in_word:
@@ -528,28 +524,17 @@ def _name_values(text: str, escape: str) -> list[str]:
                 i += 1
                 continue
             in_word = True
-        if quote:
-            if ch == quote:
-                quote = ""
-            elif ch == escape and quote != "'":
-                if i + 1 >= len(text):
-                    i += 1
-                    continue
-                word.append(ch)
-                i += 1
-                ch = text[i]
-            word.append(ch)
-            i += 1
-            continue
-        if ch.isspace():
+        if quote and ch == quote:
+            quote = ""
+        elif not quote and ch.isspace():
             if blank_ok or word:
                 words.append("".join(word))
             word, blank_ok, in_word = [], False, False
             i += 1
             continue
-        if ch in "'\"":
+        elif not quote and ch in "'\"":
             quote, blank_ok = ch, True
-        elif ch == escape:
+        elif ch == escape and quote != "'":  # in single quotes the escape is a character like others
             if i + 1 >= len(text):
                 i += 1
                 continue
@@ -586,29 +571,34 @@ def key_values(text: str, escape: str, keyword: str) -> list[tuple[str, str]]:
 # --- .dockerignore and globs --------------------------------------------------------------------------------
 
 
-def _pattern_regex(pattern: str) -> re.Pattern:
-    """moby/patternmatcher: * and ? stay within a path element, ** crosses them, [..] classes, \\ escapes."""
-    out = ["^"]
+def _glob_body(pattern: str, ignore_file: bool) -> str:
+    """A glob as a regular expression (unanchored): * and ? stay within a path element, [..] classes,
+    \\ escapes. `ignore_file`: moby/patternmatcher's dialect of .dockerignore (** crosses elements,
+    [!..] negates too, a [ without its ] is a character); else Go's filepath.Match (that is an error)."""
+    out = []
     i = 0
     while i < len(pattern):
         ch = pattern[i]
+        if ch == "*" and ignore_file and pattern.startswith("**", i):
+            i += 2
+            if i < len(pattern) and pattern[i] == "/":
+                i += 1
+            out.append(".*" if i >= len(pattern) else "(.*/)?")
+            continue
         if ch == "*":
-            if pattern.startswith("**", i):
-                i += 2
-                if i < len(pattern) and pattern[i] == "/":
-                    i += 1
-                out.append(".*" if i >= len(pattern) else "(.*/)?")
-                continue
             out.append("[^/]*")
         elif ch == "?":
             out.append("[^/]")
         elif ch == "[":
-            end = pattern.find("]", i + 2 if pattern[i + 1:i + 2] in ("^", "!") else i + 1)
+            negations = ("^", "!") if ignore_file else ("^",)
+            end = pattern.find("]", i + 2 if pattern[i + 1:i + 2] in negations else i + 1)
+            if end < 0 and not ignore_file:
+                raise _Failure(f"{pattern!r}: a [ without its ]", "close the character class")
             if end < 0:
                 out.append(re.escape(ch))
             else:
                 body = pattern[i + 1:end]
-                if body.startswith("!"):
+                if ignore_file and body.startswith("!"):
                     body = "^" + body[1:]
                 out.append("[" + body.replace("\\", "\\\\") + "]")
                 i = end
@@ -618,8 +608,12 @@ def _pattern_regex(pattern: str) -> re.Pattern:
         else:
             out.append(re.escape(ch))
         i += 1
-    out.append("$")
-    return re.compile("".join(out), re.DOTALL)
+    return "".join(out)
+
+
+def _pattern_regex(pattern: str) -> re.Pattern:
+    """A .dockerignore pattern (moby/patternmatcher) as a regular expression of the whole path."""
+    return re.compile("^" + _glob_body(pattern, ignore_file=True) + "$", re.DOTALL)
 
 
 @dataclass
@@ -692,28 +686,7 @@ def _has_glob(text: str) -> bool:
 
 def _glob_regex(pattern: str) -> re.Pattern:
     """Go's filepath.Match for one path element: * and ? never match /, [^...] negates, \\ escapes."""
-    out = []
-    i = 0
-    while i < len(pattern):
-        ch = pattern[i]
-        if ch == "*":
-            out.append("[^/]*")
-        elif ch == "?":
-            out.append("[^/]")
-        elif ch == "[":
-            end = pattern.find("]", i + 2 if pattern[i + 1:i + 2] == "^" else i + 1)
-            if end < 0:
-                raise _Failure(f"{pattern!r}: a [ without its ]", "close the character class")
-            body = pattern[i + 1:end]
-            out.append("[" + body.replace("\\", "\\\\") + "]")
-            i = end
-        elif ch == "\\" and i + 1 < len(pattern):
-            i += 1
-            out.append(re.escape(pattern[i]))
-        else:
-            out.append(re.escape(ch))
-        i += 1
-    return re.compile("".join(out) + r"\Z", re.DOTALL)
+    return re.compile(_glob_body(pattern, ignore_file=False) + r"\Z", re.DOTALL)
 
 
 def glob_context(context: Path, pattern: str, ignore: Ignore) -> list[str]:
@@ -794,8 +767,6 @@ def resolve_reference(text: str, registry: str | None) -> str:
     """A repro reference as given (docker://, oci:, docker-archive:, ...); a plain NAME[:TAG][@DIGEST] as
     docker://REGISTRY/NAME:TAG (Docker's convention: library/ for one-element names on docker.io, whose
     registry answers at registry-1.docker.io; a first element with a dot or port, or localhost, is a host)."""
-    from repro.refs import TRANSPORTS
-
     match = _TRANSPORT.match(text)
     if match and match.group(1) in TRANSPORTS:
         return text
@@ -837,9 +808,6 @@ def _env_dict(items) -> dict[str, str]:
 def read_base(reference: str, platform: str | None = None) -> BaseInfo:
     """The config of a base image (only the manifest and config are read); of an index, the image for
     `platform` (os/arch[/variant]; this machine's by default)."""
-    from repro.image import Platform, parse_json
-    from repro.refs import Options, open_image
-
     image = open_image(reference, Options(platform=Platform.parse(platform) if platform else None))
     raw = parse_json(image.raw_config, f"{reference}: config")
     config = raw.get("config") if isinstance(raw, dict) else None
@@ -892,8 +860,6 @@ class StageResult:
 def _platform_args(target=None) -> dict[str, str]:
     """BuildKit's automatic platform ARGs: TARGET* name the platform being built (--platform, or this
     machine's), BUILD* this machine's, in every stage whatever its FROM --platform."""
-    from repro.image import Platform
-
     host = Platform.host()
     out = {}
     for prefix, platform in (("TARGET", target or host), ("BUILD", host)):
@@ -1103,8 +1069,6 @@ class Translator:
         platform = None
         if flags.get("platform"):
             platform = self._word(flags["platform"][0] or "", self._meta_lookup, ins.line, "FROM --platform")
-            from repro.image import Platform
-
             try:
                 wanted = Platform.parse(platform)
             except ReproError:
@@ -1700,10 +1664,6 @@ def _is_archive(path: Path) -> bool:
     """A tar archive, plain or compressed with gzip, bzip2 or xz, as Docker's ADD recognizes one."""
     if not path.is_file():
         return False
-    import bz2
-    import gzip
-    import lzma
-
     with open(path, "rb") as f:
         head = f.read(6)
     opener: Callable | None = {b"\x1f\x8b": gzip.open, b"BZ": bz2.open}.get(head[:2])
@@ -1737,13 +1697,7 @@ def _cache_dir() -> Path:
 def fetch_url(url: str, sha256: str) -> Path:
     """An OCI layout holding the URL's content as /content (mode 0600, time 0) in one layer, tagged `add`;
     kept by checksum in ~/.cache/repro/add, so a file is downloaded once."""
-    import requests
-
-    from repro.clock import rfc3339
-    from repro.image import Platform
-    from repro.mutate import commit, new_config, write_layer
-    from repro.store import Layout
-    from repro.transfer import manifest_descriptor
+    import requests  # lazy: only ADD of a URL needs the HTTP client, which costs a plain build's start
 
     layout_dir = _cache_dir() / sha256
     if (layout_dir / "index.json").is_file():
@@ -1768,9 +1722,6 @@ def fetch_url(url: str, sha256: str) -> Path:
         if digest.hexdigest() != sha256:
             raise _Failure(f"the download has sha256:{digest.hexdigest()}, not the --checksum sha256:{sha256}",
                            "check the URL, or pin the new content's checksum if it was meant to change")
-        import tarfile
-        import tempfile
-
         work = Path(tempfile.mkdtemp(prefix=f".{sha256}.", dir=layout_dir.parent))
         try:
             layout = Layout.initialize(work) if not (work / "oci-layout").exists() else Layout.open_existing(work)
@@ -1793,8 +1744,6 @@ def fetch_url(url: str, sha256: str) -> Path:
                     raise
         finally:
             if work.exists():
-                import shutil
-
                 shutil.rmtree(work, ignore_errors=True)
     finally:
         partial.unlink(missing_ok=True)
@@ -1836,10 +1785,6 @@ def load(path: str | Path, context: str | Path | None = None, build_args: dict[s
          target: str | None = None, registry: str | None = None, platform=None):
     """The Spec of a Containerfile, for `repro build`: for this machine's platform, or `platform`; the
     build translates it again for each platform it builds (Spec.for_platform)."""
-    import dataclasses
-
-    from builders import spec as _spec
-
     raw, lines = translate(path, context, build_args, target, registry, platform=platform)
     data, _text = _read(Path(path))
     spec = _spec.from_dict(Path(path), raw, lines, Path(context) if context is not None else None, data)

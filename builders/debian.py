@@ -21,16 +21,31 @@ import subprocess
 import tempfile
 from pathlib import Path
 
+from builders.hygiene import is_volatile_stream_path
 from repro.errors import ReproError
+from repro.image import Platform
 from repro.layers import TarWriter
 from repro.run import emulation
 
 DEFAULT_MIRROR = "http://deb.debian.org/debian"
+DEBIAN_ARCHITECTURES = {"amd64": "amd64", "arm64": "arm64", "arm/v7": "armhf", "arm/v5": "armel", "386": "i386",
+                        "ppc64le": "ppc64el", "s390x": "s390x", "riscv64": "riscv64", "mips64le": "mips64el"}
+
+
+def debian_architecture(platform: Platform) -> str:
+    """Debian's name of an OCI platform's architecture (arm64, armhf, ppc64el, ...)."""
+    key = f"{platform.architecture}/{platform.variant}" if platform.architecture == "arm" else platform.architecture
+    if key == "arm":
+        key = "arm/v7"
+    if key not in DEBIAN_ARCHITECTURES:
+        raise ReproError(f"platform {platform}: Debian has no such architecture",
+                         f"use one of {', '.join('linux/' + k for k in DEBIAN_ARCHITECTURES)}")
+    return DEBIAN_ARCHITECTURES[key]
+
 
 
 def bootstrap(options: dict, epoch: int, tar: TarWriter, what: str) -> list[dict]:
     """Write the base layer into `tar`; returns the installed packages for the lock."""
-    from builders.hygiene import is_volatile_stream_path
     from converters.tarball import copy_tar_stream
 
     if shutil.which("mmdebstrap") is None:

@@ -18,6 +18,7 @@ themselves. Every problem is one `FILE:LINE: message` error.
 
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
 import logging
 import posixpath
@@ -779,8 +780,6 @@ def load(path: str | Path, build_args: dict[str, str] | None = None, registry: s
     """The build spec of an Apptainer definition file (its `text` is the file, for the provenance), for
     `platform` (None: this machine's); a build for other platforms translates it again for each
     (Spec.for_platform), so that each image's labels.json names its own architecture."""
-    import dataclasses
-
     d, raw, lines = _translated(path, build_args, registry, None, platform)
     spec = from_dict(d.path, raw, lines, text=d.data)
     spec = dataclasses.replace(spec, retarget=lambda other: spec if other == platform else load(

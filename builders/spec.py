@@ -20,6 +20,8 @@ from typing import Any
 
 import yaml
 
+from builders import sources
+from repro.clock import source_date_epoch
 from repro.errors import ReproError
 
 SCHEMA_FILE = "spec.schema.json"
@@ -43,6 +45,7 @@ def _validator_class():
     for name in blocked:
         sys.modules[name] = None  # type: ignore[assignment]  # makes its import fail, as if absent
     try:
+        # lazy: jsonschema is slow to import (see above), and only checking a spec needs it
         from jsonschema import Draft202012Validator, validators
     finally:
         for name in blocked:
@@ -107,6 +110,11 @@ class Spec:
             raw["source_date_epoch"] = self.raw.get("source_date_epoch", 0)
             out[stage["name"]] = Spec(self.path, raw, self.lines, self.context, f"stages[{i}].", self.text)
         return out
+
+    @property
+    def epoch(self) -> int:
+        """The build's SOURCE_DATE_EPOCH: the environment's, else the spec's."""
+        return source_date_epoch(int(self.raw.get("source_date_epoch", 0)))
 
     @property
     def platform(self) -> str | None:
@@ -358,8 +366,6 @@ def _check_steps(spec: Spec, stages: set[str]) -> None:
 
 def check_copy_sources(spec: Spec, step: Step) -> None:
     """Every source of a context copy exists inside the context (globs match something)."""
-    from builders import sources  # the copy machinery imports the image floor, which a spec check needs only here
-
     src = step.value["src"]
     where = f"steps[{step.index}].copy.src"
     try:

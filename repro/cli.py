@@ -199,6 +199,8 @@ def cmd_build(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from builders import build as b
+    from builders import definition
+    from repro.preserve import provenance
 
     spec = _load_spec(args)
     if args.check:
@@ -216,6 +218,8 @@ def cmd_build(args: argparse.Namespace) -> int:
     result = b.build(spec, store, executor=args.executor, use_cache=not args.no_cache, locked=args.locked,
                      report=report, log=lambda m: err.print(f"repro: {m}", markup=False),
                      cache_from=args.cache_from, cache_to=args.cache_to, platforms=platforms)
+    for image in result.images:
+        provenance.attach(store.path, image, provenance.statement(image, *definition.of_spec(spec)))
     written = [f"oci:{store.path}:{result.tag}"]
     several = hasattr(result.image, "children")
     for ref in args.output or []:
@@ -254,6 +258,8 @@ def _build_check(args: argparse.Namespace, spec) -> int:
     from pathlib import Path
 
     from builders import build as b
+    from builders import definition
+    from repro.preserve import provenance
 
     digests = []
     with tempfile.TemporaryDirectory(prefix="repro-check-") as tmp:
@@ -262,6 +268,8 @@ def _build_check(args: argparse.Namespace, spec) -> int:
             store = b.open_store(Path(args.store) if n == 1 and args.store else Path(tmp) / f"store{n}")
             platforms = [Platform.parse(p) for p in args.platforms.split(",")] if args.platforms else None
             result = b.build(spec, store, executor=args.executor, use_cache=False, platforms=platforms)
+            for image in result.images:
+                provenance.attach(store.path, image, provenance.statement(image, *definition.of_spec(spec)))
             digests.append(result.digest)
             images.append(result.image)
             err.print(f"build {n}: {result.digest}", markup=False)

@@ -11,7 +11,8 @@ import hashlib
 import json
 from pathlib import Path
 
-from repro import __version__
+from repro import __version__, referrers
+from repro.clock import document_time
 from repro.image import Image, canonical_json
 
 STATEMENT_TYPE = "https://in-toto.io/Statement/v1"
@@ -41,15 +42,14 @@ def _dependencies(lock: dict | None) -> list[dict]:
     return out
 
 
-def statement(image: Image, name: str, spec_path: Path, lock: dict | None, epoch: int | None) -> bytes:
-    """The statement for `image` (named `name`), built from the spec at `spec_path` and its lock."""
-    spec_bytes = spec_path.read_bytes()
-    parameters = {"spec": {"path": spec_path.name, "sha256": _sha256(spec_bytes),
+def statement(image: Image, name: str, spec_name: str, spec_bytes: bytes, lock: dict | None, epoch: int) -> bytes:
+    """The statement for `image` (named `name`), built from the spec file `spec_name` (its bytes
+    `spec_bytes`), its lock and SOURCE_DATE_EPOCH (builders/definition.py reads them)."""
+    parameters = {"spec": {"path": spec_name, "sha256": _sha256(spec_bytes),
                            "text": spec_bytes.decode("utf-8", "replace")}}
     if lock is not None:
         lock_bytes = canonical_json(lock)
         parameters["lock"] = {"sha256": _sha256(lock_bytes), "compressor": lock.get("compressor", {})}
-    internal = {"SOURCE_DATE_EPOCH": epoch} if epoch is not None else {}
     body = {
         "_type": STATEMENT_TYPE,
         "subject": [{"name": name, "digest": {"sha256": image.digest.partition(":")[2]}}],
@@ -58,7 +58,7 @@ def statement(image: Image, name: str, spec_path: Path, lock: dict | None, epoch
             "buildDefinition": {
                 "buildType": BUILD_TYPE,
                 "externalParameters": parameters,
-                "internalParameters": internal,
+                "internalParameters": {"SOURCE_DATE_EPOCH": epoch},
                 "resolvedDependencies": _dependencies(lock),
             },
             "runDetails": {"builder": {"id": BUILDER_ID, "version": {"repro": __version__}},
@@ -68,30 +68,13 @@ def statement(image: Image, name: str, spec_path: Path, lock: dict | None, epoch
     return (json.dumps(body, indent=2, sort_keys=True, ensure_ascii=False) + "\n").encode()
 
 
+def attach(store: Path, image: Image, document: bytes) -> None:
+    """A build's statement as a referrer of its image in the store, so that it travels with
+    `convert --referrers` and into `repro archive`. Same build, same statement bytes."""
+    referrers.attach(f"oci:{store}", image, document, MEDIA_TYPE, MEDIA_TYPE, document_time(image))
+
+
 def subject_digests(document: bytes) -> list[str]:
     """The sha256 digests a statement is about ("sha256:<hex>")."""
     obj = json.loads(document)
     return [f"sha256:{s['digest']['sha256']}" for s in obj.get("subject", []) if "sha256" in s.get("digest", {})]
-
-
-def for_spec(image: Image, spec_file: str) -> bytes:
-    """Provenance from a spec file and the lock beside it: what `repro build` attaches to what it builds
-    (named by the spec's tag, so `repro archive --spec` of the same build gives the same statement)."""
-    from builders import containerfile, deffile
-    from builders.spec import load
-
-    if spec_file.endswith(".def"):
-        return for_build(image, deffile.load(spec_file))
-    if containerfile.is_containerfile(spec_file):
-        return for_build(image, containerfile.load(spec_file))
-    return for_build(image, load(spec_file))
-
-
-def for_build(image: Image, spec) -> bytes:
-    """Provenance of a loaded spec (YAML, or a Containerfile or def file translated by its front end):
-    its file's text and the lock beside it."""
-    from builders import lock as _lock
-    from repro.clock import source_date_epoch
-
-    epoch = source_date_epoch(int(spec.raw.get("source_date_epoch", 0)))
-    return statement(image, spec.tag, spec.path, _lock.read(spec.path), epoch)

@@ -13,6 +13,7 @@ from packageurl import PackageURL
 from repro.confined import clean_path
 from repro.flatten import ancestors
 from sbom.catalogers.package import Package
+from sbom.deb822 import paragraphs
 from sbom.licenses import copyright_licenses
 
 STATUS = "var/lib/dpkg/status"
@@ -29,27 +30,13 @@ def wanted(path: str) -> bool:
     )
 
 
-def _paragraphs(text: str):
-    for block in text.split("\n\n"):
-        fields: dict[str, str] = {}
-        last = ""
-        for line in block.splitlines():
-            if line.startswith((" ", "\t")) and last:
-                fields[last] += "\n" + line.strip()
-            elif ":" in line:
-                last, _, value = line.partition(":")
-                fields[last] = value.strip()
-        if fields:
-            yield fields
-
-
 def catalog(scan, distro: dict[str, str]) -> list[Package]:
     sources = [STATUS] if STATUS in scan.contents else []
     sources += sorted(p for p in scan.contents if p.startswith(STATUS_D))
     records = scan.by_path()
     out = []
     for source in sources:
-        for fields in _paragraphs(scan.contents[source].decode(errors="replace")):
+        for fields in paragraphs(scan.contents[source].decode(errors="replace")):
             status = fields.get("Status", "install ok installed")
             if not status.endswith(" installed") or "Package" not in fields:
                 continue
