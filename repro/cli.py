@@ -188,10 +188,9 @@ COPY.add_argument("--preserve-setuid", action="store_true",
                   help="rootfs: keep setuid/setgid bits of files (default: dropped, with a warning)")
 
 
-def _command(commands: argparse._SubParsersAction, func: Callable[[argparse.Namespace], int], help_text: str,
-             parents: Sequence[argparse.ArgumentParser] = (), **kwargs) -> argparse.ArgumentParser:
-    """The parser of `repro NAME`, NAME being what follows `cmd_` in func's name."""
-    name = func.__name__.removeprefix("cmd_")
+def _command(commands: argparse._SubParsersAction, name: str, func: Callable[[argparse.Namespace], int],
+             help_text: str, parents: Sequence[argparse.ArgumentParser] = (), **kwargs) -> argparse.ArgumentParser:
+    """The parser of `repro NAME`, calling func; every command takes the hidden --debug."""
     parser = commands.add_parser(name, help=help_text, description=help_text, parents=[DEBUG, *parents], **kwargs)
     parser.set_defaults(func=func)
     return parser
@@ -201,7 +200,7 @@ def _command(commands: argparse._SubParsersAction, func: Callable[[argparse.Name
 
 
 def add_convert(commands: argparse._SubParsersAction) -> None:
-    p = _command(commands, cmd_convert, "copy an image from any reference to any reference", [COPY])
+    p = _command(commands, "convert", cmd_convert, "copy an image from any reference to any reference", [COPY])
     p.add_argument("src", help="source, e.g. docker-archive:img.tar")
     p.add_argument("dst", help="e.g. oci:layout:1.0")
     p.add_argument("--all", action="store_true",
@@ -240,7 +239,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
 
 
 def add_build(commands: argparse._SubParsersAction) -> None:
-    p = _command(commands, cmd_build, "build an image from a spec, reproducibly",
+    p = _command(commands, "build", cmd_build, "build an image from a spec, reproducibly",
                  [_store(f"the local store (an OCI layout; {STORE_DEFAULT})"), REGISTRY,
                   _compression("squashfs/SIF compressor"), _json("print a JSON summary")])
     p.add_argument("spec", nargs="?", help="the spec YAML file, a Containerfile or Dockerfile, an Apptainer "
@@ -335,7 +334,7 @@ def _build_check(args: argparse.Namespace, spec) -> int:
 
 
 def add_diff(commands: argparse._SubParsersAction) -> None:
-    p = _command(commands, cmd_diff, "what differs between two images, down to the file and the header field",
+    p = _command(commands, "diff", cmd_diff, "what differs between two images, down to the file and the header field",
                  [_platform(), _json()])
     p.add_argument("ref1")
     p.add_argument("ref2")
@@ -357,8 +356,8 @@ def cmd_diff(args: argparse.Namespace) -> int:
 
 
 def add_sbom(commands: argparse._SubParsersAction) -> None:
-    p = _command(commands, cmd_sbom, "a software bill of materials (SPDX 2.3 or CycloneDX 1.6 JSON) of an image",
-                 [_platform(), REGISTRY])
+    p = _command(commands, "sbom", cmd_sbom,
+                 "a software bill of materials (SPDX 2.3 or CycloneDX 1.6 JSON) of an image", [_platform(), REGISTRY])
     p.add_argument("ref")
     p.add_argument("--format", choices=("spdx-json", "cyclonedx-json"), default="spdx-json")
     p.add_argument("-o", "--output", help="write to this file (default: standard output)")
@@ -396,7 +395,7 @@ def cmd_sbom(args: argparse.Namespace) -> int:
 
 
 def add_run(commands: argparse._SubParsersAction) -> None:
-    p = _command(commands, cmd_run, "run a command in an image (docker run's rules for entrypoint and cmd)",
+    p = _command(commands, "run", cmd_run, "run a command in an image (docker run's rules for entrypoint and cmd)",
                  [EXECUTOR, _store(f"the store holding unpacked images ({STORE_DEFAULT})"), _platform(), REGISTRY],
                  rest="command")
     p.add_argument("ref", help="any image reference, e.g. archive:pkg.tar or oci:layout:1")
@@ -455,7 +454,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def add_prune(commands: argparse._SubParsersAction) -> None:
-    p = _command(commands, cmd_prune, "remove images unpacked by repro run that were not used for some days",
+    p = _command(commands, "prune", cmd_prune, "remove images unpacked by repro run that were not used for some days",
                  [_store(f"the store ({STORE_DEFAULT})"), _json()])
     p.add_argument("--days", type=float, default=30.0, help="unused for at least this many days (default 30)")
 
@@ -490,7 +489,7 @@ class _RecordAction(argparse.Action):
 
 
 def add_archive(commands: argparse._SubParsersAction) -> None:
-    p = _command(commands, cmd_archive, "write a preservation package: a BagIt bag with the image, SBOMs, "
+    p = _command(commands, "archive", cmd_archive, "write a preservation package: a BagIt bag with the image, SBOMs, "
                  "provenance, recorded runs and instructions", [EXECUTOR, _platform(), _json(), REGISTRY])
     p.add_argument("ref", help="the image, any reference")
     p.add_argument("-o", "--output", required=True, help="the package: a new directory, or a file ending in .tar")
@@ -527,7 +526,7 @@ def _is_image_reference(text: str) -> bool:
 
 
 def add_verify(commands: argparse._SubParsersAction) -> None:
-    p = _command(commands, cmd_verify, "check a preservation package (BagIt fixity, OCI digests, SBOM and "
+    p = _command(commands, "verify", cmd_verify, "check a preservation package (BagIt fixity, OCI digests, SBOM and "
                  "provenance subjects) or an image's blobs", [_platform(), _json(), REGISTRY])
     p.add_argument("target", help="a package (directory, .tar or archive:PATH) or an image reference")
     p.add_argument("--deep", action="store_true", help="also decompress every layer against its diff_id")
@@ -563,7 +562,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 
 def add_replay(commands: argparse._SubParsersAction) -> None:
-    p = _command(commands, cmd_replay, "run a package's recorded commands again and compare exit status and "
+    p = _command(commands, "replay", cmd_replay, "run a package's recorded commands again and compare exit status and "
                  "hashes", [EXECUTOR, _json()])
     p.add_argument("package", help="a package made by repro archive (directory or .tar)")
 
@@ -603,8 +602,8 @@ FLAT_TRANSPORTS = ("rootfs", "tar", "squashfs")
 
 
 def add_flatten(commands: argparse._SubParsersAction) -> None:
-    p = _command(commands, cmd_flatten, "merge the layers into one root filesystem (rootfs:, tar:, squashfs:)",
-                 [COPY])
+    p = _command(commands, "flatten", cmd_flatten,
+                 "merge the layers into one root filesystem (rootfs:, tar:, squashfs:)", [COPY])
     p.add_argument("src", help="source, e.g. docker-archive:img.tar")
     p.add_argument("dst", help="rootfs:DIR, tar:FILE or squashfs:FILE")
 
@@ -641,7 +640,7 @@ def _print_sif(details: dict) -> None:
 
 
 def add_attach(commands: argparse._SubParsersAction) -> None:
-    p = _command(commands, cmd_attach, "attach a document to an image as an OCI 1.1 referrer (oci:, docker://)",
+    p = _command(commands, "attach", cmd_attach, "attach a document to an image as an OCI 1.1 referrer (oci:, docker://)",
                  [_platform(), _json(), REGISTRY])
     p.add_argument("ref", help="the image, e.g. docker://127.0.0.1:5000/team/img:1")
     p.add_argument("file", help="the document (an SBOM, a provenance statement, a signature)")
@@ -685,7 +684,7 @@ def _print_referrers(args: argparse.Namespace) -> int:
 
 
 def add_inspect(commands: argparse._SubParsersAction) -> None:
-    p = _command(commands, cmd_inspect, "show an image's digest, config, layers and history",
+    p = _command(commands, "inspect", cmd_inspect, "show an image's digest, config, layers and history",
                  [_platform(), _json(), REGISTRY])
     p.add_argument("ref")
     p.add_argument("--referrers", action="store_true", help="list the image's OCI 1.1 referrers instead")
@@ -731,7 +730,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 
 def add_hash(commands: argparse._SubParsersAction) -> None:
-    p = _command(commands, cmd_hash, "print manifest, config and layer digests and diff_ids", [_platform(), _json()])
+    p = _command(commands, "hash", cmd_hash, "print manifest, config and layer digests and diff_ids", [_platform(), _json()])
     p.add_argument("ref")
     p.add_argument("--files", action="store_true", help="also every file of the flattened image with its sha256")
 
