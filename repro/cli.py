@@ -730,7 +730,8 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 
 def add_hash(commands: argparse._SubParsersAction) -> None:
-    p = _command(commands, "hash", cmd_hash, "print manifest, config and layer digests and diff_ids", [_platform(), _json()])
+    p = _command(commands, "hash", cmd_hash, "print manifest, config and layer digests and diff_ids",
+                 [_platform(), _json()])
     p.add_argument("ref")
     p.add_argument("--files", action="store_true", help="also every file of the flattened image with its sha256")
 
