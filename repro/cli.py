@@ -50,12 +50,16 @@ class _Parser(argparse.ArgumentParser):
         super().__init__(*args, **kwargs)
         self.rest = rest
 
-    def parse_known_args(self, args=None, namespace=None):
-        if self.rest is None or args is None or "--" not in args:
-            return super().parse_known_args(args, namespace)
-        split = list(args).index("--")  # argparse alone would drop one `--` and read what follows for options
-        namespace, extras = super().parse_known_args(list(args)[:split], namespace)
-        setattr(namespace, self.rest, [*(getattr(namespace, self.rest, None) or []), *list(args)[split + 1:]])
+    def parse_known_args(self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
+                         ) -> tuple[argparse.Namespace, list[str]]:
+        words = None if args is None else list(args)
+        if self.rest is None or words is None or "--" not in words:
+            return super().parse_known_args(words, namespace)
+        # the options end here: argparse alone would drop one `--` only, and read the words after it as
+        # options when a positional was already complete before it
+        split = words.index("--")
+        namespace, extras = super().parse_known_args(words[:split], namespace)
+        setattr(namespace, self.rest, [*(getattr(namespace, self.rest, None) or []), *words[split + 1:]])
         return namespace, extras
 
     def error(self, message: str) -> None:  # one line, exit 2, as every other error
@@ -266,7 +270,7 @@ def add_build(commands: argparse._SubParsersAction) -> None:
 
 
 def cmd_build(args: argparse.Namespace) -> int:
-    # lazy: the builders load PyYAML and jsonschema (builders.spec) and the front ends, which only a build needs
+    # lazy: builders.spec loads PyYAML; with the front ends ~150 ms at start-up that only a build needs
     from builders import build as b
     from builders.frontend import load_spec
 
@@ -320,7 +324,7 @@ def cmd_build(args: argparse.Namespace) -> int:
 def _build_check(args: argparse.Namespace, spec) -> int:
     """Build twice, never from the cache, the second time in an empty store; on a difference, show which
     files and fields differ."""
-    from builders.check import build_twice  # lazy: as cmd_build's
+    from builders.check import build_twice  # lazy: PyYAML and the front ends, as cmd_build's
 
     platforms = [Platform.parse(p) for p in args.platforms.split(",")] if args.platforms else None
     digests, differences = build_twice(spec, Path(args.store) if args.store else None, args.executor, platforms,
@@ -366,7 +370,7 @@ def add_sbom(commands: argparse._SubParsersAction) -> None:
 
 
 def cmd_sbom(args: argparse.Namespace) -> int:
-    # lazy: sbom.licenses builds license_expression's SPDX license index when imported
+    # lazy: sbom.licenses builds license_expression's SPDX license index when imported (~50 ms)
     from sbom.generate import MEDIA_TYPES, generate
     from sbom.index import generate_index
 
@@ -475,7 +479,7 @@ class _RecordAction(argparse.Action):
     """--record CMD starts a recorded run; --output PATH names a file of the run before it."""
 
     def __call__(self, parser, namespace, value, option_string=None) -> None:
-        from repro.preserve.archive import RecordRequest  # lazy: as cmd_archive's
+        from repro.preserve.archive import RecordRequest  # lazy: the SBOM generator and PyYAML, as cmd_archive's
 
         runs = list(getattr(namespace, "records", None) or [])
         if option_string == "--record":
@@ -503,8 +507,7 @@ def add_archive(commands: argparse._SubParsersAction) -> None:
 
 
 def cmd_archive(args: argparse.Namespace) -> int:
-    # lazy: the preservation floor loads the SBOM generator (license_expression's SPDX index) and the spec
-    # loader (PyYAML) for provenance
+    # lazy: repro.preserve loads the SBOM generator (license_expression's SPDX index) and PyYAML (provenance)
     from repro.preserve import archive
 
     renditions = tuple(r.strip() for part in args.with_ or [] for r in part.split(",") if r.strip())
@@ -533,7 +536,7 @@ def add_verify(commands: argparse._SubParsersAction) -> None:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    from repro.preserve import verify  # lazy: as cmd_archive's
+    from repro.preserve import verify  # lazy: the SBOM generator and PyYAML, as cmd_archive's
 
     rows: list[tuple[str, str]] = []
     failure: CheckFailed | None = None
@@ -568,7 +571,7 @@ def add_replay(commands: argparse._SubParsersAction) -> None:
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
-    from repro.preserve.replay import replay  # lazy: as cmd_archive's
+    from repro.preserve.replay import replay  # lazy: the SBOM generator and PyYAML, as cmd_archive's
 
     def report(result) -> None:
         if args.json:
