@@ -23,7 +23,7 @@ from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
 from rich.table import Table
 
-from repro import __version__, jsonout, referrers, summary
+from repro import __version__, jsonout, referrers
 from repro.atomic import atomic_file
 from repro.errors import EXIT_BAD_INPUT, CheckFailed, ReproError
 from repro.image import Platform
@@ -32,6 +32,7 @@ from repro.refs import Options, open_image, write_image
 from repro.run import container, mpi, unpacked
 from repro.run.executors import terminal
 from repro.store import default_store
+from repro.summary import image_details, image_digests
 from sbom.diff import describe, diff_images
 
 # No markup and no emoji codes: references, labels, paths and commands come from the user or the image,
@@ -698,7 +699,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     if args.referrers:
         return _print_referrers(args)
     details = _format_details(args.ref)
-    info = summary.describe(open_image(args.ref, _options(args)))
+    info = image_details(open_image(args.ref, _options(args)))
     if details is not None:
         info["sif"] = details
     if args.json:
@@ -741,7 +742,7 @@ def add_hash(commands: argparse._SubParsersAction) -> None:
 
 def cmd_hash(args: argparse.Namespace) -> int:
     image = open_image(args.ref, _options(args))
-    result = summary.digests(image)
+    result = image_digests(image)
     if args.files:
         # lazy: the catalogers load sbom.licenses, which builds license_expression's SPDX index when imported
         from sbom.owners import files_with_packages

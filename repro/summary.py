@@ -9,7 +9,7 @@ from __future__ import annotations
 from repro.image import Image
 
 
-def describe(image: Image) -> dict:
+def image_details(image: Image) -> dict:
     """The image's reference, digests, config fields, layers and history."""
     config = image.config
     manifest = image.manifest
@@ -51,7 +51,7 @@ def describe(image: Image) -> dict:
     }
 
 
-def digests(image: Image) -> dict:
+def image_digests(image: Image) -> dict:
     """The manifest, config and layer digests with the layers' diff_ids: what identifies the image."""
     return {
         "digest": image.digest,
