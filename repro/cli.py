@@ -2,26 +2,39 @@
 
 Exit status: 0 success, 1 a check failed, 2 bad input or usage. Every error is one line on stderr;
 `--debug` shows the traceback.
+
+Each command is a pair: `add_<command>` declares its flags (the shared ones come from the parent parsers
+below), `cmd_<command>` parses nothing more, calls the library and prints.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import signal
+import subprocess
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from rich.console import Console
+from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
 from rich.table import Table
 
-from repro import __version__
+from repro import __version__, jsonout, referrers
+from repro.atomic import atomic_file
+from repro.clock import document_time
 from repro.errors import EXIT_BAD_INPUT, CheckFailed, ReproError
-from repro.image import Image, Platform
+from repro.image import Platform
+from repro.preserve import provenance
 from repro.refs import Options, open_image, write_image
+from repro.run import container, mpi, unpacked
+from repro.run.executors import terminal
 from repro.store import default_store
+from repro.summary import image_details, image_digests
+from sbom.diff import describe, diff_images
 
 # No markup and no emoji codes: references, labels, paths and commands come from the user or the image,
 # and rich would read `oci:x:1` as the emoji :x: or `[bold]` in a label as a style.
@@ -32,6 +45,25 @@ err = Console(stderr=True, highlight=False, markup=False, emoji=False, soft_wrap
 
 
 class _Parser(argparse.ArgumentParser):
+    """One-line usage errors; with `rest`, a command line's `--` ends the options and every word after it
+    (a second `--` included) goes to that list, as docker's `run IMAGE [OPTIONS] -- CMD ARGS`."""
+
+    def __init__(self, *args, rest: str | None = None, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.rest = rest
+
+    def parse_known_args(self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
+                         ) -> tuple[argparse.Namespace, list[str]]:
+        words = None if args is None else list(args)
+        if self.rest is None or words is None or "--" not in words:
+            return super().parse_known_args(words, namespace)
+        # the options end here: argparse alone would drop one `--` only, and read the words after it as
+        # options when a positional was already complete before it
+        split = words.index("--")
+        namespace, extras = super().parse_known_args(words[:split], namespace)
+        setattr(namespace, self.rest, [*(getattr(namespace, self.rest, None) or []), *words[split + 1:]])
+        return namespace, extras
+
     def error(self, message: str) -> None:  # one line, exit 2, as every other error
         err.print(f"repro: {message} (see 'repro --help')", markup=False)
         raise SystemExit(EXIT_BAD_INPUT)
@@ -70,8 +102,6 @@ def _human(size: int) -> str:
 def _progress(description: str):
     """On a terminal: a line per blob (like skopeo's) under an overall byte counter; nothing in pipelines."""
     if not err.is_terminal:
-        import contextlib
-
         return contextlib.nullcontext(None)
     return _Bars(description)
 
@@ -83,8 +113,6 @@ class _Bars:
         self.description = description
 
     def __enter__(self) -> _Bars:
-        from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
-
         self.bars = Progress(TextColumn("{task.description}", markup=False), BarColumn(), DownloadColumn(),
                              TransferSpeedColumn(), console=err, transient=True)
         self.bars.__enter__()
@@ -107,7 +135,84 @@ class _Bars:
         self.bars.__exit__(*exc)
 
 
+# --- shared flags: each declared once, given to the commands that take it with `parents=[...]` ----------
+
+PICK_PLATFORM = "os/arch[/variant] to pick from a multi-platform index"
+STORE_DEFAULT = "default $REPRO_STORE or ~/.local/share/repro"
+
+
+def _parent() -> argparse.ArgumentParser:
+    return argparse.ArgumentParser(add_help=False)
+
+
+def _platform(text: str = PICK_PLATFORM) -> argparse.ArgumentParser:
+    parent = _parent()
+    parent.add_argument("--platform", help=text)
+    return parent
+
+
+def _json(text: str = "print JSON") -> argparse.ArgumentParser:
+    parent = _parent()
+    parent.add_argument("--json", action="store_true", help=text)
+    return parent
+
+
+def _store(text: str) -> argparse.ArgumentParser:
+    parent = _parent()
+    parent.add_argument("--store", help=text)
+    return parent
+
+
+def _compression(text: str) -> argparse.ArgumentParser:
+    parent = _parent()
+    parent.add_argument("--compression", choices=("gzip", "zstd", "xz", "lz4"), help=text)
+    return parent
+
+
+# every command takes --debug after its name too; SUPPRESS keeps it from resetting the top-level one
+DEBUG = _parent()
+DEBUG.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+
+REGISTRY = _parent()
+REGISTRY.add_argument("--creds", help="USER:PASSWORD for docker:// registries (else REPRO_REGISTRY_AUTH, "
+                      "docker login)")
+REGISTRY.add_argument("--tls-verify", choices=("true", "false"), help="verify TLS of non-loopback registries (true)")
+REGISTRY.add_argument("--chunk-size", type=int, help="upload blobs in chunks of this many bytes (default: one "
+                      "request)")
+
+EXECUTOR = _parent()
+EXECUTOR.add_argument("--executor", help="runc, bwrap, proot, docker or udocker (default: runc for root, else "
+                      "bwrap or proot)")
+
+# what convert and flatten share: they are one copy, flatten's destination a root filesystem
+COPY = argparse.ArgumentParser(add_help=False, parents=[
+    _platform(f"{PICK_PLATFORM} (default: host)"), _compression("squashfs/SIF compressor (gzip)"),
+    _json("print a JSON summary"), REGISTRY])
+COPY.add_argument("--preserve-devices", action="store_true",
+                  help="rootfs: as root, create the image's device nodes (default: left out, with a warning)")
+COPY.add_argument("--preserve-setuid", action="store_true",
+                  help="rootfs: keep setuid/setgid bits of files (default: dropped, with a warning)")
+
+
+def _command(commands: argparse._SubParsersAction, name: str, func: Callable[[argparse.Namespace], int],
+             help_text: str, parents: Sequence[argparse.ArgumentParser] = (), **kwargs) -> argparse.ArgumentParser:
+    """The parser of `repro NAME`, calling func; every command takes the hidden --debug."""
+    parser = commands.add_parser(name, help=help_text, description=help_text, parents=[DEBUG, *parents], **kwargs)
+    parser.set_defaults(func=func)
+    return parser
+
+
 # --- commands -----------------------------------------------------------------------------
+
+
+def add_convert(commands: argparse._SubParsersAction) -> None:
+    p = _command(commands, "convert", cmd_convert, "copy an image from any reference to any reference", [COPY])
+    p.add_argument("src", help="source, e.g. docker-archive:img.tar")
+    p.add_argument("dst", help="e.g. oci:layout:1.0")
+    p.add_argument("--all", action="store_true",
+                   help="copy a multi-platform index whole (oci: and docker:// on both sides)")
+    p.add_argument("--referrers", action="store_true",
+                   help="also copy the image's OCI referrers (SBOMs, attestations; oci: and docker://)")
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
@@ -122,8 +227,6 @@ def cmd_convert(args: argparse.Namespace) -> int:
         written = write_image(image, args.dst, _options(args), progress)
     copied = []
     if getattr(args, "referrers", False):
-        from repro import referrers
-
         copied = referrers.copy(args.src, image, args.dst, _options(args))
     if args.json:
         summary = {"source": args.src, "destination": args.dst, "digest": written, "manifest": image.digest,
@@ -141,68 +244,40 @@ def cmd_convert(args: argparse.Namespace) -> int:
     return 0
 
 
-def _containerfile():
-    from builders import containerfile
-
-    return containerfile
-
-
-def _load_spec(args: argparse.Namespace):
-    """The spec to build: a YAML spec, an Apptainer def file (*.def), or a Containerfile/Dockerfile (by name,
-    or -f FILE with the positional argument as the build context; a directory alone means its Containerfile
-    or Dockerfile)."""
-    import os
-    from pathlib import Path
-
-    path, context = args.spec, None
-    if args.file:
-        path, context = args.file, args.spec or "."
-    elif path and Path(path).is_dir():
-        found = [Path(path) / n for n in ("Containerfile", "Dockerfile") if (Path(path) / n).is_file()]
-        if not found:
-            raise ReproError(f"{path}: no Containerfile or Dockerfile in this directory", "name the file with -f")
-        path, context = str(found[0]), path
-    if not path:
-        raise ReproError("repro build: no spec or Containerfile given", "repro build SPEC.yaml, repro build "
-                         "Containerfile or repro build -f Dockerfile DIR")
-    build_args = {}
-    for item in args.build_arg or []:
-        key, eq, value = item.partition("=")
-        if eq:
-            build_args[key] = value
-        elif key in os.environ:  # --build-arg NAME takes the value from the environment, as docker's
-            build_args[key] = os.environ[key]
-    # a front end translates its file for the platform built (TARGETARCH, the labels); for the first one
-    # here, then again for each (Spec.for_platform)
-    platforms = getattr(args, "platforms", None)
-    platform = Platform.parse(platforms.split(",")[0]) if platforms else None
-    if path.endswith(".def") and not args.file:  # an Apptainer definition file
-        from builders import deffile
-
-        if args.target:
-            raise ReproError("--target is for Containerfiles", "a def file builds its last stage")
-        return deffile.load(path, build_args, args.registry, platform)
-    # a YAML spec's build does without importing the Containerfile front end (50 ms of a small build)
-    yaml_spec = (not args.file and path.endswith((".yaml", ".yml"))
-                 and not Path(path).name.lower().startswith(("dockerfile.", "containerfile.")))
-    if not yaml_spec and (args.file or _containerfile().is_containerfile(path)):
-        return _containerfile().load(path, context, build_args, args.target, args.registry, platform)
-    if args.build_arg or args.target or args.registry:
-        raise ReproError("--build-arg, --target and --registry are for Containerfiles and def files",
-                         "leave them out for a spec")
-    from builders.spec import load
-
-    return load(path)
+def add_build(commands: argparse._SubParsersAction) -> None:
+    p = _command(commands, "build", cmd_build, "build an image from a spec, reproducibly",
+                 [_store(f"the local store (an OCI layout; {STORE_DEFAULT})"), REGISTRY,
+                  _compression("squashfs/SIF compressor"), _json("print a JSON summary")])
+    p.add_argument("spec", nargs="?", help="the spec YAML file, a Containerfile or Dockerfile, an Apptainer "
+                   "definition file (.def), or (with -f, or holding a Containerfile) the build context directory")
+    p.add_argument("-f", "--file", help="the Containerfile or Dockerfile; the positional argument is the context")
+    p.add_argument("--build-arg", action="append", metavar="NAME[=VALUE]", help="Containerfile ARG or def file "
+                   "{{ NAME }} value (repeatable)")
+    p.add_argument("--target", help="Containerfile stage to build (default: the last)")
+    p.add_argument("--registry", help="registry of plain FROM names such as debian:bookworm (Containerfiles, "
+                   "def files' Bootstrap: docker; default docker.io)")
+    p.add_argument("-o", "--output", action="append", help="also write the image here (any writable reference)")
+    # several platforms to build, not the one to pick: a flag of its own
+    p.add_argument("--platform", dest="platforms", metavar="PLATFORM[,PLATFORM...]",
+                   help="build for these os/arch (an OCI index when several; foreign ones run emulated)")
+    p.add_argument("--locked", action="store_true", help="fail if resolution differs from SPEC.lock")
+    p.add_argument("--no-cache", action="store_true", help="rebuild every step")
+    p.add_argument("--check", action="store_true", help="build twice without the cache and compare the digests "
+                   "(the first build in --store if given, the second in an empty store)")
+    p.add_argument("--test", action="store_true", help="run the spec's tests against the image")
+    p.add_argument("--executor", choices=("runc", "bwrap", "proot"),
+                   help="how run steps execute (default: runc for root, else bwrap or proot)")
+    p.add_argument("--cache-from", action="append", help="use a build cache published at this reference")
+    p.add_argument("--cache-to", action="append", help="publish this build's cache (e.g. docker://HOST/REPO:cache)")
 
 
 def cmd_build(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
+    # lazy: builders.spec loads PyYAML; with the front ends ~150 ms at start-up that only a build needs
     from builders import build as b
-    from builders import definition
-    from repro.preserve import provenance
+    from builders.frontend import load_spec
 
-    spec = _load_spec(args)
+    spec = load_spec(args.spec, args.file, args.build_arg or [], args.target, args.registry,
+                     args.platforms.split(",")[0] if args.platforms else None)
     if args.check:
         return _build_check(args, spec)
     store = b.open_store(Path(args.store) if args.store else default_store())
@@ -218,8 +293,7 @@ def cmd_build(args: argparse.Namespace) -> int:
     result = b.build(spec, store, executor=args.executor, use_cache=not args.no_cache, locked=args.locked,
                      report=report, log=lambda m: err.print(f"repro: {m}", markup=False),
                      cache_from=args.cache_from, cache_to=args.cache_to, platforms=platforms)
-    for image in result.images:
-        provenance.attach(store.path, image, provenance.statement(image, *definition.of_spec(spec)))
+    _attach_provenance(spec, store, result)
     written = [f"oci:{store.path}:{result.tag}"]
     several = hasattr(result.image, "children")
     for ref in args.output or []:
@@ -250,45 +324,45 @@ def cmd_build(args: argparse.Namespace) -> int:
     return 1 if failures else 0
 
 
+def _attach_provenance(spec, store, result) -> None:
+    """What `repro build` attaches to each image it built: its provenance (spec, lock, SOURCE_DATE_EPOCH),
+    so that it travels with `convert --referrers` and into `repro archive`."""
+    from builders import definition  # lazy: as cmd_build's
+
+    for image in result.images:
+        provenance.attach(store.path, image, provenance.statement(image, *definition.of_spec(spec)))
+
+
 def _build_check(args: argparse.Namespace, spec) -> int:
     """Build twice, never from the cache, the second time in an empty store; on a difference, show which
-    files and fields differ. The first build goes to `--store` when one is given (its layers, tag and cache
-    entries kept there: a later build with --test, or a run, starts from it), else to an empty store too."""
-    import tempfile
-    from pathlib import Path
+    files and fields differ."""
+    from builders.check import build_twice  # lazy: PyYAML and the front ends, as cmd_build's
 
-    from builders import build as b
-    from builders import definition
-    from repro.preserve import provenance
+    def built(n: int, store, result) -> None:
+        _attach_provenance(spec, store, result)
+        err.print(f"build {n}: {result.digest}", markup=False)
 
-    digests = []
-    with tempfile.TemporaryDirectory(prefix="repro-check-") as tmp:
-        images = []
-        for n in (1, 2):
-            store = b.open_store(Path(args.store) if n == 1 and args.store else Path(tmp) / f"store{n}")
-            platforms = [Platform.parse(p) for p in args.platforms.split(",")] if args.platforms else None
-            result = b.build(spec, store, executor=args.executor, use_cache=False, platforms=platforms)
-            for image in result.images:
-                provenance.attach(store.path, image, provenance.statement(image, *definition.of_spec(spec)))
-            digests.append(result.digest)
-            images.append(result.image)
-            err.print(f"build {n}: {result.digest}", markup=False)
-        if digests[0] == digests[1]:
-            out.print(f"reproducible: {digests[0]}", markup=False)
-            return 0
-        from sbom.diff import describe, diff_images
-
-        pairs = (zip(images[0].children, images[1].children, strict=True) if hasattr(images[0], "children")
-                 else [(images[0], images[1])])
-        for first, second in pairs:
-            for record in diff_images(first, second):
-                out.print(describe(record), markup=False)
+    platforms = [Platform.parse(p) for p in args.platforms.split(",")] if args.platforms else None
+    digests, differences = build_twice(spec, Path(args.store) if args.store else None, args.executor, platforms,
+                                       built)
+    if digests[0] == digests[1]:
+        out.print(f"reproducible: {digests[0]}", markup=False)
+        return 0
+    for record in differences:
+        out.print(describe(record), markup=False)
     raise CheckFailed(f"{spec.path}: two builds gave {digests[0]} and {digests[1]}", "see the differences above")
 
 
-def cmd_diff(args: argparse.Namespace) -> int:
-    from sbom.diff import describe, diff_images
+def add_diff(commands: argparse._SubParsersAction) -> None:
+    p = _command(commands, "diff", cmd_diff, "what differs between two images, down to the file and the header field",
+                 [_platform(), _json()])
+    p.add_argument("ref1")
+    p.add_argument("ref2")
+    p.add_argument("--semantic", action="store_true",
+                   help="ignore what a rebuild may change: timestamps, history, layer split, order, compression")
 
+
+def cmd_diff(args: argparse.Namespace) -> int:
     records = diff_images(open_image(args.ref1, _options(args)), open_image(args.ref2, _options(args)),
                           semantic=args.semantic)
     if args.json:
@@ -301,8 +375,20 @@ def cmd_diff(args: argparse.Namespace) -> int:
     return 1 if records else 0
 
 
+def add_sbom(commands: argparse._SubParsersAction) -> None:
+    p = _command(commands, "sbom", cmd_sbom,
+                 "a software bill of materials (SPDX 2.3 or CycloneDX 1.6 JSON) of an image", [_platform(), REGISTRY])
+    p.add_argument("ref")
+    p.add_argument("--format", choices=("spdx-json", "cyclonedx-json"), default="spdx-json")
+    p.add_argument("-o", "--output", help="write to this file (default: standard output)")
+    p.add_argument("--attach", action="store_true",
+                   help="store it as an OCI 1.1 referrer of the image (oci: layouts and docker:// registries)")
+
+
 def cmd_sbom(args: argparse.Namespace) -> int:
-    from sbom.generate import generate
+    # lazy: sbom.licenses builds license_expression's SPDX license index when imported (~50 ms)
+    from sbom.generate import MEDIA_TYPES, generate
+    from sbom.index import generate_index
 
     options = _options(args)
     if options.platform is None and args.ref.partition(":")[0] in ("oci", "docker"):
@@ -310,8 +396,6 @@ def cmd_sbom(args: argparse.Namespace) -> int:
     image = open_image(args.ref, options)
     name = args.ref.partition(":")[2] or args.ref
     if hasattr(image, "children"):
-        from sbom.index import generate_index
-
         if args.attach:
             raise ReproError(f"{args.ref}: is a multi-platform index", "attach an SBOM to each platform's image "
                              "with --platform os/arch --attach")
@@ -319,16 +403,10 @@ def cmd_sbom(args: argparse.Namespace) -> int:
     else:
         data = generate(image, args.format, name)
     if args.attach:
-        from repro import referrers
-        from repro.clock import document_time
-        from sbom.generate import MEDIA_TYPES
-
         artifact = referrers.attach(args.ref, image, data, MEDIA_TYPES[args.format], MEDIA_TYPES[args.format],
                                     document_time(image), _options(args))
         err.print(f"attached {args.format} to {image.digest} as {artifact.descriptor.digest}", markup=False)
     if args.output:
-        from repro.atomic import atomic_file
-
         with atomic_file(args.output) as out:
             out.write(data)
     elif not args.attach:
@@ -336,12 +414,36 @@ def cmd_sbom(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_run(commands: argparse._SubParsersAction) -> None:
+    p = _command(commands, "run", cmd_run, "run a command in an image (docker run's rules for entrypoint and cmd)",
+                 [EXECUTOR, _store(f"the store holding unpacked images ({STORE_DEFAULT})"), _platform(), REGISTRY],
+                 rest="command")
+    p.add_argument("ref", help="any image reference, e.g. archive:pkg.tar or oci:layout:1")
+    p.add_argument("command", nargs="*", help="-- CMD ARGS... (default: the image's entrypoint and cmd)")
+    p.add_argument("-v", "--volume", action="append", help="HOST:CONTAINER bind mount (repeatable)")
+    p.add_argument("-e", "--env", action="append", help="KEY=VALUE added to the image's environment")
+    p.add_argument("-w", "--workdir", help="working directory inside the image (default: the image's)")
+    p.add_argument("--entrypoint", metavar="PROGRAM",
+                   help="run PROGRAM (then the command after --) instead of the image's entrypoint and cmd; "
+                        "'' runs the command alone")
+    p.add_argument("--fresh", action="store_true",
+                   help="unpack into a private copy for this run (default: the image unpacked once in the store, "
+                        "under a throw-away overlay)")
+    p.add_argument("--stop-timeout", type=float, default=10.0, metavar="SECONDS",
+                   help="after SIGTERM/SIGINT/SIGHUP/SIGQUIT, wait this long before killing the command (10)")
+    p.add_argument("-i", "--interactive", action="store_true",
+                   help="keep stdin attached to the command (else it reads /dev/null, as docker's)")
+    p.add_argument("-t", "--tty", action="store_true",
+                   help="run the command on a pseudo-terminal (-it from a terminal: an interactive shell)")
+    p.add_argument("--network", choices=("none", "host"), default="none",
+                   help="none: a network namespace with loopback only (default); host: the host's network")
+    p.add_argument("--mpi", action=argparse.BooleanOptionalAction, default=None,
+                   help="run as a rank of the MPI job that started repro: the host's network, PID and IPC, the "
+                        "launcher's environment and session directories, your own ids (default: when mpirun or "
+                        "srun --mpi=pmix started repro)")
+
+
 def cmd_run(args: argparse.Namespace) -> int:
-    import subprocess
-
-    from repro.run import container, mpi
-    from repro.run.executors import terminal
-
     terminal.check(args.interactive, args.tty)
     argv = list(args.command or [])
     binds = []
@@ -371,9 +473,13 @@ def cmd_run(args: argparse.Namespace) -> int:
         return active.run(invocation, stdin=None if args.interactive else subprocess.DEVNULL)
 
 
-def cmd_prune(args: argparse.Namespace) -> int:
-    from repro.run import unpacked
+def add_prune(commands: argparse._SubParsersAction) -> None:
+    p = _command(commands, "prune", cmd_prune, "remove images unpacked by repro run that were not used for some days",
+                 [_store(f"the store ({STORE_DEFAULT})"), _json()])
+    p.add_argument("--days", type=float, default=30.0, help="unused for at least this many days (default 30)")
 
+
+def cmd_prune(args: argparse.Namespace) -> int:
     store = Path(args.store) if args.store else default_store()
     removed = unpacked.prune(store, args.days)
     if args.json:
@@ -389,7 +495,7 @@ class _RecordAction(argparse.Action):
     """--record CMD starts a recorded run; --output PATH names a file of the run before it."""
 
     def __call__(self, parser, namespace, value, option_string=None) -> None:
-        from repro.preserve.archive import RecordRequest
+        from repro.preserve.archive import RecordRequest  # lazy: the SBOM generator and PyYAML, as cmd_archive's
 
         runs = list(getattr(namespace, "records", None) or [])
         if option_string == "--record":
@@ -402,7 +508,22 @@ class _RecordAction(argparse.Action):
         namespace.records = runs
 
 
+def add_archive(commands: argparse._SubParsersAction) -> None:
+    p = _command(commands, "archive", cmd_archive, "write a preservation package: a BagIt bag with the image, SBOMs, "
+                 "provenance, recorded runs and instructions", [EXECUTOR, _platform(), _json(), REGISTRY])
+    p.add_argument("ref", help="the image, any reference")
+    p.add_argument("-o", "--output", required=True, help="the package: a new directory, or a file ending in .tar")
+    p.add_argument("--spec", help="the build spec the image came from (adds provenance)")
+    p.add_argument("--record", action=_RecordAction, dest="records", metavar="CMD",
+                   help="run CMD (a shell line) in the image and record its results (repeatable)")
+    p.add_argument("--output-file", "--record-output", action=_RecordAction, dest="records", metavar="PATH",
+                   help="a file the preceding --record writes, hashed too (repeatable)")
+    p.add_argument("--with", dest="with_", action="append", metavar="LIST",
+                   help="renditions to include: sif, rootfs, docker-archive (comma-separated)")
+
+
 def cmd_archive(args: argparse.Namespace) -> int:
+    # lazy: repro.preserve loads the SBOM generator (license_expression's SPDX index) and PyYAML (provenance)
     from repro.preserve import archive
 
     renditions = tuple(r.strip() for part in args.with_ or [] for r in part.split(",") if r.strip())
@@ -423,8 +544,15 @@ def _is_image_reference(text: str) -> bool:
     return bool(sep) and transport in TRANSPORTS and transport != "archive"
 
 
+def add_verify(commands: argparse._SubParsersAction) -> None:
+    p = _command(commands, "verify", cmd_verify, "check a preservation package (BagIt fixity, OCI digests, SBOM and "
+                 "provenance subjects) or an image's blobs", [_platform(), _json(), REGISTRY])
+    p.add_argument("target", help="a package (directory, .tar or archive:PATH) or an image reference")
+    p.add_argument("--deep", action="store_true", help="also decompress every layer against its diff_id")
+
+
 def cmd_verify(args: argparse.Namespace) -> int:
-    from repro.preserve import verify
+    from repro.preserve import verify  # lazy: the SBOM generator and PyYAML, as cmd_archive's
 
     rows: list[tuple[str, str]] = []
     failure: CheckFailed | None = None
@@ -452,8 +580,14 @@ def cmd_verify(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_replay(commands: argparse._SubParsersAction) -> None:
+    p = _command(commands, "replay", cmd_replay, "run a package's recorded commands again and compare exit status and "
+                 "hashes", [EXECUTOR, _json()])
+    p.add_argument("package", help="a package made by repro archive (directory or .tar)")
+
+
 def cmd_replay(args: argparse.Namespace) -> int:
-    from repro.preserve.replay import replay
+    from repro.preserve.replay import replay  # lazy: the SBOM generator and PyYAML, as cmd_archive's
 
     def report(result) -> None:
         if args.json:
@@ -486,52 +620,18 @@ def cmd_replay(args: argparse.Namespace) -> int:
 FLAT_TRANSPORTS = ("rootfs", "tar", "squashfs")
 
 
+def add_flatten(commands: argparse._SubParsersAction) -> None:
+    p = _command(commands, "flatten", cmd_flatten,
+                 "merge the layers into one root filesystem (rootfs:, tar:, squashfs:)", [COPY])
+    p.add_argument("src", help="source, e.g. docker-archive:img.tar")
+    p.add_argument("dst", help="rootfs:DIR, tar:FILE or squashfs:FILE")
+
+
 def cmd_flatten(args: argparse.Namespace) -> int:
     if args.dst.partition(":")[0] not in FLAT_TRANSPORTS:
         raise ReproError(f"{args.dst!r}: flatten writes rootfs:DIR, tar:FILE or squashfs:FILE",
                          "use repro convert for image formats")
     return cmd_convert(args)
-
-
-def describe(image: Image) -> dict:
-    config = image.config
-    manifest = image.manifest
-    return {
-        "reference": image.name,
-        "digest": image.digest,
-        "mediaType": manifest.media_type,
-        "config": {
-            "digest": manifest.config.digest,
-            "size": manifest.config.size,
-            "mediaType": manifest.config.media_type,
-        },
-        "platform": str(config.platform),
-        "created": config.created,
-        "env": list(config.env),
-        "entrypoint": list(config.entrypoint),
-        "cmd": list(config.cmd),
-        "workdir": config.workdir,
-        "user": config.user,
-        "labels": dict(config.labels),
-        "annotations": dict(manifest.annotations),
-        "layers": [
-            {
-                "digest": layer.descriptor.digest,
-                "size": layer.descriptor.size,
-                "mediaType": layer.descriptor.media_type,
-                "diff_id": layer.diff_id,
-            }
-            for layer in image.layers
-        ],
-        "history": [
-            {
-                "created": h.get("created", ""),
-                "created_by": h.get("created_by", ""),
-                "empty_layer": bool(h.get("empty_layer", False)),
-            }
-            for h in config.history
-        ],
-    }
 
 
 def _format_details(ref_text: str) -> dict | None:
@@ -558,12 +658,17 @@ def _print_sif(details: dict) -> None:
                   f"{o['type']:<14}{what}", markup=False)
 
 
+def add_attach(commands: argparse._SubParsersAction) -> None:
+    p = _command(commands, "attach", cmd_attach, "attach a document to an image as an OCI 1.1 referrer (oci:, docker://)",
+                 [_platform(), _json(), REGISTRY])
+    p.add_argument("ref", help="the image, e.g. docker://127.0.0.1:5000/team/img:1")
+    p.add_argument("file", help="the document (an SBOM, a provenance statement, a signature)")
+    p.add_argument("--artifact-type", required=True, help="what the document is, e.g. application/spdx+json")
+    p.add_argument("--media-type", help="the document's media type (default: the artifact type)")
+    p.add_argument("--annotation", action="append", help="KEY=VALUE on the referrer's manifest (repeatable)")
+
+
 def cmd_attach(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    from repro import referrers
-    from repro.clock import document_time
-
     annotations = dict(_key_value(a, "--annotation") for a in args.annotation or ())
     image = open_image(args.ref, _options(args))
     document = Path(args.file).read_bytes()
@@ -585,8 +690,6 @@ def _key_value(text: str, flag: str) -> tuple[str, str]:
 
 
 def _print_referrers(args: argparse.Namespace) -> int:
-    from repro import referrers
-
     image = open_image(args.ref, _options(args))
     found, _ = referrers.listing(args.ref, image, _options(args), args.artifact_type or "")
     if args.json:
@@ -599,11 +702,19 @@ def _print_referrers(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_inspect(commands: argparse._SubParsersAction) -> None:
+    p = _command(commands, "inspect", cmd_inspect, "show an image's digest, config, layers and history",
+                 [_platform(), _json(), REGISTRY])
+    p.add_argument("ref")
+    p.add_argument("--referrers", action="store_true", help="list the image's OCI 1.1 referrers instead")
+    p.add_argument("--artifact-type", help="with --referrers: only those of this artifact type")
+
+
 def cmd_inspect(args: argparse.Namespace) -> int:
     if args.referrers:
         return _print_referrers(args)
     details = _format_details(args.ref)
-    info = describe(open_image(args.ref, _options(args)))
+    info = image_details(open_image(args.ref, _options(args)))
     if details is not None:
         info["sif"] = details
     if args.json:
@@ -637,23 +748,22 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_hash(commands: argparse._SubParsersAction) -> None:
+    p = _command(commands, "hash", cmd_hash, "print manifest, config and layer digests and diff_ids",
+                 [_platform(), _json()])
+    p.add_argument("ref")
+    p.add_argument("--files", action="store_true", help="also every file of the flattened image with its sha256")
+
+
 def cmd_hash(args: argparse.Namespace) -> int:
     image = open_image(args.ref, _options(args))
-    result: dict = {
-        "digest": image.digest,
-        "config": image.manifest.config.digest,
-        "layers": [{"digest": layer.descriptor.digest, "diff_id": layer.diff_id} for layer in image.layers],
-    }
+    result = image_digests(image)
     if args.files:
-        from sbom.catalogers import catalog, os_release, wanted
-        from sbom.files import scan
+        # lazy: the catalogers load sbom.licenses, which builds license_expression's SPDX index when imported
+        from sbom.owners import files_with_packages
 
-        found = scan(image, capture=wanted)
-        owner = {path: p.purl for p in catalog(found, os_release(found)) for path in p.files}
-        files = ({**record.to_json(), "package": owner.get(record.path, "")} for record in found.records)
+        files = files_with_packages(image)
         if args.json:  # tens of thousands of records: written one by one, never all in memory at once
-            from repro import jsonout
-
             jsonout.write({**result, "files": files}, sys.stdout)
             sys.stdout.write("\n")
             return 0
@@ -678,180 +788,16 @@ def cmd_hash(args: argparse.Namespace) -> int:
 # --- parser -----------------------------------------------------------------------------
 
 
-def _registry_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--creds", help="USER:PASSWORD for docker:// registries (else REPRO_REGISTRY_AUTH, docker login)")
-    p.add_argument("--tls-verify", choices=("true", "false"), help="verify TLS of non-loopback registries (true)")
-    p.add_argument("--chunk-size", type=int, help="upload blobs in chunks of this many bytes (default: one request)")
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="repro", description="Reproducible container images: build, convert, flatten, hash, archive."
     )
     parser.add_argument("--version", action="version", version=f"repro {__version__}")
     parser.add_argument("--debug", action="store_true", help="show a traceback on errors")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
-
-    def command(name: str, func: Callable, help_text: str) -> argparse.ArgumentParser:
-        p = sub.add_parser(name, help=help_text, description=help_text)
-        p.set_defaults(func=func)
-        p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
-        return p
-
-    p = command("build", cmd_build, "build an image from a spec, reproducibly")
-    p.add_argument("spec", nargs="?", help="the spec YAML file, a Containerfile or Dockerfile, an Apptainer "
-                   "definition file (.def), or (with -f, or holding a Containerfile) the build context directory")
-    p.add_argument("-f", "--file", help="the Containerfile or Dockerfile; the positional argument is the context")
-    p.add_argument("--build-arg", action="append", metavar="NAME[=VALUE]", help="Containerfile ARG or def file "
-                   "{{ NAME }} value (repeatable)")
-    p.add_argument("--target", help="Containerfile stage to build (default: the last)")
-    p.add_argument("--registry", help="registry of plain FROM names such as debian:bookworm (Containerfiles, "
-                   "def files' Bootstrap: docker; default docker.io)")
-    p.add_argument("-o", "--output", action="append", help="also write the image here (any writable reference)")
-    p.add_argument("--platform", dest="platforms", metavar="PLATFORM[,PLATFORM...]",
-                   help="build for these os/arch (an OCI index when several; foreign ones run emulated)")
-    p.add_argument("--locked", action="store_true", help="fail if resolution differs from SPEC.lock")
-    p.add_argument("--no-cache", action="store_true", help="rebuild every step")
-    p.add_argument("--check", action="store_true", help="build twice without the cache and compare the digests "
-                   "(the first build in --store if given, the second in an empty store)")
-    p.add_argument("--test", action="store_true", help="run the spec's tests against the image")
-    p.add_argument("--executor", choices=("runc", "bwrap", "proot"),
-                   help="how run steps execute (default: runc for root, else bwrap or proot)")
-    p.add_argument("--store", help="the local store (an OCI layout; default $REPRO_STORE or ~/.local/share/repro)")
-    p.add_argument("--cache-from", action="append", help="use a build cache published at this reference")
-    p.add_argument("--cache-to", action="append", help="publish this build's cache (e.g. docker://HOST/REPO:cache)")
-    _registry_arguments(p)
-    p.add_argument("--compression", choices=("gzip", "zstd", "xz", "lz4"), help="squashfs/SIF compressor")
-    p.add_argument("--json", action="store_true", help="print a JSON summary")
-
-    for name, func, text, dst_help in (
-        ("convert", cmd_convert, "copy an image from any reference to any reference", "e.g. oci:layout:1.0"),
-        ("flatten", cmd_flatten, "merge the layers into one root filesystem (rootfs:, tar:, squashfs:)",
-         "rootfs:DIR, tar:FILE or squashfs:FILE"),
-    ):
-        p = command(name, func, text)
-        p.add_argument("src", help="source, e.g. docker-archive:img.tar")
-        p.add_argument("dst", help=dst_help)
-        p.add_argument("--platform", help="os/arch[/variant] to pick from a multi-platform index (default: host)")
-        p.add_argument("--compression", choices=("gzip", "zstd", "xz", "lz4"), help="squashfs/SIF compressor (gzip)")
-        p.add_argument("--json", action="store_true", help="print a JSON summary")
-        p.add_argument("--preserve-devices", action="store_true",
-                       help="rootfs: as root, create the image's device nodes (default: left out, with a warning)")
-        p.add_argument("--preserve-setuid", action="store_true",
-                       help="rootfs: keep setuid/setgid bits of files (default: dropped, with a warning)")
-        _registry_arguments(p)
-        if name == "convert":
-            p.add_argument("--all", action="store_true",
-                           help="copy a multi-platform index whole (oci: and docker:// on both sides)")
-            p.add_argument("--referrers", action="store_true",
-                           help="also copy the image's OCI referrers (SBOMs, attestations; oci: and docker://)")
-
-    p = command("diff", cmd_diff, "what differs between two images, down to the file and the header field")
-    p.add_argument("ref1")
-    p.add_argument("ref2")
-    p.add_argument("--semantic", action="store_true",
-                   help="ignore what a rebuild may change: timestamps, history, layer split, order, compression")
-    p.add_argument("--platform", help="os/arch[/variant] to pick from a multi-platform index")
-    p.add_argument("--json", action="store_true", help="print JSON")
-
-    p = command("sbom", cmd_sbom, "a software bill of materials (SPDX 2.3 or CycloneDX 1.6 JSON) of an image")
-    p.add_argument("ref")
-    p.add_argument("--format", choices=("spdx-json", "cyclonedx-json"), default="spdx-json")
-    p.add_argument("-o", "--output", help="write to this file (default: standard output)")
-    p.add_argument("--attach", action="store_true",
-                   help="store it as an OCI 1.1 referrer of the image (oci: layouts and docker:// registries)")
-    p.add_argument("--platform", help="os/arch[/variant] to pick from a multi-platform index")
-    _registry_arguments(p)
-
-    p = command("attach", cmd_attach, "attach a document to an image as an OCI 1.1 referrer (oci:, docker://)")
-    p.add_argument("ref", help="the image, e.g. docker://127.0.0.1:5000/team/img:1")
-    p.add_argument("file", help="the document (an SBOM, a provenance statement, a signature)")
-    p.add_argument("--artifact-type", required=True, help="what the document is, e.g. application/spdx+json")
-    p.add_argument("--media-type", help="the document's media type (default: the artifact type)")
-    p.add_argument("--annotation", action="append", help="KEY=VALUE on the referrer's manifest (repeatable)")
-    p.add_argument("--platform", help="os/arch[/variant] to pick from a multi-platform index")
-    p.add_argument("--json", action="store_true", help="print JSON")
-    _registry_arguments(p)
-
-    p = command("inspect", cmd_inspect, "show an image's digest, config, layers and history")
-    p.add_argument("ref")
-    p.add_argument("--platform", help="os/arch[/variant] to pick from a multi-platform index")
-    p.add_argument("--json", action="store_true", help="print JSON")
-    p.add_argument("--referrers", action="store_true", help="list the image's OCI 1.1 referrers instead")
-    p.add_argument("--artifact-type", help="with --referrers: only those of this artifact type")
-    _registry_arguments(p)
-
-    executors_help = "runc, bwrap, proot, docker or udocker (default: runc for root, else bwrap or proot)"
-    p = command("run", cmd_run, "run a command in an image (docker run's rules for entrypoint and cmd)")
-    p.add_argument("ref", help="any image reference, e.g. archive:pkg.tar or oci:layout:1")
-    p.add_argument("command", nargs="*", help="-- CMD ARGS... (default: the image's entrypoint and cmd)")
-    p.add_argument("--executor", help=executors_help)
-    p.add_argument("-v", "--volume", action="append", help="HOST:CONTAINER bind mount (repeatable)")
-    p.add_argument("-e", "--env", action="append", help="KEY=VALUE added to the image's environment")
-    p.add_argument("-w", "--workdir", help="working directory inside the image (default: the image's)")
-    p.add_argument("--entrypoint", metavar="PROGRAM",
-                   help="run PROGRAM (then the command after --) instead of the image's entrypoint and cmd; "
-                        "'' runs the command alone")
-    p.add_argument("--fresh", action="store_true",
-                   help="unpack into a private copy for this run (default: the image unpacked once in the store, "
-                        "under a throw-away overlay)")
-    p.add_argument("--store", help="the store holding unpacked images (default $REPRO_STORE or ~/.local/share/repro)")
-    p.add_argument("--stop-timeout", type=float, default=10.0, metavar="SECONDS",
-                   help="after SIGTERM/SIGINT/SIGHUP/SIGQUIT, wait this long before killing the command (10)")
-    p.add_argument("-i", "--interactive", action="store_true",
-                   help="keep stdin attached to the command (else it reads /dev/null, as docker's)")
-    p.add_argument("-t", "--tty", action="store_true",
-                   help="run the command on a pseudo-terminal (-it from a terminal: an interactive shell)")
-    p.add_argument("--network", choices=("none", "host"), default="none",
-                   help="none: a network namespace with loopback only (default); host: the host's network")
-    p.add_argument("--mpi", action=argparse.BooleanOptionalAction, default=None,
-                   help="run as a rank of the MPI job that started repro: the host's network, PID and IPC, the "
-                        "launcher's environment and session directories, your own ids (default: when mpirun or "
-                        "srun --mpi=pmix started repro)")
-    p.add_argument("--platform", help="os/arch[/variant] to pick from a multi-platform index")
-    _registry_arguments(p)
-
-    p = command("prune", cmd_prune, "remove images unpacked by repro run that were not used for some days")
-    p.add_argument("--days", type=float, default=30.0, help="unused for at least this many days (default 30)")
-    p.add_argument("--store", help="the store (default $REPRO_STORE or ~/.local/share/repro)")
-    p.add_argument("--json", action="store_true", help="print JSON")
-
-    p = command("archive", cmd_archive, "write a preservation package: a BagIt bag with the image, SBOMs, "
-                "provenance, recorded runs and instructions")
-    p.add_argument("ref", help="the image, any reference")
-    p.add_argument("-o", "--output", required=True, help="the package: a new directory, or a file ending in .tar")
-    p.add_argument("--spec", help="the build spec the image came from (adds provenance)")
-    p.add_argument("--record", action=_RecordAction, dest="records", metavar="CMD",
-                   help="run CMD (a shell line) in the image and record its results (repeatable)")
-    p.add_argument("--output-file", "--record-output", action=_RecordAction, dest="records", metavar="PATH",
-                   help="a file the preceding --record writes, hashed too (repeatable)")
-    p.add_argument("--with", dest="with_", action="append", metavar="LIST",
-                   help="renditions to include: sif, rootfs, docker-archive (comma-separated)")
-    p.add_argument("--executor", help=executors_help)
-    p.add_argument("--platform", help="os/arch[/variant] to pick from a multi-platform index")
-    p.add_argument("--json", action="store_true", help="print JSON")
-    _registry_arguments(p)
-
-    p = command("verify", cmd_verify, "check a preservation package (BagIt fixity, OCI digests, SBOM and "
-                "provenance subjects) or an image's blobs")
-    p.add_argument("target", help="a package (directory, .tar or archive:PATH) or an image reference")
-    p.add_argument("--deep", action="store_true", help="also decompress every layer against its diff_id")
-    p.add_argument("--platform", help="os/arch[/variant] to pick from a multi-platform index")
-    p.add_argument("--json", action="store_true", help="print JSON")
-    _registry_arguments(p)
-
-    p = command("replay", cmd_replay, "run a package's recorded commands again and compare exit status and hashes")
-    p.add_argument("package", help="a package made by repro archive (directory or .tar)")
-    p.add_argument("--executor", help=executors_help)
-    p.add_argument("--json", action="store_true", help="print JSON")
-
-    p = command("hash", cmd_hash, "print manifest, config and layer digests and diff_ids")
-    p.add_argument("ref")
-    p.add_argument(
-        "--files", action="store_true", help="also every file of the flattened image with its sha256"
-    )
-    p.add_argument("--platform", help="os/arch[/variant] to pick from a multi-platform index")
-    p.add_argument("--json", action="store_true", help="print JSON")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    for add in (add_build, add_convert, add_flatten, add_diff, add_sbom, add_attach, add_inspect, add_run,
+                add_prune, add_archive, add_verify, add_replay, add_hash):
+        add(commands)
     return parser
 
 
@@ -869,14 +815,7 @@ def _terminate(signum: int, _frame) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    argv = list(sys.argv[1:] if argv is None else argv)
-    after: list[str] | None = None
-    if "run" in argv and "--" in argv[argv.index("run"):]:  # `repro run REF [OPTIONS] -- CMD...`, as docker
-        split = argv.index("--", argv.index("run"))
-        argv, after = argv[:split], argv[split + 1:]
-    args = parser.parse_args(argv)
-    if after is not None:
-        args.command = [*(args.command or []), *after]
+    args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
     if not getattr(args, "func", None):
         parser.print_help()
         return EXIT_BAD_INPUT
@@ -911,6 +850,3 @@ def main(argv: Sequence[str] | None = None) -> int:
                   markup=False)
         return 70
 
-
-if __name__ == "__main__":
-    sys.exit(main())

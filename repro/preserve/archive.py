@@ -27,7 +27,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from builders import definition, frontends
+from builders import definition, frontend
 from repro import __version__, referrers
 from repro.atomic import atomic_dir, atomic_file
 from repro.clock import document_time, source_date_epoch
@@ -130,7 +130,7 @@ def _fill(image: Image, source: str, data: Path, spec: str | None, records: list
             referrers.attach(layout_ref, image, document, MEDIA_TYPES[fmt], MEDIA_TYPES[fmt], created)
     statement = None
     if spec:
-        statement = provenance.statement(image, *definition.of_spec(frontends.load(spec)))
+        statement = provenance.statement(image, *definition.of_spec(frontend.load(spec)))
     else:
         statement = next((a.document for a in copied if a.descriptor.artifact_type == provenance.MEDIA_TYPE), None)
     if statement is not None:
