@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from repro.errors import ReproError
+from repro.refs import is_reference
 
 log = logging.getLogger("repro")
 
@@ -789,17 +790,11 @@ def _file_digest(path: Path, st: os.stat_result) -> str:
 
 # --- base images ---------------------------------------------------------------------------------------------
 
-_TRANSPORT = re.compile(r"^([a-z-]+):")
-
-
 def resolve_reference(text: str, registry: str | None) -> str:
     """A repro reference as given (docker://, oci:, docker-archive:, ...); a plain NAME[:TAG][@DIGEST] as
     docker://REGISTRY/NAME:TAG (Docker's convention: library/ for one-element names on docker.io, whose
     registry answers at registry-1.docker.io; a first element with a dot or port, or localhost, is a host)."""
-    from repro.refs import TRANSPORTS
-
-    match = _TRANSPORT.match(text)
-    if match and match.group(1) in TRANSPORTS:
+    if is_reference(text):
         return text
     first, sep, _ = text.partition("/")
     if sep and ("." in first or ":" in first or first == "localhost"):

@@ -20,7 +20,7 @@ from repro.errors import ReproError
 from repro.flatten import clean_path, flat_entries, flattening
 from repro.image import Image
 from repro.layers import ExpansionGuard, TarWriter, decompressed, sniff_compression, source_date_epoch
-from repro.refs import Options, Reference
+from repro.refs import Options, Reference, Transport, Written
 from repro.tarstream import CHUNK, TarDamaged, TarStream
 
 XZ_MAGIC = b"\xfd7zXZ\x00"
@@ -34,7 +34,7 @@ def write_flat(image: Image, out: BinaryIO) -> None:
     tar.close()
 
 
-def write(image: Image, ref: Reference, options: Options, progress=None) -> str:
+def write(image: Image, ref: Reference, options: Options, progress=None) -> Written:
     if not ref.body:
         raise ReproError(f"{ref}: missing file name", "write it as tar:FILE")
     with atomic_file(ref.body) as out:
@@ -44,7 +44,7 @@ def write(image: Image, ref: Reference, options: Options, progress=None) -> str:
             out.truncate()
 
         flattening(lambda: write_flat(image, out), rewind)
-    return image.digest
+    return Written(image.digest)
 
 
 class _Counted(io.RawIOBase):
@@ -154,3 +154,6 @@ def read(ref: Reference, options: Options) -> Image:
             copy_tar_stream(f, tar, str(ref), epoch)
 
     return image_from_layer_writer(produce, str(ref), options)
+
+
+TRANSPORT = Transport("tar", read=read, write=write, flat=True)

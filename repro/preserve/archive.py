@@ -54,10 +54,10 @@ def docker_name(source: str, image: Image) -> str:
     """A name `docker load` gives the image: the source's repository and tag, lower-cased and cleaned."""
     ref = parse(source)
     body = ref.body.removeprefix("//")
-    if ref.transport in ("oci", "oci-archive", "archive"):
+    if ref.transport.naming == "path":
         path, tag = ref.split_path()
         repo, tag = Path(path).name, tag or "latest"
-    elif ref.transport in ("docker", "docker-daemon"):
+    elif ref.transport.naming == "repository":
         body = body.split("@", 1)[0]
         repo, _, tag = body.rpartition(":") if ":" in body.rsplit("/", 1)[-1] else (body, "", "latest")
         repo = repo.rsplit("/", 1)[-1]
@@ -155,9 +155,7 @@ def _fill(image: Image, source: str, data: Path, spec: str | None, records: list
 
 def _copy_referrers(source: str, image: Image, layout_ref: str, options: Options) -> list[referrers.Artifact]:
     """The source's own referrers come along where the source can have them (oci:, docker://)."""
-    from repro.refs import transport_module
-
-    if not hasattr(transport_module(parse(source)), "attach_referrer"):
+    if parse(source).transport.attach_referrer is None:
         return []
     return referrers.copy(source, image, layout_ref, options)
 
