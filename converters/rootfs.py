@@ -26,7 +26,7 @@ from repro.digest import CHUNK
 from repro.errors import ReproError
 from repro.extract import Policy
 from repro.flatten import MergedEntry, extract
-from repro.image import Image, ImageConfig, Manifest, Platform
+from repro.image import Image, Platform
 from repro.layers import TarWriter, source_date_epoch
 from repro.mutate import commit, directory_entries, new_config, rfc3339, write_layer
 from repro.refs import Options, Reference, Transport, Written
@@ -83,7 +83,7 @@ class _FileContent:
 
 
 def _imported(name: str) -> property:
-    """An Image attribute of DirectoryImage: the imported image's."""
+    """One of DirectoryImage's Image attributes, read from the image the directory is imported as."""
     return property(lambda self: getattr(self._image, name))
 
 
@@ -152,12 +152,13 @@ class DirectoryImage:
     def _image(self) -> Image:
         return image_from_layer_writer(self._write, self.name, self._options)
 
-    raw_manifest: bytes = _imported("raw_manifest")
-    manifest: Manifest = _imported("manifest")
-    digest: str = _imported("digest")
-    raw_config: bytes = _imported("raw_config")
-    config: ImageConfig = _imported("config")
-    layers: list = _imported("layers")
+    # the Image interface: the imported image's
+    raw_manifest = _imported("raw_manifest")
+    manifest = _imported("manifest")
+    digest = _imported("digest")
+    raw_config = _imported("raw_config")
+    config = _imported("config")
+    layers = _imported("layers")
 
     def __getattr__(self, name: str):
         if name.startswith("_"):
