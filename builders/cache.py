@@ -172,7 +172,7 @@ def export_to(cache: Cache, images: list, keys: list[str], ref: str) -> str:
         config = cache.layout.put_bytes(canonical_json(document), manifest.config.media_type)
     raw = canonical_json(Manifest(manifest.media_type, config, layers, annotations).to_json())
     cache.layout.put_bytes(raw, manifest.media_type)
-    return write_image(BlobImage(image.source, raw, manifest.media_type), ref)
+    return write_image(BlobImage(image.source, raw, manifest.media_type), ref).digest
 
 
 def import_from(cache: Cache, ref: str) -> int:

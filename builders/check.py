@@ -13,6 +13,7 @@ from pathlib import Path
 from builders import build as _build
 from builders.build import BuildResult
 from builders.spec import Spec
+from repro.blobs import IndexImage
 from repro.image import Platform
 from repro.store import Layout
 from sbom.diff import diff_images
@@ -33,6 +34,6 @@ def build_twice(spec: Spec, store: Path | None, executor: str | None, platforms:
             built(n, layout, result)
         if digests[0] == digests[1]:
             return digests, []
-        pairs = (zip(images[0].children, images[1].children, strict=True) if hasattr(images[0], "children")
+        pairs = (zip(images[0].children, images[1].children, strict=True) if isinstance(images[0], IndexImage)
                  else [(images[0], images[1])])
         return digests, [record for first, second in pairs for record in diff_images(first, second)]

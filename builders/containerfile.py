@@ -50,7 +50,7 @@ from repro.digest import sha256_stream
 from repro.errors import ReproError
 from repro.image import Platform, parse_json
 from repro.mutate import commit, new_config, write_layer
-from repro.refs import TRANSPORTS, Options, open_image
+from repro.refs import Options, is_reference, open_image
 from repro.store import Layout
 from repro.transfer import manifest_descriptor
 
@@ -760,15 +760,11 @@ def _file_digest(path: Path, st: os.stat_result) -> str:
 
 # --- base images ---------------------------------------------------------------------------------------------
 
-_TRANSPORT = re.compile(r"^([a-z-]+):")
-
-
 def resolve_reference(text: str, registry: str | None) -> str:
     """A repro reference as given (docker://, oci:, docker-archive:, ...); a plain NAME[:TAG][@DIGEST] as
     docker://REGISTRY/NAME:TAG (Docker's convention: library/ for one-element names on docker.io, whose
     registry answers at registry-1.docker.io; a first element with a dot or port, or localhost, is a host)."""
-    match = _TRANSPORT.match(text)
-    if match and match.group(1) in TRANSPORTS:
+    if is_reference(text):
         return text
     first, sep, _ = text.partition("/")
     if sep and ("." in first or ":" in first or first == "localhost"):

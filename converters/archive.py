@@ -9,7 +9,7 @@ from converters.oci_layout import read_from_files
 from repro.errors import ReproError
 from repro.image import Image
 from repro.preserve import bag
-from repro.refs import Options, Reference
+from repro.refs import Options, Reference, Transport
 
 
 def read(ref: Reference, options: Options) -> Image:
@@ -23,3 +23,7 @@ def read(ref: Reference, options: Options) -> Image:
         raise ReproError(f"{ref}: not a preservation package (no bagit.txt)", "give a package made by repro archive")
     layout = Subdirectory(files, f"data/{LAYOUT_DIR}/")
     return read_from_files(layout, LAYOUT_TAG, options, str(ref))
+
+
+TRANSPORT = Transport("archive", read=read, write_hint="packages are made with repro archive", package=True,
+                      naming="path")

@@ -18,15 +18,15 @@ from __future__ import annotations
 
 import json
 import os
-from pathlib import Path
 
+from converters.rootfs import new_directory
 from repro.atomic import atomic_dir
 from repro.confined import Tree
 from repro.errors import ReproError
 from repro.extract import Policy
 from repro.flatten import extract
 from repro.image import Image
-from repro.refs import Options, Reference
+from repro.refs import Options, Reference, Transport, Written
 from repro.run import executors
 from repro.run.container import Invocation, command_line, image_env
 from repro.run.executors import runc
@@ -35,12 +35,8 @@ from repro.run.executors.command import Command
 MAX_ACCOUNTS_FILE = 1 << 20
 
 
-def write(image: Image, ref: Reference, options: Options, progress=None) -> str:
-    if not ref.body:
-        raise ReproError(f"{ref}: missing directory", "write it as bundle:DIR")
-    target = Path(ref.body)
-    if target.exists():
-        raise ReproError(f"{ref}: {target} already exists", "unpack into a new directory")
+def write(image: Image, ref: Reference, options: Options, progress=None) -> Written:
+    target = new_directory(ref, "unpack into a new directory")
     offset = runc.ID_BASE if os.geteuid() == 0 else 0
     with atomic_dir(target) as tmp:
         root = tmp / "rootfs"
@@ -59,7 +55,7 @@ def write(image: Image, ref: Reference, options: Options, progress=None) -> str:
         command = Command(argv, image_env(image), config.workdir or "/")
         document = runc.config("rootfs", command, user)
         (tmp / "config.json").write_text(json.dumps(document, indent=2, sort_keys=True) + "\n")
-    return image.digest
+    return Written(image.digest)
 
 
 def _user(tree: Tree, text: str, what: str) -> tuple[int, int]:
@@ -90,3 +86,6 @@ def _lookup(tree: Tree, path: str, name: str, what: str, field: int = 2) -> int:
             return int(fields[field])
     raise ReproError(f"{what}: user {name!r} of the image's config is not in its /{path}",
                      "give numeric ids in the image's User")
+
+
+TRANSPORT = Transport("bundle", write=write)

@@ -32,7 +32,7 @@ from repro.image import (
     parse_json,
 )
 from repro.layers import TarWriter, sniff_compression
-from repro.refs import Options, Reference
+from repro.refs import Options, Reference, Transport, Written
 from repro.tarfiles import TarFiles
 from repro.transfer import blob_progress, with_progress
 
@@ -205,7 +205,7 @@ def _v1_json(layer_id: str, parent: str, config: dict, top: bool) -> bytes:
     return canonical_json(obj)
 
 
-def write(image: Image, ref: Reference, options: Options, progress=None) -> str:
+def write(image: Image, ref: Reference, options: Options, progress=None) -> Written:
     path, name = ref.split_path()
     repo_tags = [familiar(name)] if name else []
     if name and (name.startswith("@") or "@" in name):
@@ -246,7 +246,7 @@ def write(image: Image, ref: Reference, options: Options, progress=None) -> str:
                     tar.add_stream(info, with_progress(src, blob_progress(progress, content.descriptor, None)))
                     _drain(src)
         tar.close()
-    return image.manifest.config.digest
+    return Written(image.manifest.config.digest)
 
 
 def _drain(src: BinaryIO) -> None:
@@ -256,3 +256,6 @@ def _drain(src: BinaryIO) -> None:
     else:
         while src.read(CHUNK):
             pass
+
+
+TRANSPORT = Transport("docker-archive", read=read, write=write)

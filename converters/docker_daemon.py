@@ -2,8 +2,9 @@
 
 Talks to DOCKER_HOST (or the default socket) with docker-py. Reading streams `docker save` into a
 temporary docker-archive that lives as long as the image (an archive must be read at random); writing
-streams a docker-archive into `docker load`. For Podman, point DOCKER_HOST at its socket, e.g.
-unix:///run/podman/podman.sock (root) or unix://$XDG_RUNTIME_DIR/podman/podman.sock (rootless).
+writes a docker-archive to a temporary file, then sends that file to `docker load`. For Podman, point
+DOCKER_HOST at its socket, e.g. unix:///run/podman/podman.sock (root) or
+unix://$XDG_RUNTIME_DIR/podman/podman.sock (rootless).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from pathlib import Path
 from converters import docker_archive
 from repro.errors import ReproError
 from repro.image import Image
-from repro.refs import Options, Reference
+from repro.refs import Options, Reference, Transport, Written
 
 
 def _where() -> str:
@@ -25,8 +26,8 @@ def _where() -> str:
 
 
 def _client():
-    import docker
-    from docker.errors import DockerException
+    import docker  # docker-py is loaded only when an engine is used: it is an optional dependency
+    from docker.errors import DockerException  # the same optional dependency
 
     try:
         client = docker.from_env(timeout=600)
@@ -46,7 +47,7 @@ def _name(ref: Reference) -> str:
 def _check_exists(client, ref: Reference, name: str) -> None:
     """Ask the engine before exporting: Podman answers a save of some missing names only after writing
     an archive, and an error about that archive would name a file the user never saw."""
-    from docker.errors import APIError, ImageNotFound
+    from docker.errors import APIError, ImageNotFound  # docker-py, optional: loaded when an engine is used
 
     try:
         client.api.inspect_image(name)
@@ -58,7 +59,7 @@ def _check_exists(client, ref: Reference, name: str) -> None:
 
 
 def read(ref: Reference, options: Options) -> Image:
-    from docker.errors import APIError, ImageNotFound
+    from docker.errors import APIError, ImageNotFound  # docker-py, optional: loaded when an engine is used
 
     client = _client()
     name = _name(ref)
@@ -78,7 +79,7 @@ def read(ref: Reference, options: Options) -> Image:
         raise ReproError(f"{ref}: the engine at {_where()} refused to save it ({exc.explanation})", "") from None
     # The export holds the one image asked for, under the name the engine gave it (Podman's
     # `localhost/NAME:TAG` for a loaded image), so it is taken as the archive's only image, not by name.
-    exported = Reference("docker-archive", str(archive))
+    exported = Reference(docker_archive.TRANSPORT, str(archive))
     try:
         image = docker_archive.read(exported, options)
     except ReproError as exc:
@@ -93,14 +94,14 @@ def read(ref: Reference, options: Options) -> Image:
     return image
 
 
-def write(image: Image, ref: Reference, options: Options, progress=None) -> str:
-    from docker.errors import APIError
+def write(image: Image, ref: Reference, options: Options, progress=None) -> Written:
+    from docker.errors import APIError  # docker-py, optional: loaded when an engine is used
 
     client = _client()
     name = _name(ref)
     with tempfile.TemporaryDirectory(prefix="repro-daemon-") as tmp:
         archive = Path(tmp) / "image.tar"
-        docker_archive.write(image, Reference("docker-archive", f"{archive}:{name}"), options, progress)
+        docker_archive.write(image, Reference(docker_archive.TRANSPORT, f"{archive}:{name}"), options, progress)
         try:
             with open(archive, "rb") as f:
                 messages = list(client.api.load_image(f))
@@ -110,4 +111,7 @@ def write(image: Image, ref: Reference, options: Options, progress=None) -> str:
               if isinstance(m, dict) and (m.get("error") or m.get("errorDetail"))]
     if errors:
         raise ReproError(f"{ref}: docker load failed ({errors[0]})", "")
-    return image.manifest.config.digest
+    return Written(image.manifest.config.digest)
+
+
+TRANSPORT = Transport("docker-daemon", read=read, write=write, naming="repository")

@@ -7,6 +7,7 @@ appears under its name only when complete.
 
 from __future__ import annotations
 
+import tarfile
 from typing import BinaryIO
 
 from converters.oci_layout import check_tag, read_from_files
@@ -16,7 +17,7 @@ from repro.digest import MAX_DOCUMENT_SIZE
 from repro.errors import ReproError
 from repro.image import REF_NAME, Image, Index, canonical_json
 from repro.layers import TarWriter, member_name
-from repro.refs import Options, Reference
+from repro.refs import Options, Reference, Transport, Written
 from repro.store import INDEX_FILE, OCI_LAYOUT_FILE, blob_name, layout_marker
 from repro.tarfiles import TarFiles
 from repro.transfer import blob_progress, image_blobs, manifest_descriptor, with_progress
@@ -56,7 +57,7 @@ def read(ref: Reference, options: Options) -> Image:
     return read_from_files(RegularTarFiles(path, str(ref)), check_tag(tag, ref), options, str(ref))
 
 
-def write(image: Image, ref: Reference, options: Options, progress=None) -> str:
+def write(image: Image, ref: Reference, options: Options, progress=None) -> Written:
     path, tag = ref.split_path()
     check_tag(tag, ref)
     mtime = source_date_epoch()
@@ -84,12 +85,13 @@ def write(image: Image, ref: Reference, options: Options, progress=None) -> str:
             tar.close()
     except IsADirectoryError:
         raise ReproError(f"{ref}: {path} is a directory", "give a file name for the archive") from None
-    return image.digest
+    return Written(image.digest)
 
 
-def _file_info(name: str, size: int, mtime: int):
-    import tarfile
-
+def _file_info(name: str, size: int, mtime: int) -> tarfile.TarInfo:
     info = tarfile.TarInfo(name)
     info.size, info.mode, info.mtime = size, 0o644, mtime
     return info
+
+
+TRANSPORT = Transport("oci-archive", read=read, write=write, naming="path")

@@ -13,8 +13,8 @@ from pathlib import Path
 from repro.atomic import atomic_dir
 from repro.blobs import BlobImage, IndexImage, read_document, read_index, select_manifest
 from repro.errors import ReproError
-from repro.image import REF_NAME, Descriptor, Image
-from repro.refs import Options, Reference
+from repro.image import MANIFEST_TYPES, REF_NAME, Descriptor, Image, Index, Manifest
+from repro.refs import Options, Reference, Transport, Written
 from repro.store import (
     INDEX_FILE,
     OCI_LAYOUT_FILE,
@@ -37,7 +37,7 @@ def check_tag(tag: str, ref: Reference) -> str:
     return tag
 
 
-def read_from_files(files: LayoutFiles, tag: str, options: Options, name: str) -> Image:
+def read_from_files(files: LayoutFiles, tag: str, options: Options, name: str) -> Image | IndexImage:
     """Read one image from a layout's index.json (shared by oci: and oci-archive:)."""
     if not files.exists(OCI_LAYOUT_FILE):
         raise ReproError(f"{name}: not an OCI image layout (no oci-layout file)", "check the path")
@@ -46,8 +46,6 @@ def read_from_files(files: LayoutFiles, tag: str, options: Options, name: str) -
         raise ReproError(f"{name}: oci-layout has no imageLayoutVersion", "the layout is not valid")
     if not files.exists(INDEX_FILE):
         raise ReproError(f"{name}: index.json is missing", "the layout is incomplete")
-    from repro.image import Index
-
     index = Index.parse(files.read(INDEX_FILE), f"{name}: index.json")
     if tag:
         chosen = [d for d in index.manifests if d.ref_name == tag]
@@ -66,15 +64,15 @@ def read_from_files(files: LayoutFiles, tag: str, options: Options, name: str) -
                 f"available tags: {', '.join(tags)}" if tags else "the layout is empty",
             )
     source = LayoutBlobs(files, name)
-    if options.extra.get("all"):
+    if options.all_platforms:
         whole = read_index(source, chosen[0])
         if whole is not None:
-            return whole  # type: ignore[return-value]
+            return whole
     descriptor, raw = select_manifest(source, chosen[0], options.platform)
     return BlobImage(source, raw, descriptor.media_type)
 
 
-def read(ref: Reference, options: Options) -> Image:
+def read(ref: Reference, options: Options) -> Image | IndexImage:
     path, tag = ref.split_path()
     layout = Layout.open_existing(path)
     return read_from_files(layout, check_tag(tag, ref), options, str(ref))
@@ -90,7 +88,7 @@ def _store(layout: Layout, image: Image | IndexImage, progress) -> Descriptor:
     return manifest_descriptor(image)
 
 
-def write(image: Image | IndexImage, ref: Reference, options: Options, progress=None) -> str:
+def write(image: Image | IndexImage, ref: Reference, options: Options, progress=None) -> Written:
     path_text, tag = ref.split_path()
     check_tag(tag, ref)
     path = Path(path_text)
@@ -107,7 +105,7 @@ def write(image: Image | IndexImage, ref: Reference, options: Options, progress=
             layout.add_manifest(Descriptor(descriptor.media_type, descriptor.digest, descriptor.size, annotations),
                                 tag)
             (tmp / OCI_LAYOUT_FILE).write_bytes(layout_marker())
-    return descriptor.digest
+    return Written(descriptor.digest)
 
 
 def attach_referrer(ref: Reference, options: Options, artifact, subject_digest: str) -> None:
@@ -124,8 +122,6 @@ def attach_referrer(ref: Reference, options: Options, artifact, subject_digest: 
 
 def referrers(ref: Reference, options: Options, subject_digest: str) -> tuple[list[Descriptor], LayoutBlobs]:
     """The manifests in index.json whose subject is `subject_digest`."""
-    from repro.image import MANIFEST_TYPES, Index, Manifest
-
     layout = Layout.open_existing(ref.split_path()[0])
     source = LayoutBlobs(layout, str(ref))
     found = []
@@ -138,3 +134,7 @@ def referrers(ref: Reference, options: Options, subject_digest: str) -> tuple[li
             found.append(Descriptor(descriptor.media_type, descriptor.digest, descriptor.size,
                                     dict(manifest.annotations), None, (), artifact_type))
     return found, source
+
+
+TRANSPORT = Transport("oci", read=read, write=write, index=True, naming="path", attach_referrer=attach_referrer,
+                      list_referrers=referrers)

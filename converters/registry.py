@@ -40,7 +40,7 @@ from repro.blobs import MAX_DOCUMENT, BlobImage, IndexImage, read_index, select_
 from repro.digest import CHUNK, RawReader, sha256_bytes, validate
 from repro.errors import DigestMismatch, ReproError
 from repro.image import INDEX_TYPES, MANIFEST_TYPES, OCI_INDEX, Descriptor, Image, Index, canonical_json, parse_json
-from repro.refs import Options, Reference
+from repro.refs import BlobCounts, Options, Reference, Transport, Written
 from repro.transfer import Blob, blob_progress, bytes_reader, image_blobs, with_progress
 
 ACCEPT = ", ".join(sorted(MANIFEST_TYPES | INDEX_TYPES))
@@ -255,9 +255,9 @@ class Client:
         # plain HTTP is decided on the host a URL parser, and so the connection, will use
         self.scheme = "http" if is_loopback(urllib.parse.urlsplit(f"//{host}").hostname) else "https"
         self.origin = _origin(f"{self.scheme}://{host}/")
-        self.verify = options.extra.get("tls_verify", True)
+        self.verify = options.tls_verify
         self.session = requests.Session()
-        self.basic = self._credentials(options.extra.get("creds"))
+        self.basic = self._credentials(options.creds)
         self.auth: dict[str, dict[str, str]] = {}  # scope -> Authorization header that worked
         self.basic_required = False
         # once the registry has answered, a refused connection is a restart to wait for; before, it is
@@ -449,23 +449,18 @@ class RegistrySource:
         return raw, media_type
 
 
-def read(ref: Reference, options: Options) -> Image:
+def read(ref: Reference, options: Options) -> Image | IndexImage:
     target = parse_ref(ref)
     client = Client(target.host, options)
     source = RegistrySource(client, target)
     raw, media_type = source.manifest(target.reference)
     top = Descriptor(media_type, sha256_bytes(raw), len(raw))
-    if media_type in INDEX_TYPES and options.extra.get("all"):
-        whole = read_index(source, top)
-        for child in whole.children:  # type: ignore[union-attr]
-            child.registry_ref = target  # type: ignore[attr-defined]
-        return whole  # type: ignore[return-value]
+    if media_type in INDEX_TYPES and options.all_platforms:
+        return read_index(source, top)  # type: ignore[return-value] - an index type names an index
     if media_type in INDEX_TYPES:
         descriptor, raw = select_manifest(source, top, options.platform)
         media_type = descriptor.media_type
-    image = BlobImage(source, raw, media_type)
-    image.registry_ref = target  # type: ignore[attr-defined] - lets a push to the same registry mount blobs
-    return image
+    return BlobImage(source, raw, media_type)
 
 
 @dataclass
@@ -583,7 +578,8 @@ def _put_manifest(client: Client, target: RegistryRef, reference: str, raw: byte
     return response
 
 
-def write(image: Image | IndexImage, ref: Reference, options: Options, progress=None) -> str:
+def write(image: Image | IndexImage, ref: Reference, options: Options, progress=None) -> Written:
+    """Push the blobs, then the manifest (an index: each image's by digest, then the index under the tag)."""
     if isinstance(image, IndexImage):
         target = parse_ref(ref)
         client = Client(target.host, options)
@@ -591,23 +587,21 @@ def write(image: Image | IndexImage, ref: Reference, options: Options, progress=
             _push_image_blobs(client, target, child, options, progress)
             _put_manifest(client, target, child.digest, child.raw_manifest, child.manifest.media_type)
         _put_manifest(client, target, target.tag, image.raw, image.media_type)
-        return image.digest
+        return Written(image.digest)
     target = parse_ref(ref)
     if target.digest:
         raise ReproError(f"{ref}: push to a tag (a digest names what is pushed)", "write it as docker://HOST/REPO:TAG")
     client = Client(target.host, options)
     stats = _push_image_blobs(client, target, image, options, progress)
     _put_manifest(client, target, target.tag, image.raw_manifest, image.manifest.media_type)
-    write.last_stats = stats  # type: ignore[attr-defined]
-    return image.digest
+    return Written(image.digest, BlobCounts(stats.pushed, stats.skipped, stats.mounted))
 
 
 def _push_image_blobs(client: Client, target: RegistryRef, image: Image, options: Options, progress) -> PushStats:
     """Config and layers, in parallel (bounded); only then may a manifest name them."""
     stats = PushStats()
-    source_ref = getattr(image, "registry_ref", None)
-    mount_from = source_ref.repository if source_ref is not None and source_ref.host == target.host else ""
-    chunk_size = int(options.extra.get("chunk_size") or 0)
+    mount_from = _mount_source(image, target)
+    chunk_size = options.chunk_size
     with ThreadPoolExecutor(max_workers=PARALLEL) as pool:
         futures = [pool.submit(_push_blob, client, target, blob, stats, mount_from, chunk_size, progress)
                    for blob in image_blobs(image)]
@@ -615,6 +609,14 @@ def _push_image_blobs(client: Client, target: RegistryRef, image: Image, options
             future.result()
     return stats
 
+
+
+def _mount_source(image: Image, target: RegistryRef) -> str:
+    """The repository of the same registry an image was read from, whose blobs a push may mount."""
+    source = image.source if isinstance(image, BlobImage) else None
+    if isinstance(source, RegistrySource) and source.ref.host == target.host:
+        return source.ref.repository
+    return ""
 
 
 def fallback_tag(digest: str) -> str:
@@ -665,3 +667,7 @@ def referrers(ref: Reference, options: Options, subject_digest: str) -> tuple[li
         return list(Index.parse(read_body(response, MAX_DOCUMENT, where), where).manifests), source
     _drain(response)
     return _fallback_index(client, target, fallback_tag(subject_digest)), source
+
+
+TRANSPORT = Transport("docker", read=read, write=write, index=True, naming="repository",
+                      attach_referrer=attach_referrer, list_referrers=referrers)

@@ -16,16 +16,17 @@ from collections.abc import Iterator
 from functools import cached_property
 from pathlib import Path
 
+from repro.atomic import atomic_dir
 from repro.clock import rfc3339, source_date_epoch
 from repro.confined import Tree
 from repro.digest import CHUNK, HashingWriter
 from repro.errors import ReproError
 from repro.extract import Policy
-from repro.flatten import MergedEntry
-from repro.image import Image, ImageConfig, Manifest
+from repro.flatten import MergedEntry, extract
+from repro.image import Image
 from repro.layers import TarWriter
 from repro.mutate import directory_entries, image_from_layer_writer
-from repro.refs import Options, Reference
+from repro.refs import Options, Reference, Transport, Written
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +55,11 @@ class _FileContent:
 
     def readview(self, size: int = CHUNK) -> bytes:
         return self.read(size)
+
+
+def _imported(name: str) -> property:
+    """One of DirectoryImage's Image attributes, read from the image the directory is imported as."""
+    return property(lambda self: getattr(self._image, name))
 
 
 class DirectoryImage:
@@ -121,29 +127,13 @@ class DirectoryImage:
     def _image(self) -> Image:
         return image_from_layer_writer(self._write, self.name, self._options.platform)
 
-    @property
-    def raw_manifest(self) -> bytes:
-        return self._image.raw_manifest
-
-    @property
-    def manifest(self) -> Manifest:
-        return self._image.manifest
-
-    @property
-    def digest(self) -> str:
-        return self._image.digest
-
-    @property
-    def raw_config(self) -> bytes:
-        return self._image.raw_config
-
-    @property
-    def config(self) -> ImageConfig:
-        return self._image.config
-
-    @property
-    def layers(self) -> list:
-        return self._image.layers
+    # the Image interface: the imported image's
+    raw_manifest = _imported("raw_manifest")
+    manifest = _imported("manifest")
+    digest = _imported("digest")
+    raw_config = _imported("raw_config")
+    config = _imported("config")
+    layers = _imported("layers")
 
     def __getattr__(self, name: str):
         if name.startswith("_"):
@@ -160,18 +150,20 @@ def read(ref: Reference, options: Options) -> Image:
     return DirectoryImage(root, ref, options)  # type: ignore[return-value]
 
 
-def write(image: Image, ref: Reference, options: Options, progress=None) -> str:
-    """Flatten into a new directory (assembled under a temporary name, renamed when complete)."""
-    from repro.atomic import atomic_dir
-    from repro.flatten import extract
-
+def new_directory(ref: Reference, hint: str) -> Path:
+    """The directory a write makes: named, and not there yet (`hint` says what to do when it is)."""
     if not ref.body:
-        raise ReproError(f"{ref}: missing directory", "write it as rootfs:DIR")
+        raise ReproError(f"{ref}: missing directory", f"write it as {ref.transport.name}:DIR")
     target = Path(ref.body)
     if target.exists():
-        raise ReproError(f"{ref}: {target} already exists", "flatten into a new directory")
-    policy = Policy(devices=bool(options.extra.get("preserve_devices")),
-                    setid=bool(options.extra.get("preserve_setuid")))
+        raise ReproError(f"{ref}: {target} already exists", hint)
+    return target
+
+
+def write(image: Image, ref: Reference, options: Options, progress=None) -> Written:
+    """Flatten into a new directory (assembled under a temporary name, renamed when complete)."""
+    target = new_directory(ref, "flatten into a new directory")
+    policy = Policy(devices=options.preserve_devices, setid=options.preserve_setuid)
     with atomic_dir(target) as tmp:
         stats = extract(image, tmp, policy)
     if stats.skipped_devices:
@@ -184,4 +176,7 @@ def write(image: Image, ref: Reference, options: Options, progress=None) -> str:
         log.warning("%s: %d extended attributes could not be set here", ref, stats.skipped_xattrs)
     if stats.unresolved_links:
         log.warning("%s: %d hardlinks whose target is missing were skipped", ref, len(stats.unresolved_links))
-    return image.digest
+    return Written(image.digest)
+
+
+TRANSPORT = Transport("rootfs", read=read, write=write, flat=True)

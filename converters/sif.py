@@ -36,7 +36,7 @@ from repro.flatten import flat_entries
 from repro.image import Image, Platform, canonical_json, parse_json
 from repro.layers import TarWriter
 from repro.mutate import image_from_layer_writer
-from repro.refs import Options, Reference
+from repro.refs import Options, Reference, Transport, Written
 
 UUID_NAMESPACE = uuid.UUID("6f3c2a4e-5d1b-4f7a-9c8e-2b1d0e9f7a63")  # repro's namespace for SIF ids
 
@@ -150,13 +150,13 @@ def _own_entries(image: Image, overlay, mtime: int, own: dict[str, bytes]):
     yield from _default_dirs(seen, mtime)
 
 
-def write(image: Image, ref: Reference, options: Options, progress=None) -> str:
+def write(image: Image, ref: Reference, options: Options, progress=None) -> Written:
     if not ref.body:
         raise ReproError(f"{ref}: missing file name", "write it as sif:FILE")
     target = Path(ref.body)
     if not target.parent.is_dir():
         raise ReproError(f"{ref}: directory {target.parent} does not exist", "create it first")
-    compression = options.extra.get("compression") or "gzip"
+    compression = options.compression or "gzip"
     if compression not in COMPRESSORS:
         raise ReproError(f"--compression {compression}: not supported", f"use one of {', '.join(COMPRESSORS)}")
     epoch = source_date_epoch()
@@ -187,7 +187,7 @@ def write(image: Image, ref: Reference, options: Options, progress=None) -> str:
     finally:
         if os.path.exists(squashfs):
             os.unlink(squashfs)
-    return image.digest
+    return Written(image.digest)
 
 
 def _metadata(config, deffile_text: str, own: dict[str, bytes] | None) -> tuple[bytes, dict]:
@@ -305,3 +305,6 @@ def read(ref: Reference, options: Options) -> Image:
     arch = part.partition[2] if part.partition else header.arch  # type: ignore[index]
     platform = options.platform or Platform("linux", arch if arch != "unknown" else Platform.host().architecture)
     return image_from_layer_writer(produce, str(ref), platform, container_config)
+
+
+TRANSPORT = Transport("sif", read=read, write=write, describe=describe)

@@ -20,7 +20,7 @@ from repro.flatten import flattening
 from repro.image import Image
 from repro.layers import TarWriter
 from repro.mutate import image_from_layer_writer
-from repro.refs import Options, Reference
+from repro.refs import Options, Reference, Transport, Written
 
 COMPRESSORS = ("gzip", "zstd", "xz", "lz4")
 GZIP_LEVEL = 6
@@ -63,11 +63,11 @@ def _run_tar2sqfs(produce, output: Path, compression: str, mtime: int, what: str
         raise ReproError(f"{what}: tar2sqfs failed: {last}", "see its message; squashfs-tools-ng makes the file")
 
 
-def write(image: Image, ref: Reference, options: Options, progress=None) -> str:
+def write(image: Image, ref: Reference, options: Options, progress=None) -> Written:
     if not ref.body:
         raise ReproError(f"{ref}: missing file name", "write it as squashfs:FILE")
     target = Path(ref.body)
-    compression = options.extra.get("compression") or "gzip"
+    compression = options.compression or "gzip"
     if compression not in COMPRESSORS:
         raise ReproError(f"--compression {compression}: not supported", f"use one of {', '.join(COMPRESSORS)}")
     if not target.parent.is_dir():
@@ -79,14 +79,14 @@ def write(image: Image, ref: Reference, options: Options, progress=None) -> str:
         run_tar2sqfs(lambda out: write_flat(image, out), Path(tmp), compression, source_date_epoch(), str(ref))
         if special:
             copy_into_special(Path(tmp), target)
-            return image.digest
+            return Written(image.digest)
         os.chmod(tmp, 0o644)
         os.replace(tmp, target)
         fsync_dir(target.parent)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
-    return image.digest
+    return Written(image.digest)
 
 
 def read(ref: Reference, options: Options) -> Image:
@@ -110,3 +110,6 @@ def read(ref: Reference, options: Options) -> Image:
                 raise ReproError(f"{ref}: sqfs2tar failed: {stderr.strip()[-300:]}", "the squashfs may be damaged")
 
     return image_from_layer_writer(produce, str(ref), options.platform)
+
+
+TRANSPORT = Transport("squashfs", read=read, write=write, flat=True)

@@ -22,7 +22,7 @@ from repro.flatten import clean_path, flat_entries, flattening
 from repro.image import Image
 from repro.layers import GuardedReader, TarWriter, decompressed, sniff_compression
 from repro.mutate import image_from_layer_writer
-from repro.refs import Options, Reference
+from repro.refs import Options, Reference, Transport, Written
 from repro.tarstream import CHUNK, TarDamaged, TarStream
 
 XZ_MAGIC = b"\xfd7zXZ\x00"
@@ -37,7 +37,7 @@ def write_flat(image: Image, out: BinaryIO) -> None:
     tar.close()
 
 
-def write(image: Image, ref: Reference, options: Options, progress=None) -> str:
+def write(image: Image, ref: Reference, options: Options, progress=None) -> Written:
     if not ref.body:
         raise ReproError(f"{ref}: missing file name", "write it as tar:FILE")
     with atomic_file(ref.body) as out:
@@ -47,7 +47,7 @@ def write(image: Image, ref: Reference, options: Options, progress=None) -> str:
             out.truncate()
 
         flattening(lambda: write_flat(image, out), rewind)
-    return image.digest
+    return Written(image.digest)
 
 
 class _Counted(RawReader):
@@ -126,3 +126,6 @@ def read(ref: Reference, options: Options) -> Image:
             copy_tar_stream(f, tar, str(ref), epoch)
 
     return image_from_layer_writer(produce, str(ref), options.platform)
+
+
+TRANSPORT = Transport("tar", read=read, write=write, flat=True)

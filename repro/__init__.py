@@ -12,21 +12,17 @@ from __future__ import annotations
 
 from repro.errors import CheckFailed, ReproError
 from repro.image import Image, Platform
-from repro.refs import Options
+from repro.refs import Options, open_image, write_image
 
 
 def open(ref: str, platform: str | None = None) -> Image:
     """Read the image at `ref` (any `transport:reference`), choosing `platform` from an index."""
-    from repro.refs import open_image
-
     return open_image(ref, Options(Platform.parse(platform) if platform else None))
 
 
 def write(image: Image, ref: str) -> str:
     """Write `image` to `ref`; returns the digest that names what was written."""
-    from repro.refs import write_image
-
-    return write_image(image, ref)
+    return write_image(image, ref).digest
 
 
 def convert(src: str, dst: str, platform: str | None = None) -> str:

@@ -17,6 +17,7 @@ import signal
 import subprocess
 import sys
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 
 from rich.console import Console
@@ -25,11 +26,12 @@ from rich.table import Table
 
 from repro import __version__, jsonout, referrers
 from repro.atomic import atomic_file
+from repro.blobs import IndexImage
 from repro.clock import document_time
 from repro.errors import EXIT_BAD_INPUT, CheckFailed, ReproError
 from repro.image import Platform
 from repro.preserve import provenance
-from repro.refs import Options, open_image, write_image
+from repro.refs import Options, is_reference, open_image, parse, write_image
 from repro.run import container, mpi, unpacked
 from repro.run.executors import terminal
 from repro.store import default_store
@@ -70,20 +72,14 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _options(args: argparse.Namespace) -> Options:
-    extra: dict = {"compression": args.compression} if getattr(args, "compression", None) else {}
-    if getattr(args, "creds", None):
-        extra["creds"] = args.creds
-    if getattr(args, "tls_verify", None) is not None:
-        extra["tls_verify"] = args.tls_verify == "true"
-    if getattr(args, "chunk_size", None):
-        extra["chunk_size"] = args.chunk_size
-    if getattr(args, "all", False):
-        extra["all"] = True
-    if getattr(args, "preserve_devices", False):
-        extra["preserve_devices"] = True
-    if getattr(args, "preserve_setuid", False):
-        extra["preserve_setuid"] = True
-    return Options(Platform.parse(args.platform) if getattr(args, "platform", None) else None, extra)
+    return Options(platform=Platform.parse(args.platform) if getattr(args, "platform", None) else None,
+                   all_platforms=getattr(args, "all", False),
+                   compression=getattr(args, "compression", None) or None,
+                   creds=getattr(args, "creds", None) or None,
+                   tls_verify=getattr(args, "tls_verify", None) != "false",
+                   chunk_size=getattr(args, "chunk_size", None) or 0,
+                   preserve_devices=getattr(args, "preserve_devices", False),
+                   preserve_setuid=getattr(args, "preserve_setuid", False))
 
 
 def _emit_json(obj: object) -> None:
@@ -217,11 +213,11 @@ def add_convert(commands: argparse._SubParsersAction) -> None:
 
 def cmd_convert(args: argparse.Namespace) -> int:
     copy_all = getattr(args, "all", False)
-    if copy_all and not {args.src.partition(":")[0], args.dst.partition(":")[0]} <= {"oci", "docker"}:
+    if copy_all and not all(is_reference(text) and parse(text).transport.index for text in (args.src, args.dst)):
         raise ReproError("--all copies an index between oci: layouts and docker:// registries",
                          "use --platform to convert one platform to other formats")
     image = open_image(args.src, _options(args))
-    if copy_all and not hasattr(image, "children"):
+    if copy_all and not isinstance(image, IndexImage):
         raise ReproError(f"{args.src}: is a single image, not a multi-platform index", "drop --all")
     with _progress(f"{args.src} -> {args.dst}") as progress:
         written = write_image(image, args.dst, _options(args), progress)
@@ -229,16 +225,14 @@ def cmd_convert(args: argparse.Namespace) -> int:
     if getattr(args, "referrers", False):
         copied = referrers.copy(args.src, image, args.dst, _options(args))
     if args.json:
-        summary = {"source": args.src, "destination": args.dst, "digest": written, "manifest": image.digest,
+        summary = {"source": args.src, "destination": args.dst, "digest": written.digest, "manifest": image.digest,
                    "referrers": [a.descriptor.digest for a in copied]}
-        if args.dst.startswith("docker://") and not copy_all:
-            from converters import registry
-
-            stats = registry.write.last_stats  # type: ignore[attr-defined]
-            summary["blobs"] = {"pushed": stats.pushed, "skipped": stats.skipped, "mounted": stats.mounted}
+        if written.blobs is not None:  # a push of one image
+            blobs = written.blobs
+            summary["blobs"] = {"pushed": blobs.pushed, "skipped": blobs.skipped, "mounted": blobs.mounted}
         _emit_json(summary)
     else:
-        out.print(f"{args.dst}  {written}", markup=False)
+        out.print(f"{args.dst}  {written.digest}", markup=False)
         for artifact in copied:
             out.print(f"  referrer {artifact.descriptor.digest}  {artifact.descriptor.artifact_type}", markup=False)
     return 0
@@ -295,12 +289,12 @@ def cmd_build(args: argparse.Namespace) -> int:
                      cache_from=args.cache_from, cache_to=args.cache_to, platforms=platforms)
     _attach_provenance(spec, store, result)
     written = [f"oci:{store.path}:{result.tag}"]
-    several = hasattr(result.image, "children")
+    several = isinstance(result.image, IndexImage)
     for ref in args.output or []:
-        if several and ref.partition(":")[0] not in ("oci", "docker"):
+        if several and not (is_reference(ref) and parse(ref).transport.index):
             raise ReproError(f"{ref}: holds one platform, the build made an index of {len(platforms or [])}",
                              f"write the index to oci: or docker://, then repro convert --platform to {ref}")
-        write_image(result.image, ref, Options(None, {**_options(args).extra, "all": several}))
+        write_image(result.image, ref, replace(_options(args), platform=None, all_platforms=several))
         written.append(ref)
     failures = 0
     tests = []
@@ -391,11 +385,14 @@ def cmd_sbom(args: argparse.Namespace) -> int:
     from sbom.index import generate_index
 
     options = _options(args)
-    if options.platform is None and args.ref.partition(":")[0] in ("oci", "docker"):
-        options = Options(None, {**options.extra, "all": True})  # an index: describe every platform
-    image = open_image(args.ref, options)
-    name = args.ref.partition(":")[2] or args.ref
-    if hasattr(image, "children"):
+    ref = parse(args.ref)
+    if options.platform is None and ref.transport.index:
+        options = replace(options, all_platforms=True)  # an index: describe every platform
+    image = open_image(ref, options)
+    name = ref.body or args.ref
+    if isinstance(image, IndexImage):
+        from sbom.index import generate_index
+
         if args.attach:
             raise ReproError(f"{args.ref}: is a multi-platform index", "attach an SBOM to each platform's image "
                              "with --platform os/arch --attach")
@@ -538,10 +535,7 @@ def cmd_archive(args: argparse.Namespace) -> int:
 
 
 def _is_image_reference(text: str) -> bool:
-    from repro.refs import TRANSPORTS
-
-    transport, sep, _ = text.partition(":")
-    return bool(sep) and transport in TRANSPORTS and transport != "archive"
+    return is_reference(text) and not parse(text).transport.package
 
 
 def add_verify(commands: argparse._SubParsersAction) -> None:
@@ -617,9 +611,6 @@ def cmd_replay(args: argparse.Namespace) -> int:
     return 0
 
 
-FLAT_TRANSPORTS = ("rootfs", "tar", "squashfs")
-
-
 def add_flatten(commands: argparse._SubParsersAction) -> None:
     p = _command(commands, "flatten", cmd_flatten,
                  "merge the layers into one root filesystem (rootfs:, tar:, squashfs:)", [COPY])
@@ -628,7 +619,7 @@ def add_flatten(commands: argparse._SubParsersAction) -> None:
 
 
 def cmd_flatten(args: argparse.Namespace) -> int:
-    if args.dst.partition(":")[0] not in FLAT_TRANSPORTS:
+    if not is_reference(args.dst) or not parse(args.dst).transport.flat:
         raise ReproError(f"{args.dst!r}: flatten writes rootfs:DIR, tar:FILE or squashfs:FILE",
                          "use repro convert for image formats")
     return cmd_convert(args)
@@ -636,11 +627,8 @@ def cmd_flatten(args: argparse.Namespace) -> int:
 
 def _format_details(ref_text: str) -> dict | None:
     """What a transport can say about its container format (a SIF's header and objects)."""
-    from repro.refs import parse, transport_module
-
     ref = parse(ref_text)
-    module = transport_module(ref)
-    return module.describe(ref) if hasattr(module, "describe") else None
+    return ref.transport.describe(ref) if ref.transport.describe is not None else None
 
 
 def _print_sif(details: dict) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import platform as _platform
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO, Protocol
 
@@ -432,3 +433,18 @@ class Image(Protocol):
 
     @property
     def layers(self) -> list[Layer]: ...
+
+
+class ImageIndex(Protocol):
+    """Several platforms' images under one index, kept whole (`--all`, a multi-platform build): the index's
+    exact bytes and each platform's image."""
+
+    name: str
+    raw: bytes
+    media_type: str
+
+    @property
+    def digest(self) -> str: ...
+
+    @property
+    def children(self) -> Sequence[Image]: ...

@@ -15,7 +15,7 @@ from typing import BinaryIO, Protocol
 from repro.digest import sha256_bytes
 from repro.errors import DigestMismatch, ReproError
 from repro.image import OCI_MANIFEST, Descriptor, Image, Manifest, canonical_json
-from repro.refs import Options, parse, transport_module
+from repro.refs import Options, Reference, parse
 from repro.transfer import manifest_descriptor
 
 EMPTY_MEDIA_TYPE = "application/vnd.oci.empty.v1+json"
@@ -79,29 +79,29 @@ def fetch(source: BlobSource, descriptor: Descriptor, where: str) -> Artifact:
     return Artifact(listed, raw, blobs)
 
 
-def _module(ref_text: str, action: str):
+def _carrying(ref_text: str, action: str) -> Reference:
+    """The reference, whose transport must be able to hold referrers."""
     ref = parse(ref_text)
-    module = transport_module(ref)
-    if not hasattr(module, "attach_referrer"):
-        raise ReproError(f"{ref_text}: {ref.transport}: images cannot carry referrers",
+    if ref.transport.attach_referrer is None or ref.transport.list_referrers is None:
+        raise ReproError(f"{ref_text}: {ref.transport.name}: images cannot carry referrers",
                          f"{action} in an oci: layout or a docker:// registry")
-    return ref, module
+    return ref
 
 
 def attach(ref_text: str, image: Image, document: bytes, media_type: str, artifact_type: str, created: str,
            options: Options | None = None, annotations: dict[str, str] | None = None) -> Artifact:
     """Store `document` as a referrer of `image`, which was read from `ref_text`."""
-    ref, module = _module(ref_text, "attach documents")
+    ref = _carrying(ref_text, "attach documents")
     artifact = make_artifact(manifest_descriptor(image), document, media_type, artifact_type, created, annotations)
-    module.attach_referrer(ref, options or Options(), artifact, image.digest)
+    ref.transport.attach_referrer(ref, options or Options(), artifact, image.digest)
     return artifact
 
 
 def listing(ref_text: str, image: Image, options: Options | None = None,
             artifact_type: str = "") -> tuple[list[Descriptor], BlobSource]:
     """The referrers of `image` (descriptors as the store lists them) and where to read them from."""
-    ref, module = _module(ref_text, "list referrers")
-    found, source = module.referrers(ref, options or Options(), image.digest)
+    ref = _carrying(ref_text, "list referrers")
+    found, source = ref.transport.list_referrers(ref, options or Options(), image.digest)
     chosen = [d for d in found if not artifact_type or d.artifact_type == artifact_type]
     return sorted(chosen, key=lambda d: (d.artifact_type, d.annotations.get(CREATED, ""), d.digest)), source
 
@@ -109,10 +109,10 @@ def listing(ref_text: str, image: Image, options: Options | None = None,
 def copy(src_text: str, image: Image, dst_text: str, options: Options | None = None) -> list[Artifact]:
     """Copy every referrer of `image` from `src_text` to `dst_text` (an image already written there)."""
     descriptors, source = listing(src_text, image, options)
-    dst, module = _module(dst_text, "copy referrers")
+    dst = _carrying(dst_text, "copy referrers")
     copied = []
     for descriptor in descriptors:
         artifact = fetch(source, descriptor, src_text)
-        module.attach_referrer(dst, options or Options(), artifact, image.digest)
+        dst.transport.attach_referrer(dst, options or Options(), artifact, image.digest)
         copied.append(artifact)
     return copied

@@ -47,14 +47,12 @@ def test_push_with_skopeo_pull_with_repro(busybox_layout, registry, tmp_path):
 def test_second_push_sends_no_blob_and_same_registry_mounts(busybox_layout, registry):
     image = api.open(f"oci:{busybox_layout}:1")
     ref = parse(f"docker://{registry.host}/twice/busybox:1")
-    registry_transport.write(image, ref, Options())
-    first = registry_transport.write.last_stats
-    registry_transport.write(image, ref, Options())
-    second = registry_transport.write.last_stats
+    first = registry_transport.write(image, ref, Options()).blobs
+    second = registry_transport.write(image, ref, Options()).blobs
     assert first.pushed == 3 and second.pushed == 0 and second.skipped == 3
     pulled = api.open(f"docker://{registry.host}/twice/busybox:1")
-    registry_transport.write(pulled, parse(f"docker://{registry.host}/elsewhere/busybox:1"), Options())
-    assert registry_transport.write.last_stats.mounted == 3
+    elsewhere = parse(f"docker://{registry.host}/elsewhere/busybox:1")
+    assert registry_transport.write(pulled, elsewhere, Options()).blobs.mounted == 3
 
 
 def test_chunked_upload(tmp_path, registry):

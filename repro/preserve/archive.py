@@ -36,7 +36,7 @@ from repro.image import Image
 from repro.layers import TarWriter
 from repro.preserve import bag, package_docs, provenance
 from repro.preserve.records import Record, record
-from repro.refs import Options, open_image, parse, transport_module, write_image
+from repro.refs import Options, open_image, parse, write_image
 from repro.run import container
 from repro.store import open_regular
 from sbom.generate import MEDIA_TYPES, generate_many
@@ -60,10 +60,10 @@ def docker_name(source: str, image: Image) -> str:
     """A name `docker load` gives the image: the source's repository and tag, lower-cased and cleaned."""
     ref = parse(source)
     body = ref.body.removeprefix("//")
-    if ref.transport in ("oci", "oci-archive", "archive"):
+    if ref.transport.naming == "path":
         path, tag = ref.split_path()
         repo, tag = Path(path).name, tag or "latest"
-    elif ref.transport in ("docker", "docker-daemon"):
+    elif ref.transport.naming == "repository":
         body = body.split("@", 1)[0]
         repo, _, tag = body.rpartition(":") if ":" in body.rsplit("/", 1)[-1] else (body, "", "latest")
         repo = repo.rsplit("/", 1)[-1]
@@ -156,7 +156,7 @@ def _fill(image: Image, source: str, data: Path, spec: str | None, records: list
 
 def _copy_referrers(source: str, image: Image, layout_ref: str, options: Options) -> list[referrers.Artifact]:
     """The source's own referrers come along where the source can have them (oci:, docker://)."""
-    if not hasattr(transport_module(parse(source)), "attach_referrer"):
+    if parse(source).transport.attach_referrer is None:
         return []
     return referrers.copy(source, image, layout_ref, options)
 
