@@ -24,6 +24,7 @@ from pathlib import Path
 from repro.errors import ReproError
 from repro.layers import TarWriter
 from repro.run import emulation
+from repro.tarstream import copy_tar_stream
 
 DEFAULT_MIRROR = "http://deb.debian.org/debian"
 
@@ -31,7 +32,6 @@ DEFAULT_MIRROR = "http://deb.debian.org/debian"
 def bootstrap(options: dict, epoch: int, tar: TarWriter, what: str, log=None) -> list[dict]:
     """Write the base layer into `tar`; returns the installed packages for the lock."""
     from builders.hygiene import is_volatile_stream_path
-    from converters.tarball import copy_tar_stream
 
     if shutil.which("mmdebstrap") is None:
         raise ReproError("mmdebstrap is not installed", "install it (make setup does)")

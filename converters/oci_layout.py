@@ -10,11 +10,12 @@ from __future__ import annotations
 import re
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import BinaryIO, Protocol
+from typing import BinaryIO
 
 from repro.atomic import atomic_dir
 from repro.blobs import BlobImage, IndexImage, read_document, read_index, select_manifest
 from repro.errors import ReproError
+from repro.files import Files
 from repro.image import REF_NAME, Descriptor, Image
 from repro.refs import Options, Reference
 from repro.store import INDEX_FILE, OCI_LAYOUT_FILE, Layout, blob_name, layout_marker, parse_json
@@ -24,20 +25,10 @@ from repro.transfer import blob_progress, image_blobs, manifest_descriptor
 _TAG_RE = re.compile(r"^[A-Za-z0-9._:@/+-]+$")
 
 
-class LayoutFiles(Protocol):
-    """What reading a layout needs: a directory (store.Layout) or a tar (tarfiles.TarFiles)."""
-
-    def exists(self, name: str) -> bool: ...
-
-    def open(self, name: str) -> BinaryIO: ...
-
-    def read(self, name: str, limit: int = ...) -> bytes: ...
-
-
 class LayoutBlobs:
     """BlobSource over the blobs/ folder of a layout."""
 
-    def __init__(self, files: LayoutFiles, name: str) -> None:
+    def __init__(self, files: Files, name: str) -> None:
         self.files = files
         self.name = name
 
@@ -58,7 +49,7 @@ def check_tag(tag: str, ref: Reference) -> str:
     return tag
 
 
-def read_from_files(files: LayoutFiles, tag: str, options: Options, name: str) -> Image:
+def read_from_files(files: Files, tag: str, options: Options, name: str) -> Image:
     """Read one image from a layout's index.json (shared by oci: and oci-archive:)."""
     if not files.exists(OCI_LAYOUT_FILE):
         raise ReproError(f"{name}: not an OCI image layout (no oci-layout file)", "check the path")

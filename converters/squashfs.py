@@ -13,13 +13,14 @@ import tempfile
 from pathlib import Path
 
 from converters.rootfs import image_from_layer_writer
-from converters.tarball import copy_tar_stream, write_flat
+from converters.tarball import write_flat
 from repro.atomic import copy_into_special, fsync_dir, is_special
 from repro.errors import ReproError
 from repro.flatten import flattening
 from repro.image import Image
 from repro.layers import TarWriter, source_date_epoch
 from repro.refs import Options, Reference
+from repro.tarstream import copy_tar_stream
 
 COMPRESSORS = ("gzip", "zstd", "xz", "lz4")
 GZIP_LEVEL = 6

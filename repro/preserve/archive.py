@@ -26,6 +26,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from converters.archive import LAYOUT_DIR, LAYOUT_TAG
 from repro import __version__, referrers
 from repro.atomic import atomic_dir, atomic_file
 from repro.errors import ReproError
@@ -35,8 +36,6 @@ from repro.preserve import bag
 from repro.preserve.records import Record
 from repro.refs import Options, open_image, parse, write_image
 
-LAYOUT_DIR = "image"
-LAYOUT_TAG = "image"
 WITH = ("sif", "rootfs", "docker-archive")
 SBOM_FILES = {"spdx-json": "sbom/spdx.json", "cyclonedx-json": "sbom/cyclonedx.json"}
 PROVENANCE_FILE = "provenance.json"
@@ -190,8 +189,8 @@ def _write_tar(root: Path, target: Path) -> None:
     """The bag as one tar: its top directory and every file, sorted, owned by 0:0, times from the bag's date."""
     import tarfile
 
+    from repro.files import open_regular
     from repro.layers import TarWriter, source_date_epoch
-    from repro.store import open_regular
 
     mtime = source_date_epoch()
     with atomic_file(target) as out:
