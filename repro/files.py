@@ -7,6 +7,7 @@ repro.confined, a tar through its own member table) and every document is read w
 
 from __future__ import annotations
 
+import io
 import os
 import stat
 import tarfile
@@ -18,7 +19,7 @@ from repro.confined import Tree, clean_path, not_regular
 from repro.digest import MAX_DOCUMENT_SIZE, read_bounded
 from repro.errors import ReproError
 from repro.layers import sniff_compression
-from repro.tarstream import RawReader, TarDamaged, TarStream
+from repro.tarstream import TarDamaged, TarStream
 
 MAX_LINKS = 16  # symlinks and hardlinks followed from one name inside a tar
 
@@ -101,13 +102,16 @@ class DirectoryFiles:
             return read_bounded(f, limit, f"{self.name}: {name}", f"the {self.kind} is not valid")
 
 
-class FileSlice(RawReader):
+class FileSlice(io.RawIOBase):
     """A reader of `size` bytes at `offset` of a file, using pread (no shared file position)."""
 
     def __init__(self, path: Path, offset: int, size: int) -> None:
         self._fd = os.open(path, os.O_RDONLY)
         self._pos = offset
         self._end = offset + size
+
+    def readable(self) -> bool:
+        return True
 
     def read(self, size: int = -1) -> bytes:
         remaining = self._end - self._pos
@@ -118,6 +122,11 @@ class FileSlice(RawReader):
         data = os.pread(self._fd, size, self._pos)
         self._pos += len(data)
         return data
+
+    def readinto(self, buffer) -> int:  # type: ignore[override]
+        data = self.read(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
 
     def close(self) -> None:
         if not self.closed:

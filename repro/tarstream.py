@@ -10,6 +10,9 @@ Where tarfile would loop, recurse or quietly lose its place, this reader refuses
 number (size, times, ids, device numbers), a GNU long name or pax header larger than MAX_EXTENSION, a
 malformed pax record, a long chain of extension headers, or a NUL inside a name make the stream
 "damaged" (a ReproError), so nothing can hide a member from the files that are hashed or extracted.
+
+copy_tar_stream imports a foreign tar (tar:, squashfs, SIF, a Debian bootstrap) into a layer through
+this reader: compressed or not, names cleaned, times clamped.
 """
 
 from __future__ import annotations
@@ -482,24 +485,12 @@ def _pax_text(value: bytes, encoding: str, errors: str, fallback: str = "utf-8")
         return value.decode(fallback, errors)
 
 
-class RawReader(io.RawIOBase):
-    """A raw stream whose subclass defines read(size); readinto and readable follow from it."""
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer) -> int:  # type: ignore[override]
-        data = self.read(len(buffer))
-        buffer[: len(data)] = data
-        return len(data)
-
-
 # --- importing a foreign tar stream into a layer ----------------------------------------------
 XZ_MAGIC = b"\xfd7zXZ\x00"
 BZIP2_MAGIC = b"BZh"
 
 
-class _Counted(RawReader):
+class _Counted(io.RawIOBase):
     """The bytes already read to sniff the compression, then the rest of the source; `size` counts
     what was read (the decompression-bomb guard compares it with the output)."""
 
@@ -507,6 +498,9 @@ class _Counted(RawReader):
         self._head = head
         self._source = source
         self.size = 0
+
+    def readable(self) -> bool:
+        return True
 
     def read(self, size: int = -1) -> bytes:
         if size is None or size < 0:
@@ -518,8 +512,13 @@ class _Counted(RawReader):
         self.size += len(data)
         return data
 
+    def readinto(self, buffer) -> int:  # type: ignore[override]
+        data = self.read(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
 
-class _Inflated(RawReader):
+
+class _Inflated(io.RawIOBase):
     """xz or bzip2 content, with the layers' decompression-bomb guard and one error for damage."""
 
     def __init__(self, inner: BinaryIO, counted: _Counted, what: str, compression: str) -> None:
@@ -529,6 +528,9 @@ class _Inflated(RawReader):
         self._compression = compression
         self._guard = ExpansionGuard(what)
         self._out = 0
+
+    def readable(self) -> bool:
+        return True
 
     def read(self, size: int = -1) -> bytes:
         try:
