@@ -110,7 +110,7 @@ def verify_package(path: str, deep: bool = False, report: Callable[[str, str], N
         except ReproError as exc:
             raise _failed(exc) from None
         add("layers", f"{len(image.layers)} layers decompress to their diff_ids")
-    _check_documents(files, layout, index, image, add, SBOM_FILES, PROVENANCE_FILE, RUNS_FILE)
+    _check_documents(files, layout, index, image, add)
     return rows
 
 
@@ -148,8 +148,8 @@ def _walk(layout: SubFiles, present: set[str], descriptor, where: str) -> None:
         raise _failed(exc) from None
 
 
-def _check_documents(files, layout, index, image, add, sbom_files, provenance_file, runs_file) -> None:
-    for rel in sbom_files.values():
+def _check_documents(files: Files, layout: SubFiles, index: Index, image: Image, add) -> None:
+    for rel in SBOM_FILES.values():
         name = f"data/{rel}"
         if not files.exists(name):
             raise CheckFailed(f"{files.name}: {name} is missing", "the package is incomplete")
@@ -157,7 +157,7 @@ def _check_documents(files, layout, index, image, add, sbom_files, provenance_fi
         if about != image.digest:
             raise CheckFailed(f"{files.name}: {name} describes {about or 'no image'}, not {image.digest}",
                               "the SBOM is not of this image")
-    add("SBOMs", f"{', '.join(sbom_files)} describe {image.digest}")
+    add("SBOMs", f"{', '.join(SBOM_FILES)} describe {image.digest}")
     referrers = 0
     for descriptor in index.manifests:
         if descriptor.media_type not in MANIFEST_TYPES:
@@ -171,14 +171,14 @@ def _check_documents(files, layout, index, image, add, sbom_files, provenance_fi
             raise CheckFailed(f"{layout.name}: referrer {descriptor.digest} is about {manifest.subject.digest}, "
                               f"not {image.digest}", "the package mixes images")
     add("referrers", f"{referrers} referrers, all about {image.digest}")
-    name = f"data/{provenance_file}"
+    name = f"data/{PROVENANCE_FILE}"
     if files.exists(name):
         subjects = provenance.subject_digests(files.read(name, MAX_ATTACHED))
         if image.digest not in subjects:
             raise CheckFailed(f"{files.name}: {name} is about {', '.join(subjects) or 'nothing'}, not {image.digest}",
                               "the provenance is not of this image")
         add("provenance", f"subject {image.digest}")
-    name = f"data/{runs_file}"
+    name = f"data/{RUNS_FILE}"
     try:
         runs = json.loads(files.read(name))["runs"]
     except (FileNotFoundError, ValueError, KeyError, TypeError):
