@@ -34,7 +34,7 @@ from repro.clock import rfc3339
 from repro.confined import Tree, clean_path, remove_tree
 from repro.errors import CheckFailed, ReproError
 from repro.extract import Extractor, Policy
-from repro.flatten import extract, whiteout_target
+from repro.flatten import apply_layer, extract
 from repro.image import OCI_INDEX, REF_NAME, Descriptor, Image, Index, Platform, canonical_json, parse_json
 from repro.layers import TarWriter
 from repro.mutate import NewLayer, commit, new_config, write_layer
@@ -43,7 +43,6 @@ from repro.run import executors
 from repro.run.executors import subids
 from repro.run.reaper import reaper, remove_command
 from repro.store import Layout, LayoutBlobs, copy_into
-from repro.tarstream import TarStream
 from repro.transfer import manifest_descriptor
 
 DEFAULT_ENV_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -292,19 +291,7 @@ class Builder:
         extractor = Extractor(self.tree, what, self.policy, owners=self._owners())
         try:
             with blob_layer.open_uncompressed(read_ahead=True) as stream:
-                tar = TarStream(stream, what)
-                for info in tar:
-                    path = clean_path(info.name)
-                    kind = whiteout_target(path)
-                    if kind is None:
-                        extractor.add(path, info, tar.content() if info.isreg() else None)
-                    elif kind[0] == "whiteout":
-                        extractor.whiteout(kind[1])
-                    elif kind[0] == "opaque":
-                        extractor.opaque(kind[1])
-                    else:
-                        raise ReproError(f"{what}: {info.name!r} is not a valid whiteout",
-                                         "the layer is damaged or hostile")
+                apply_layer(extractor, stream, what)
                 stream.finish()
             extractor.finish()
         finally:

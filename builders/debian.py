@@ -26,6 +26,7 @@ from repro.errors import ReproError
 from repro.image import Platform
 from repro.layers import TarWriter
 from repro.run import emulation
+from repro.tarstream import copy_tar_stream
 
 DEFAULT_MIRROR = "http://deb.debian.org/debian"
 DEBIAN_ARCHITECTURES = {"amd64": "amd64", "arm64": "arm64", "arm/v7": "armhf", "arm/v5": "armel", "386": "i386",
@@ -46,7 +47,6 @@ def debian_architecture(platform: Platform) -> str:
 
 def bootstrap(options: dict, epoch: int, tar: TarWriter, what: str) -> list[dict]:
     """Write the base layer into `tar`; returns the installed packages for the lock."""
-    from converters.tarball import copy_tar_stream
 
     if shutil.which("mmdebstrap") is None:
         raise ReproError("mmdebstrap is not installed", "install it (make setup does)")

@@ -13,12 +13,12 @@ import tarfile
 from functools import cached_property
 from typing import BinaryIO
 
-from converters.oci_archive import refuse_link
 from repro.atomic import atomic_file
 from repro.blobs import BlobImage
 from repro.clock import source_date_epoch
 from repro.digest import CHUNK, MAX_DOCUMENT_SIZE, sha256_bytes, sha256_stream
 from repro.errors import ReproError
+from repro.files import TarFiles
 from repro.image import (
     OCI_CONFIG,
     OCI_LAYER,
@@ -33,7 +33,6 @@ from repro.image import (
 )
 from repro.layers import TarWriter, sniff_compression
 from repro.refs import Options, Reference, Transport, Written
-from repro.tarfiles import TarFiles
 from repro.transfer import blob_progress, with_progress
 
 _MEDIA_TYPE = {"": OCI_LAYER, "gzip": OCI_LAYER_GZIP, "zstd": OCI_LAYER_ZSTD}
@@ -137,7 +136,7 @@ class DockerArchiveImage(BlobImage):
 def _document(files: TarFiles, member: str) -> bytes:
     """A JSON member, capped, and a link there is refused. Layers may stay links (docker save links a layer
     that appears twice to its first copy): TarFiles resolves them only to regular members of the archive."""
-    refuse_link(files, member)
+    files.refuse_link(member)
     return files.read(member, MAX_DOCUMENT_SIZE)
 
 

@@ -8,53 +8,22 @@ appears under its name only when complete.
 from __future__ import annotations
 
 import tarfile
-from typing import BinaryIO
 
 from converters.oci_layout import check_tag, read_from_files
 from repro.atomic import atomic_file
 from repro.clock import source_date_epoch
-from repro.digest import MAX_DOCUMENT_SIZE
 from repro.errors import ReproError
+from repro.files import TarFiles
 from repro.image import REF_NAME, Image, Index, canonical_json
-from repro.layers import TarWriter, member_name
+from repro.layers import TarWriter
 from repro.refs import Options, Reference, Transport, Written
 from repro.store import INDEX_FILE, OCI_LAYOUT_FILE, blob_name, layout_marker
-from repro.tarfiles import TarFiles
 from repro.transfer import blob_progress, image_blobs, manifest_descriptor, with_progress
-
-
-def refuse_link(files: TarFiles, name: str) -> None:
-    """A member named as a document or blob must be a regular file: a link there is refused, not followed."""
-    info = files.members.get(member_name(name))
-    if info is not None and not info.isreg():
-        shape = "a symlink" if info.issym() else "a hardlink" if info.islnk() else "not a regular file"
-        raise ReproError(f"{files.what}: member {name} is {shape}",
-                         "documents and blobs are regular files; the archive is damaged or hostile")
-
-
-class RegularTarFiles(TarFiles):
-    """TarFiles for an OCI layout in a tar, where every document and blob is a regular member."""
-
-    def exists(self, name: str) -> bool:
-        refuse_link(self, name)
-        return super().exists(name)
-
-    def size(self, name: str) -> int:
-        refuse_link(self, name)
-        return super().size(name)
-
-    def open(self, name: str) -> BinaryIO:
-        refuse_link(self, name)
-        return super().open(name)
-
-    def read(self, name: str, limit: int = MAX_DOCUMENT_SIZE) -> bytes:
-        refuse_link(self, name)
-        return super().read(name, limit)
 
 
 def read(ref: Reference, options: Options) -> Image:
     path, tag = ref.split_path()
-    return read_from_files(RegularTarFiles(path, str(ref)), check_tag(tag, ref), options, str(ref))
+    return read_from_files(TarFiles(path, str(ref), follow_links=False), check_tag(tag, ref), options, str(ref))
 
 
 def write(image: Image, ref: Reference, options: Options, progress=None) -> Written:

@@ -13,6 +13,7 @@ from pathlib import Path
 from repro.atomic import atomic_dir
 from repro.blobs import BlobImage, IndexImage, read_document, read_index, select_manifest
 from repro.errors import ReproError
+from repro.files import Files
 from repro.image import MANIFEST_TYPES, REF_NAME, Descriptor, Image, Index, Manifest
 from repro.refs import Options, Reference, Transport, Written
 from repro.store import (
@@ -20,7 +21,6 @@ from repro.store import (
     OCI_LAYOUT_FILE,
     Layout,
     LayoutBlobs,
-    LayoutFiles,
     copy_into,
     layout_marker,
     parse_json,
@@ -37,7 +37,7 @@ def check_tag(tag: str, ref: Reference) -> str:
     return tag
 
 
-def read_from_files(files: LayoutFiles, tag: str, options: Options, name: str) -> Image | IndexImage:
+def read_from_files(files: Files, tag: str, options: Options, name: str) -> Image | IndexImage:
     """Read one image from a layout's index.json (shared by oci: and oci-archive:)."""
     if not files.exists(OCI_LAYOUT_FILE):
         raise ReproError(f"{name}: not an OCI image layout (no oci-layout file)", "check the path")

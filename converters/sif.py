@@ -27,7 +27,6 @@ from typing import BinaryIO
 from converters import sif_format as fmt
 from converters import sif_rootfs as sd
 from converters.squashfs import COMPRESSORS, run_tar2sqfs
-from converters.tarball import copy_tar_stream
 from repro.atomic import atomic_file
 from repro.clock import source_date_epoch
 from repro.digest import MAX_DOCUMENT_SIZE
@@ -37,6 +36,7 @@ from repro.image import Image, Platform, canonical_json, parse_json
 from repro.layers import TarWriter
 from repro.mutate import image_from_layer_writer
 from repro.refs import Options, Reference, Transport, Written
+from repro.tarstream import copy_tar_stream
 
 UUID_NAMESPACE = uuid.UUID("6f3c2a4e-5d1b-4f7a-9c8e-2b1d0e9f7a63")  # repro's namespace for SIF ids
 

@@ -12,7 +12,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from converters.tarball import copy_tar_stream, write_flat
+from converters.tarball import write_flat
 from repro.atomic import copy_into_special, fsync_dir, is_special
 from repro.clock import source_date_epoch
 from repro.errors import ReproError
@@ -21,6 +21,7 @@ from repro.image import Image
 from repro.layers import TarWriter
 from repro.mutate import image_from_layer_writer
 from repro.refs import Options, Reference, Transport, Written
+from repro.tarstream import copy_tar_stream
 
 COMPRESSORS = ("gzip", "zstd", "xz", "lz4")
 GZIP_LEVEL = 6

@@ -44,6 +44,7 @@ from typing import BinaryIO, TypeVar
 
 from repro.confined import Tree, clean_path
 from repro.errors import ReproError
+from repro.extract import Extractor, Policy
 from repro.image import Image
 from repro.tarstream import CHUNK, Content, TarStream
 
@@ -623,6 +624,20 @@ def _check_whiteout(kind: tuple[str, str], info: tarfile.TarInfo, what: str) -> 
                          "the layer is damaged or hostile; do not use this image")
 
 
+def apply_layer(extractor: Extractor, stream: BinaryIO, what: str) -> None:
+    """Apply one layer onto the tree that holds the layers below it (a build's working tree): a whiteout
+    deletes what is below, an opaque whiteout empties its directory of it, other entries are written."""
+    tar = TarStream(stream, what)
+    for info in tar:
+        path = clean_path(info.name)
+        kind = whiteout_target(path)
+        if kind is None:
+            extractor.add(path, info, tar.content() if info.isreg() else None)
+        else:
+            _check_whiteout(kind, info, what)
+            (extractor.whiteout if kind[0] == "whiteout" else extractor.opaque)(kind[1])
+
+
 def merged(image: Image, report: MergeReport | None = None) -> Iterator[MergedEntry]:
     """Yield the entries of the flattened filesystem, top layer first, hardlinks last; the root itself
     is skipped. Inside flattening(), a layer may make it raise so that the consumer starts over."""
@@ -649,8 +664,6 @@ def extract(image: Image, root: Path, policy=None, owners: dict[str, tuple[int, 
     The files are written by a second thread (see _Writer): creating a file is a system call of tens
     to hundreds of microseconds on ext4 that runs without the GIL, beside the reading thread that
     parses the layers and checks their digests. `owners`: a plain user's table of owners (see Extractor)."""
-    from repro.extract import Extractor, Policy
-
     fresh = next(os.scandir(root), None) is None
 
     def once():

@@ -486,9 +486,3 @@ class TarWriter:
     def close(self) -> None:
         """The trailer: exactly two zero blocks, no padding to a 10 KiB record."""
         self._write(b"\0" * (2 * BLOCK))
-
-
-def member_name(name: str) -> str:
-    """A tar member name as a clean relative path ('./a//b/' -> 'a/b'); '' for the root."""
-    parts = [p for p in name.split("/") if p not in ("", ".")]
-    return "/".join(parts)

@@ -18,20 +18,19 @@ import tempfile
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import BinaryIO, Protocol
+from typing import BinaryIO
 
 from repro.atomic import atomic_file, fsync_dir
 from repro.confined import Tree
 from repro.digest import (
     CHUNK,
-    MAX_DOCUMENT_SIZE,
     HashingWriter,
     VerifyingReader,
     algorithm_and_hex,
-    read_bounded,
     sha256_bytes,
 )
 from repro.errors import ReproError
+from repro.files import DirectoryFiles, Files
 from repro.image import OCI_INDEX, Descriptor, Image, Index, canonical_json, parse_json
 from repro.transfer import blob_progress, image_blobs, manifest_descriptor
 
@@ -59,32 +58,12 @@ def default_store() -> Path:
     return Path(os.environ.get("REPRO_STORE") or Path.home() / ".local" / "share" / "repro" / "store")
 
 
-def _plain(name: str, what: str, kind: str) -> str:
-    """Names inside a layout or package come from digests and fixed names: '..' or '/' means hostile."""
-    if any(part in ("", ".", "..") for part in name.split("/")):
-        raise ReproError(f"{what}: {name!r} is not a plain relative path", f"the {kind} is damaged or hostile")
-    return name
-
-
-def regular_file_exists(root: Path, name: str, what: str, kind: str = "layout") -> bool:
-    """Whether `name` is under `root`; a symlink or special file there, or on the way, is an error."""
-    with Tree(root, what) as tree:
-        return tree.is_regular(_plain(name, what, kind), follow=False, kind=kind)
-
-
-def open_regular(root: Path, name: str, what: str, kind: str = "layout") -> BinaryIO:
-    """Open the regular file `name` under `root`, following no symlink on the way (repro.confined): a
-    blob or document that links to /dev/zero or to a host file is refused, never read."""
-    with Tree(root, what) as tree:
-        return tree.open_file(_plain(name, what, kind), follow=False, kind=kind)
-
-
-class Layout:
-    """A directory holding an OCI image layout."""
+class Layout(DirectoryFiles):
+    """A directory holding an OCI image layout; read as any directory of files (repro.files)."""
 
     def __init__(self, path: str | os.PathLike) -> None:
         self.path = Path(path)
-        self.name = f"oci:{self.path}"
+        super().__init__(self.path, f"oci:{self.path}", "layout")
         self._pending: dict[str, Path] | None = None  # digest -> verified temporary, in a transaction
 
     @contextlib.contextmanager
@@ -128,17 +107,7 @@ class Layout:
         (layout.path / INDEX_FILE).write_bytes(canonical_json(empty_index().to_json()))
         return layout
 
-    # --- reading (the same calls as repro.tarfiles.TarFiles) -----------------------------------
-    def exists(self, name: str) -> bool:
-        return regular_file_exists(self.path, name, self.name)
-
-    def open(self, name: str) -> BinaryIO:
-        return open_regular(self.path, name, self.name)
-
-    def read(self, name: str, limit: int = MAX_DOCUMENT_SIZE) -> bytes:
-        with self.open(name) as f:
-            return read_bounded(f, limit, f"{self.name}: {name}", "the layout is not valid")
-
+    # --- reading (exists, open, read: repro.files.DirectoryFiles) ------------------------------
     def has_blob(self, digest: str) -> bool:
         return (self._pending is not None and digest in self._pending) or self.exists(blob_name(digest))
 
@@ -267,20 +236,10 @@ def copy_into(layout: Layout, image: Image, progress=None) -> Descriptor:
     return manifest_descriptor(image)
 
 
-class LayoutFiles(Protocol):
-    """What reading a layout needs: a directory (Layout) or a tar (tarfiles.TarFiles)."""
-
-    def exists(self, name: str) -> bool: ...
-
-    def open(self, name: str) -> BinaryIO: ...
-
-    def read(self, name: str, limit: int = ...) -> bytes: ...
-
-
 class LayoutBlobs:
     """BlobSource (repro.blobs) over the blobs/ folder of a layout."""
 
-    def __init__(self, files: LayoutFiles, name: str) -> None:
+    def __init__(self, files: Files, name: str) -> None:
         self.files = files
         self.name = name
 

@@ -10,10 +10,16 @@ Where tarfile would loop, recurse or quietly lose its place, this reader refuses
 number (size, times, ids, device numbers), a GNU long name or pax header larger than MAX_EXTENSION, a
 malformed pax record, a long chain of extension headers, or a NUL inside a name make the stream
 "damaged" (a ReproError), so nothing can hide a member from the files that are hashed or extracted.
+
+copy_tar_stream imports a foreign tar (tar:, squashfs, SIF, a Debian bootstrap) into a layer through
+this reader: compressed or not, names cleaned, times clamped.
 """
 
 from __future__ import annotations
 
+import bz2
+import io
+import lzma
 import math
 import re
 import struct
@@ -21,8 +27,10 @@ import tarfile
 import zlib
 from typing import BinaryIO
 
-from repro.digest import read_pieces
+from repro.confined import clean_path
+from repro.digest import RawReader, read_pieces
 from repro.errors import ReproError
+from repro.layers import GuardedReader, TarWriter, decompressed, sniff_compression
 
 BLOCK = 512
 CHUNK = 1 << 20
@@ -466,3 +474,71 @@ def _pax_text(value: bytes, encoding: str, errors: str, fallback: str = "utf-8")
         return value.decode(encoding, "strict")
     except UnicodeDecodeError:
         return value.decode(fallback, errors)
+
+
+# --- importing a foreign tar stream into a layer ----------------------------------------------
+XZ_MAGIC = b"\xfd7zXZ\x00"
+BZIP2_MAGIC = b"BZh"
+INFLATE_DAMAGE = (lzma.LZMAError, EOFError, OSError)  # what xz and bzip2 readers raise for damaged input
+
+
+class _Counted(RawReader):
+    """The bytes already read to sniff the compression, then the rest of the source; `size` counts
+    what was read (the decompression-bomb guard compares it with the output)."""
+
+    def __init__(self, head: bytes, source: BinaryIO) -> None:
+        self._head = head
+        self._source = source
+        self.size = 0
+
+    def read(self, size: int = -1) -> bytes:
+        if size is None or size < 0:
+            size = CHUNK
+        if self._head:
+            data, self._head = self._head[:size], self._head[size:]
+        else:
+            data = self._source.read(size)
+        self.size += len(data)
+        return data
+
+
+def _uncompressed(source: BinaryIO, what: str) -> BinaryIO:
+    """`source` without its compression, if it has one that tar readers accept."""
+    head = source.read(6)
+    counted = _Counted(head, source)
+    compression = sniff_compression(head)
+    if compression:
+        return decompressed(counted, compression, what)  # type: ignore[arg-type]
+    if head.startswith(XZ_MAGIC):
+        return GuardedReader(lzma.LZMAFile(counted), counted, what, "xz",  # type: ignore[arg-type]
+                             INFLATE_DAMAGE, "the file is damaged")
+    if head.startswith(BZIP2_MAGIC):
+        return GuardedReader(bz2.BZ2File(counted), counted, what, "bzip2",  # type: ignore[arg-type]
+                             INFLATE_DAMAGE, "the file is damaged")
+    return counted  # type: ignore[return-value]
+
+
+def copy_tar_stream(source: BinaryIO, tar: TarWriter, what: str, mtime_limit: int,
+                    capture: tuple[set[str], dict[str, bytes]] | None = None, skip=None) -> None:
+    """Copy a foreign tar stream into a layer: names cleaned, mtimes clamped, headers normalized.
+
+    `capture` = (names, found): the content of those (small) files is also kept in `found`;
+    `skip(name)` drops entries (the build's hygiene list)."""
+    stream = TarStream(_uncompressed(source, what), what)
+    try:
+        for info in stream:
+            name = clean_path(info.name)
+            if not name or (skip is not None and skip(name)):
+                continue
+            info.name = name
+            info.mtime = min(int(info.mtime), mtime_limit)
+            if info.islnk():
+                info.linkname = clean_path(info.linkname)
+            content = stream.content() if info.isreg() else None
+            if capture is not None and name in capture[0] and content is not None and info.size < (1 << 20):
+                data = content.read()
+                capture[1][name] = data
+                content = io.BytesIO(data)  # type: ignore[assignment]
+            tar.add(info, content)
+    except TarDamaged as exc:
+        raise ReproError(f"{what}: not a readable tar archive ({exc.detail})", "check the file") from None

@@ -11,9 +11,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import cached_property
 
-from repro.confined import MAX_SYMLINKS
+from repro.confined import MAX_SYMLINKS, clean_path
 from repro.digest import CHUNK
-from repro.flatten import MergedEntry, clean_path, flattening, merged
+from repro.flatten import MergedEntry, flattening, merged
 from repro.image import Image
 
 _TYPES = {

@@ -27,12 +27,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from converters import sif_format
-from converters.tarball import copy_tar_stream
 from repro.errors import ReproError
+from repro.files import TarFiles
 from repro.image import OCI_MANIFEST, ImageConfig, Index, Manifest, canonical_json
 from repro.layers import TarWriter
-from repro.tarfiles import TarFiles
-from repro.tarstream import TarStream
+from repro.tarstream import TarStream, copy_tar_stream
 
 # What repro.cli.main maps to exit 1 or 2; anything else is exit 70.
 HANDLED = (ReproError, OSError)

@@ -28,21 +28,20 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from builders import definition, frontend
+from converters.archive import LAYOUT_DIR, LAYOUT_TAG
 from repro import __version__, referrers
 from repro.atomic import atomic_dir, atomic_file
 from repro.clock import document_time, source_date_epoch
 from repro.errors import ReproError
+from repro.files import open_regular
 from repro.image import Image
 from repro.layers import TarWriter
 from repro.preserve import bag, package_docs, provenance
 from repro.preserve.records import Record, record
 from repro.refs import Options, open_image, parse, write_image
 from repro.run import container
-from repro.store import open_regular
 from sbom.generate import MEDIA_TYPES, generate_many
 
-LAYOUT_DIR = "image"
-LAYOUT_TAG = "image"
 WITH = ("sif", "rootfs", "docker-archive")
 SBOM_FILES = {"spdx-json": "sbom/spdx.json", "cyclonedx-json": "sbom/cyclonedx.json"}
 PROVENANCE_FILE = "provenance.json"

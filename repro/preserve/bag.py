@@ -2,137 +2,24 @@
 
 Written here rather than with bagit-python's make_bag, which writes BagIt-Version 0.97 and today's date;
 a package must say 1.0 and be byte-identical when made again. bagit-python validates what we write (in
-tests). Checking works on a directory or on a tar holding one, read in place (`PackageFiles`).
+tests). Checking works on any repro.files.Files: a directory, or a tar holding one read in place
+(converters.archive.open_package).
 """
 
 from __future__ import annotations
 
-import os
-import stat
-import tarfile
 from collections.abc import Iterable
 from pathlib import Path
-from typing import BinaryIO, Protocol
+from typing import BinaryIO
 
-from repro.confined import not_regular
-from repro.digest import MAX_DOCUMENT_SIZE, read_bounded, sha256_stream
+from repro.digest import sha256_stream
 from repro.errors import CheckFailed, ReproError
-from repro.store import open_regular, regular_file_exists
+from repro.files import DirectoryFiles, Files
 
 ALGORITHM = "sha256"
 MANIFEST = f"manifest-{ALGORITHM}.txt"
 TAG_MANIFEST = f"tagmanifest-{ALGORITHM}.txt"
 BAGIT_TXT = b"BagIt-Version: 1.0\nTag-File-Character-Encoding: UTF-8\n"
-
-
-class PackageFiles(Protocol):
-    """A bag's files by path relative to the bag's top directory."""
-
-    name: str
-
-    def names(self) -> list[str]: ...
-
-    def exists(self, name: str) -> bool: ...
-
-    def size(self, name: str) -> int: ...
-
-    def open(self, name: str) -> BinaryIO: ...
-
-    def read(self, name: str, limit: int = ...) -> bytes: ...
-
-
-class DirectoryFiles:
-    """A bag in a directory. Every file is opened without following a symlink, its parents' included: a
-    package is input like any other, and a link in it could point at /dev/zero or at a host file."""
-
-    def __init__(self, root: Path) -> None:
-        self.root, self.name = Path(root), str(root)
-
-    def names(self) -> list[str]:
-        out = []
-        for dirpath, dirnames, filenames in os.walk(self.root):
-            dirnames.sort()
-            rel = os.path.relpath(dirpath, self.root)
-            for name in [*dirnames, *filenames]:
-                path = name if rel == "." else f"{rel}/{name}"
-                st = os.lstat(os.path.join(dirpath, name))
-                if stat.S_ISREG(st.st_mode):
-                    out.append(path)
-                elif not stat.S_ISDIR(st.st_mode):
-                    raise not_regular(self.name, path, st, "package")
-        return sorted(out)
-
-    def exists(self, name: str) -> bool:
-        return regular_file_exists(self.root, name, self.name, "package")
-
-    def size(self, name: str) -> int:
-        with self.open(name) as f:
-            return os.fstat(f.fileno()).st_size
-
-    def open(self, name: str) -> BinaryIO:
-        return open_regular(self.root, name, self.name, "package")
-
-    def read(self, name: str, limit: int = MAX_DOCUMENT_SIZE) -> bytes:
-        with self.open(name) as f:
-            return read_bounded(f, limit, f"{self.name}: {name}", "the package is not valid")
-
-
-class TarPackageFiles:
-    """The bag inside a tar: one top-level directory holding bagit.txt (RFC 8493's serialization). Its
-    members are taken as they are: a link is refused, never followed to another member."""
-
-    def __init__(self, path: Path) -> None:
-        from repro.tarfiles import TarFiles
-
-        self.tar, self.name = TarFiles(path, str(path)), str(path)
-        tops = {n.split("/", 1)[0] for n in self.tar.members}
-        if len(tops) != 1:
-            raise ReproError(f"{path}: a packaged bag holds one top-level directory, found {len(tops)}",
-                             "give a tar made by repro archive")
-        self.prefix = tops.pop() + "/"
-
-    def names(self) -> list[str]:
-        return sorted(n[len(self.prefix):] for n in self.tar.members
-                      if n.startswith(self.prefix) and self._member(n[len(self.prefix):]) is not None)
-
-    def _member(self, name: str) -> tarfile.TarInfo | None:
-        info = self.tar.members.get(self.prefix + name)
-        if info is not None and not info.isreg():
-            if info.isdir():
-                return None
-            shape = "is a symlink" if info.issym() else "is a hardlink" if info.islnk() else "is not a regular file"
-            raise ReproError(f"{self.name}: {name} {shape}",
-                             "a bag holds regular files only; the package is damaged or hostile")
-        return info
-
-    def exists(self, name: str) -> bool:
-        return self._member(name) is not None
-
-    def size(self, name: str) -> int:
-        info = self._member(name)
-        if info is None:
-            raise FileNotFoundError(name)
-        return info.size
-
-    def open(self, name: str) -> BinaryIO:
-        if self._member(name) is None:
-            raise FileNotFoundError(name)
-        return self.tar.open(self.prefix + name)
-
-    def read(self, name: str, limit: int = MAX_DOCUMENT_SIZE) -> bytes:
-        if self.size(name) > limit:
-            raise ReproError(f"{self.name}: {name} is larger than {limit} bytes", "the package is not valid")
-        with self.open(name) as f:
-            return read_bounded(f, limit, f"{self.name}: {name}", "the package is not valid")
-
-
-def open_package(path: str | os.PathLike) -> PackageFiles:
-    p = Path(path)
-    if p.is_dir():
-        return DirectoryFiles(p)
-    if p.is_file():
-        return TarPackageFiles(p)
-    raise ReproError(f"{path}: does not exist", "give a package directory or .tar made by repro archive")
 
 
 def encode_path(name: str) -> str:
@@ -155,7 +42,7 @@ def _manifest_text(entries: Iterable[tuple[str, str]]) -> bytes:
 
 def make(root: Path, info: list[tuple[str, str]]) -> None:
     """Turn `root`, whose payload is already under `root/data`, into a bag: manifests and tag files."""
-    files = DirectoryFiles(root)
+    files = DirectoryFiles(root, str(root), "package")
     payload, total = [], 0
     for name in files.names():
         if not name.startswith("data/"):
@@ -175,7 +62,7 @@ def make(root: Path, info: list[tuple[str, str]]) -> None:
     (root / TAG_MANIFEST).write_bytes(_manifest_text(tags))
 
 
-def read_info(files: PackageFiles) -> dict[str, str]:
+def read_info(files: Files) -> dict[str, str]:
     """bag-info.txt as a dict (continuation lines joined)."""
     out: dict[str, str] = {}
     last = ""
@@ -188,7 +75,7 @@ def read_info(files: PackageFiles) -> dict[str, str]:
     return out
 
 
-def _parse_manifest(files: PackageFiles, name: str) -> dict[str, str]:
+def _parse_manifest(files: Files, name: str) -> dict[str, str]:
     entries = {}
     for number, line in enumerate(files.read(name).decode("utf-8", "replace").splitlines(), 1):
         digest, sep, path = line.partition(" ")
@@ -198,7 +85,7 @@ def _parse_manifest(files: PackageFiles, name: str) -> dict[str, str]:
     return entries
 
 
-def check(files: PackageFiles) -> list[tuple[str, str]]:
+def check(files: Files) -> list[tuple[str, str]]:
     """Completeness and fixity; returns (check, detail) rows of what passed, raises CheckFailed at the first
     file that is wrong, naming it."""
     rows = []

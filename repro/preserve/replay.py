@@ -6,8 +6,9 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from converters.archive import open_package
 from repro.errors import ReproError
-from repro.preserve import bag, records
+from repro.preserve import records
 from repro.preserve.archive import RUNS_FILE
 from repro.preserve.records import Record
 from repro.refs import open_image
@@ -27,7 +28,7 @@ class Replayed:
 
 
 def recorded_runs(package: str) -> list[Record]:
-    files = bag.open_package(package)
+    files = open_package(package)
     name = f"data/{RUNS_FILE}"
     if not files.exists(name):
         raise ReproError(f"{package}: {name} is missing", "give a package made by repro archive")

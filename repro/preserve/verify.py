@@ -14,32 +14,21 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import BinaryIO
 
+from converters.archive import LAYOUT_DIR, LAYOUT_TAG, open_package
 from repro.digest import MAX_DOCUMENT_SIZE
 from repro.errors import CheckFailed, ReproError
+from repro.files import Files, SubFiles
 from repro.image import INDEX_TYPES, MANIFEST_TYPES, Image, Index, Manifest
-from repro.preserve import bag
+from repro.preserve import bag, provenance
+from repro.preserve.archive import PROVENANCE_FILE, RUNS_FILE, SBOM_FILES
+from repro.referrers import MAX_DOCUMENT as MAX_ATTACHED  # SBOMs and provenance are referrers too
 from repro.refs import Options, open_image
+from repro.transfer import image_blobs
+from sbom.generate import subject_digest
 
 Rows = list[tuple[str, str]]
 PARALLEL = 3
-
-
-class Subdirectory:
-    """The files under `prefix` of a package, as an OCI layout reader expects them (LayoutFiles)."""
-
-    def __init__(self, files: bag.PackageFiles, prefix: str) -> None:
-        self.files, self.prefix, self.name = files, prefix, f"{files.name}/{prefix.rstrip('/')}"
-
-    def exists(self, name: str) -> bool:
-        return self.files.exists(self.prefix + name)
-
-    def open(self, name: str) -> BinaryIO:
-        return self.files.open(self.prefix + name)
-
-    def read(self, name: str, limit: int = MAX_DOCUMENT_SIZE) -> bytes:
-        return self.files.read(self.prefix + name, limit)
 
 
 def _failed(error: ReproError) -> CheckFailed:
@@ -49,8 +38,6 @@ def _failed(error: ReproError) -> CheckFailed:
 def verify_image(ref: str, options: Options | None = None, deep: bool = False) -> tuple[Image, Rows]:
     image = open_image(ref, options or Options())
     rows: Rows = [("manifest", f"{image.digest} ({len(image.raw_manifest)} bytes)")]
-    from repro.transfer import image_blobs
-
     try:
         blobs = image_blobs(image)
         with ThreadPoolExecutor(max_workers=PARALLEL) as pool:
@@ -75,9 +62,7 @@ def _drain(stream, size: int) -> int:
 
 
 def verify_package(path: str, deep: bool = False, report: Callable[[str, str], None] | None = None) -> Rows:
-    from repro.preserve.archive import LAYOUT_DIR, LAYOUT_TAG, PROVENANCE_FILE, RUNS_FILE, SBOM_FILES
-
-    files = bag.open_package(path)
+    files = open_package(path)
     rows: Rows = []
 
     def add(check: str, detail: str) -> None:
@@ -98,7 +83,7 @@ def verify_package(path: str, deep: bool = False, report: Callable[[str, str], N
                                   "the image's blob was replaced")
             blobs += 1
     add("OCI blobs", f"{blobs} blobs, each named by the sha256 of its content")
-    layout = Subdirectory(files, prefix)
+    layout = SubFiles(files, prefix)
     where = f"{files.name}: {prefix}index.json"
     try:
         index = Index.parse(layout.read("index.json"), where)
@@ -125,11 +110,11 @@ def verify_package(path: str, deep: bool = False, report: Callable[[str, str], N
         except ReproError as exc:
             raise _failed(exc) from None
         add("layers", f"{len(image.layers)} layers decompress to their diff_ids")
-    _check_documents(files, layout, index, image, add, SBOM_FILES, PROVENANCE_FILE, RUNS_FILE)
+    _check_documents(files, layout, index, image, add)
     return rows
 
 
-def _bag_hashes(files: bag.PackageFiles) -> dict[str, str]:
+def _bag_hashes(files: Files) -> dict[str, str]:
     """The payload's sha256 by path, from the bag manifest (bag.check has verified every one)."""
     out = {}
     for line in files.read(bag.MANIFEST).decode("utf-8", "replace").splitlines():
@@ -138,13 +123,13 @@ def _bag_hashes(files: bag.PackageFiles) -> dict[str, str]:
     return out
 
 
-def _walk(layout: Subdirectory, present: set[str], descriptor, where: str) -> None:
+def _walk(layout: SubFiles, present: set[str], descriptor, where: str) -> None:
     """A descriptor's blob exists with its size; a manifest's or index's children too."""
     name = f"blobs/{descriptor.digest.replace(':', '/')}"
     if name not in present:
         raise CheckFailed(f"{where}: {descriptor.digest} is not in the package ({layout.name}/{name} is missing)",
                           "the layout is incomplete or its index was edited")
-    size = layout.files.size(layout.prefix + name)
+    size = layout.size(name)
     if size != descriptor.size:
         raise CheckFailed(f"{where}: {descriptor.digest} is {size} bytes, the descriptor says {descriptor.size}",
                           "the layout's index or a manifest was edited")
@@ -163,12 +148,8 @@ def _walk(layout: Subdirectory, present: set[str], descriptor, where: str) -> No
         raise _failed(exc) from None
 
 
-def _check_documents(files, layout, index, image, add, sbom_files, provenance_file, runs_file) -> None:
-    from repro.preserve import provenance
-    from repro.referrers import MAX_DOCUMENT as MAX_ATTACHED  # SBOMs and provenance are referrers too
-    from sbom.generate import subject_digest
-
-    for rel in sbom_files.values():
+def _check_documents(files: Files, layout: SubFiles, index: Index, image: Image, add) -> None:
+    for rel in SBOM_FILES.values():
         name = f"data/{rel}"
         if not files.exists(name):
             raise CheckFailed(f"{files.name}: {name} is missing", "the package is incomplete")
@@ -176,7 +157,7 @@ def _check_documents(files, layout, index, image, add, sbom_files, provenance_fi
         if about != image.digest:
             raise CheckFailed(f"{files.name}: {name} describes {about or 'no image'}, not {image.digest}",
                               "the SBOM is not of this image")
-    add("SBOMs", f"{', '.join(sbom_files)} describe {image.digest}")
+    add("SBOMs", f"{', '.join(SBOM_FILES)} describe {image.digest}")
     referrers = 0
     for descriptor in index.manifests:
         if descriptor.media_type not in MANIFEST_TYPES:
@@ -190,14 +171,14 @@ def _check_documents(files, layout, index, image, add, sbom_files, provenance_fi
             raise CheckFailed(f"{layout.name}: referrer {descriptor.digest} is about {manifest.subject.digest}, "
                               f"not {image.digest}", "the package mixes images")
     add("referrers", f"{referrers} referrers, all about {image.digest}")
-    name = f"data/{provenance_file}"
+    name = f"data/{PROVENANCE_FILE}"
     if files.exists(name):
         subjects = provenance.subject_digests(files.read(name, MAX_ATTACHED))
         if image.digest not in subjects:
             raise CheckFailed(f"{files.name}: {name} is about {', '.join(subjects) or 'nothing'}, not {image.digest}",
                               "the provenance is not of this image")
         add("provenance", f"subject {image.digest}")
-    name = f"data/{runs_file}"
+    name = f"data/{RUNS_FILE}"
     try:
         runs = json.loads(files.read(name))["runs"]
     except (FileNotFoundError, ValueError, KeyError, TypeError):
