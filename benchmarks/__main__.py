@@ -8,6 +8,7 @@ peak RSS of the whole process tree, the ratio repro/peer and the min-max spread.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import platform
@@ -170,7 +171,6 @@ DEBIAN_PACKAGES = ("python3,python3-numpy,python3-scipy,python3-pandas,python3-m
 def debian_operations(cache: Path, work: Path) -> list[Operation]:
     """An SBOM of a Debian image of a few hundred packages (mmdebstrap, cached), with per-file hashes,
     next to sha256sum over its flattened files."""
-    import hashlib
 
     base_tar = cache / f"debian-sbom-{hashlib.sha256(DEBIAN_PACKAGES.encode()).hexdigest()[:12]}.tar"
     if not base_tar.exists():

@@ -23,6 +23,10 @@ import subprocess
 import tempfile
 from pathlib import Path
 
+from repro.errors import ReproError
+from repro.image import Platform
+from repro.run import emulation
+
 PLATFORM = "linux/arm64"
 BASE_TAG = "bench/debian:base-arm64"
 BASE_SPEC = """spec: 1
@@ -61,9 +65,6 @@ def peer_obstacle() -> str:
     if os.geteuid() != 0:
         return ("the benchmark runs buildah as root (its RUN steps need a host-wide binfmt_misc handler for "
                 "arm64, which only root registers); run make bench as root")
-    from repro.errors import ReproError
-    from repro.image import Platform
-    from repro.run import emulation
 
     try:
         emulation.host_handler(emulation.emulator(Platform.parse(PLATFORM)))
@@ -77,8 +78,6 @@ def peer_obstacle() -> str:
 def with_handler(command: str) -> str:
     """`command` (shell) run with a host-wide qemu handler for arm64: the host's own when it has one with
     F, else one registered for the command and removed after (also when it fails)."""
-    from repro.image import Platform
-    from repro.run import emulation
 
     emu = emulation.emulator(Platform.parse(PLATFORM))
     if emulation.host_handler(emu) is not None:

@@ -8,7 +8,10 @@ opaque directories. Its size and file count scale with `scale` (1.0 = about 1 Gi
 from __future__ import annotations
 
 import io
+import json
 import random
+import shutil
+import sys
 import tarfile
 from pathlib import Path
 
@@ -74,7 +77,6 @@ def synthetic_image(cache: Path, scale: float) -> Path:
     path = cache / f"synthetic-{scale:g}"
     if (path / "index.json").exists() and (path / ".complete").exists():
         return path
-    import shutil
 
     shutil.rmtree(path, ignore_errors=True)
     path.mkdir(parents=True)
@@ -101,7 +103,6 @@ def synthetic_image(cache: Path, scale: float) -> Path:
 
 def layer_blobs(layout: Path, tag: str | None = None) -> list[tuple[Path, str]]:
     """(blob path, media type) of each layer of the image `tag` (or the only one) of an OCI layout."""
-    import json
 
     def blob(digest: str) -> Path:
         algorithm, hex_digest = digest.split(":", 1)
@@ -120,8 +121,6 @@ def decompress_command(layout: Path, tag: str | None = None) -> str:
     """A shell command writing the uncompressed layers of an image to stdout, one after another, with
     the fastest decompressors at hand (ISA-L's igzip for gzip, as repro reads gzip): the floor under
     anything that reads every layer's content."""
-    import shutil
-    import sys
 
     gunzip = "igzip -dc" if shutil.which("igzip") else f"{sys.executable} -m isal.igzip -dc"
     parts = []

@@ -1693,7 +1693,7 @@ def _cache_dir() -> Path:
 def fetch_url(url: str, sha256: str) -> Path:
     """An OCI layout holding the URL's content as /content (mode 0600, time 0) in one layer, tagged `add`;
     kept by checksum in ~/.cache/repro/add, so a file is downloaded once."""
-    import requests  # lazy: only ADD of a URL needs the HTTP client, which costs a plain build's start
+    import requests  # noqa: PLC0415 - lazy: only ADD of a URL needs the HTTP client, which costs a plain build's start
 
     layout_dir = _cache_dir() / sha256
     if (layout_dir / "index.json").is_file():

@@ -46,7 +46,7 @@ def _validator_class():
         sys.modules[name] = None  # type: ignore[assignment]  # makes its import fail, as if absent
     try:
         # lazy: jsonschema is slow to import (see above), and only checking a spec needs it
-        from jsonschema import Draft202012Validator, validators
+        from jsonschema import Draft202012Validator, validators  # noqa: PLC0415 - lazy, see above
     finally:
         for name in blocked:
             del sys.modules[name]

@@ -26,8 +26,8 @@ def _where() -> str:
 
 
 def _client():
-    import docker  # docker-py is loaded only when an engine is used: it is an optional dependency
-    from docker.errors import DockerException  # the same optional dependency
+    import docker  # noqa: PLC0415 - docker-py is loaded only when an engine is used: it is an optional dependency
+    from docker.errors import DockerException  # noqa: PLC0415 - the same optional dependency
 
     try:
         client = docker.from_env(timeout=600)
@@ -47,7 +47,7 @@ def _name(ref: Reference) -> str:
 def _check_exists(client, ref: Reference, name: str) -> None:
     """Ask the engine before exporting: Podman answers a save of some missing names only after writing
     an archive, and an error about that archive would name a file the user never saw."""
-    from docker.errors import APIError, ImageNotFound  # docker-py, optional: loaded when an engine is used
+    from docker.errors import APIError, ImageNotFound  # noqa: PLC0415 - docker-py, optional: loaded when an engine is used
 
     try:
         client.api.inspect_image(name)
@@ -59,7 +59,7 @@ def _check_exists(client, ref: Reference, name: str) -> None:
 
 
 def read(ref: Reference, options: Options) -> Image:
-    from docker.errors import APIError, ImageNotFound  # docker-py, optional: loaded when an engine is used
+    from docker.errors import APIError, ImageNotFound  # noqa: PLC0415 - docker-py, optional: loaded when an engine is used
 
     client = _client()
     name = _name(ref)
@@ -95,7 +95,7 @@ def read(ref: Reference, options: Options) -> Image:
 
 
 def write(image: Image, ref: Reference, options: Options, progress=None) -> Written:
-    from docker.errors import APIError  # docker-py, optional: loaded when an engine is used
+    from docker.errors import APIError  # noqa: PLC0415 - docker-py, optional: loaded when an engine is used
 
     client = _client()
     name = _name(ref)

@@ -267,8 +267,8 @@ def add_build(commands: argparse._SubParsersAction) -> None:
 
 def cmd_build(args: argparse.Namespace) -> int:
     # lazy: builders.spec loads PyYAML; with the front ends ~150 ms at start-up that only a build needs
-    from builders import build as b
-    from builders.frontend import load_spec
+    from builders import build as b  # noqa: PLC0415 - lazy, see above
+    from builders.frontend import load_spec  # noqa: PLC0415 - lazy, see above
 
     spec = load_spec(args.spec, args.file, args.build_arg or [], args.target, args.registry,
                      args.platforms.split(",")[0] if args.platforms else None)
@@ -321,7 +321,7 @@ def cmd_build(args: argparse.Namespace) -> int:
 def _attach_provenance(spec, store, result) -> None:
     """What `repro build` attaches to each image it built: its provenance (spec, lock, SOURCE_DATE_EPOCH),
     so that it travels with `convert --referrers` and into `repro archive`."""
-    from builders import definition  # lazy: as cmd_build's
+    from builders import definition  # noqa: PLC0415 - lazy: as cmd_build's
 
     for image in result.images:
         provenance.attach(store.path, image, provenance.statement(image, *definition.of_spec(spec)))
@@ -330,7 +330,7 @@ def _attach_provenance(spec, store, result) -> None:
 def _build_check(args: argparse.Namespace, spec) -> int:
     """Build twice, never from the cache, the second time in an empty store; on a difference, show which
     files and fields differ."""
-    from builders.check import build_twice  # lazy: PyYAML and the front ends, as cmd_build's
+    from builders.check import build_twice  # noqa: PLC0415 - lazy: PyYAML and the front ends, as cmd_build's
 
     def built(n: int, store, result) -> None:
         _attach_provenance(spec, store, result)
@@ -381,8 +381,8 @@ def add_sbom(commands: argparse._SubParsersAction) -> None:
 
 def cmd_sbom(args: argparse.Namespace) -> int:
     # lazy: sbom.licenses builds license_expression's SPDX license index when imported (~50 ms)
-    from sbom.generate import MEDIA_TYPES, generate
-    from sbom.index import generate_index
+    from sbom.generate import MEDIA_TYPES, generate  # noqa: PLC0415 - lazy, see above
+    from sbom.index import generate_index  # noqa: PLC0415 - lazy, see above
 
     options = _options(args)
     ref = parse(args.ref)
@@ -391,8 +391,6 @@ def cmd_sbom(args: argparse.Namespace) -> int:
     image = open_image(ref, options)
     name = ref.body or args.ref
     if isinstance(image, IndexImage):
-        from sbom.index import generate_index
-
         if args.attach:
             raise ReproError(f"{args.ref}: is a multi-platform index", "attach an SBOM to each platform's image "
                              "with --platform os/arch --attach")
@@ -492,7 +490,7 @@ class _RecordAction(argparse.Action):
     """--record CMD starts a recorded run; --output PATH names a file of the run before it."""
 
     def __call__(self, parser, namespace, value, option_string=None) -> None:
-        from repro.preserve.archive import RecordRequest  # lazy: the SBOM generator and PyYAML, as cmd_archive's
+        from repro.preserve.archive import RecordRequest  # noqa: PLC0415 - lazy: the SBOM generator and PyYAML, as cmd_archive's
 
         runs = list(getattr(namespace, "records", None) or [])
         if option_string == "--record":
@@ -521,7 +519,7 @@ def add_archive(commands: argparse._SubParsersAction) -> None:
 
 def cmd_archive(args: argparse.Namespace) -> int:
     # lazy: repro.preserve loads the SBOM generator (license_expression's SPDX index) and PyYAML (provenance)
-    from repro.preserve import archive
+    from repro.preserve import archive  # noqa: PLC0415 - lazy, see above
 
     renditions = tuple(r.strip() for part in args.with_ or [] for r in part.split(",") if r.strip())
     image = archive.write(args.ref, args.output, spec=args.spec, records=args.records or [], renditions=renditions,
@@ -546,7 +544,7 @@ def add_verify(commands: argparse._SubParsersAction) -> None:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    from repro.preserve import verify  # lazy: the SBOM generator and PyYAML, as cmd_archive's
+    from repro.preserve import verify  # noqa: PLC0415 - lazy: the SBOM generator and PyYAML, as cmd_archive's
 
     rows: list[tuple[str, str]] = []
     failure: CheckFailed | None = None
@@ -581,7 +579,7 @@ def add_replay(commands: argparse._SubParsersAction) -> None:
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
-    from repro.preserve.replay import replay  # lazy: the SBOM generator and PyYAML, as cmd_archive's
+    from repro.preserve.replay import replay  # noqa: PLC0415 - lazy: the SBOM generator and PyYAML, as cmd_archive's
 
     def report(result) -> None:
         if args.json:
@@ -748,7 +746,7 @@ def cmd_hash(args: argparse.Namespace) -> int:
     result = image_digests(image)
     if args.files:
         # lazy: the catalogers load sbom.licenses, which builds license_expression's SPDX index when imported
-        from sbom.owners import files_with_packages
+        from sbom.owners import files_with_packages  # noqa: PLC0415 - lazy, see above
 
         files = files_with_packages(image)
         if args.json:  # tens of thousands of records: written one by one, never all in memory at once

@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -195,8 +196,6 @@ def dockerd():
 
 
 def free_port() -> int:
-    import socket
-
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -218,8 +217,6 @@ class Registry:
         self.start()
 
     def start(self) -> None:
-        import socket
-
         self.proc = subprocess.Popen(["docker-registry", "serve", str(self.base / "config.yml")],
                                      stdout=subprocess.DEVNULL, stderr=open(self.base / "log", "ab"))  # noqa: SIM115
 
@@ -330,8 +327,6 @@ def podman_socket(podman):
     env = {**os.environ, "DOCKER_HOST": f"unix://{sock}"}
     try:
         def ready() -> bool:
-            import socket
-
             with socket.socket(socket.AF_UNIX) as s:
                 try:
                     s.connect(str(sock))

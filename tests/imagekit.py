@@ -14,6 +14,7 @@ from repro.image import OCI_INDEX, OCI_MANIFEST, Descriptor, Index, Platform, ca
 from repro.layers import TarWriter
 from repro.mutate import NewLayer, commit, new_config, write_layer
 from repro.store import Layout
+from repro.transfer import manifest_descriptor
 
 
 @dataclass
@@ -69,7 +70,6 @@ def make_image(
     history = [{"created": created, "created_by": f"test layer {i}"} for i in range(len(layers))]
     cfg = new_config(platform or Platform.host(), created, [n.diff_id for n in new_layers], history, config)
     image = commit(layout, cfg, new_layers)
-    from repro.transfer import manifest_descriptor
 
     layout.add_manifest(manifest_descriptor(image, {"org.opencontainers.image.ref.name": tag}), tag)
     return image.digest

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import udocker as UDOCKER_PACKAGE
+from rocrate.rocrate import ROCrate
 
 from tests.conftest import REPRO, public_directory, repro, run
 from tests.test_build import stage_hello
@@ -82,7 +83,6 @@ def test_package_contents(hello):
     definition = statement["predicate"]["buildDefinition"]
     assert definition["internalParameters"] == {"SOURCE_DATE_EPOCH": 1700000000}
     assert definition["externalParameters"]["spec"]["sha256"] == hashlib.sha256(hello["spec"].read_bytes()).hexdigest()
-    from rocrate.rocrate import ROCrate
 
     loaded = ROCrate(str(data))  # the library reads back what it helped write
     assert loaded.root_dataset["identifier"] == hello["digest"] and loaded.dereference("sbom/spdx.json") is not None

@@ -7,12 +7,14 @@ from __future__ import annotations
 import gzip
 import io
 import json
+import os
+import subprocess
 import tarfile
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import busybox_layers, repro
+from tests.conftest import REPRO, busybox_layers, repro
 from tests.imagekit import make_image
 
 LISTS = "var/lib/apt/lists"
@@ -174,10 +176,7 @@ def test_a_containerfile_with_apt_update_and_install_in_two_runs(catalog_images,
 def test_a_build_that_fails_before_it_starts_leaves_no_working_directory(base, tmp_path, public_dir):
     """A --cache-from that cannot be read fails the build before any step: no repro-build-* directory
     stays in TMPDIR (the builder makes its working directory when it starts, not when it is made)."""
-    import os
-    import subprocess
 
-    from tests.conftest import REPRO
 
     scratch = public_dir / "tmp"  # runc's root inside must enter the working tree below it
     scratch.mkdir(mode=0o777)

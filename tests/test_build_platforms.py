@@ -11,9 +11,16 @@ import tarfile
 from pathlib import Path
 
 import pytest
+from cyclonedx.schema import SchemaVersion
+from cyclonedx.validation.json import JsonStrictValidator
+from spdx_tools.spdx.parser.parse_anything import parse_file
+from spdx_tools.spdx.validation.document_validator import validate_full_spdx_document
 
+from repro.image import Platform
 from tests import oci_schema
-from tests.conftest import REPRO, public_directory, repro
+from tests.conftest import BUSYBOX, REPRO, public_directory, repro
+from tests.imagekit import add_index, make_image
+from tests.test_emulation import ARM64, arm64_busybox, layer
 
 SPEC = """\
 spec: 1
@@ -71,11 +78,6 @@ def test_an_index_cannot_go_to_a_single_image_format(tmp_path):
 
 
 def test_sbom_of_the_index_describes_every_platform(tmp_path):
-    from cyclonedx.schema import SchemaVersion
-    from cyclonedx.validation.json import JsonStrictValidator
-    from spdx_tools.spdx.parser.parse_anything import parse_file
-    from spdx_tools.spdx.validation.document_validator import validate_full_spdx_document
-
     metadata = "Metadata-Version: 2.1\\nName: tool\\nVersion: 1.2\\n"
     (tmp_path / "spec.yaml").write_text(SPEC.replace("config:", "  - file: {dst: /usr/lib/python3/dist-packages/"
                                                      f'tool-1.2.dist-info/METADATA, content: "{metadata}"}}\nconfig:'))
@@ -120,7 +122,6 @@ steps:
 def test_foreign_steps_run_emulated_alike_as_root_and_as_a_plain_user(public_dir):
     """busybox-${TARGETARCH} is the platform's own binary; the arm64 steps run under QEMU, and a plain
     user builds the same index as root."""
-    from tests.test_emulation import arm64_busybox
 
     (public_dir / "busybox-arm64").write_bytes(arm64_busybox(public_dir))
     (public_dir / "busybox-amd64").write_bytes(Path("/bin/busybox").read_bytes())
@@ -144,10 +145,6 @@ def test_foreign_steps_run_emulated_alike_as_root_and_as_a_plain_user(public_dir
 @pytest.fixture(scope="module")
 def busyboxes():
     """oci:LAYOUT:multi, an index of the host's busybox image and Debian's arm64 one (sh, uname, cat, ...)."""
-    from repro.image import Platform
-    from tests.conftest import BUSYBOX
-    from tests.imagekit import add_index, make_image
-    from tests.test_emulation import ARM64, arm64_busybox, layer
 
     if Platform.host().architecture != "amd64":
         pytest.skip("the foreign image is arm64")

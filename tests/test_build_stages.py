@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import REPRO, repro
+from tests.imagekit import E, make_image
 from tests.test_build import build, digest_of, stage_hello
 
 SPEC = """\
@@ -157,7 +158,6 @@ def test_a_shared_cached_layer_keeps_each_build_s_history(tmp_path):
 def test_copies_land_through_the_base_s_links_as_docker_s(tmp_path):
     """On a merged-/usr base (bin -> usr/bin) a file copied or written to /bin/ goes to usr/bin, and the
     link stays a link; an entry under a link that points out of the tree stays inside it."""
-    from tests.imagekit import E, make_image
 
     busybox = Path("/bin/busybox").read_bytes()
     make_image(tmp_path / "base", "1", [[E("usr", kind="dir"), E("usr/bin", kind="dir"),

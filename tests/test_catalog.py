@@ -4,12 +4,17 @@ real Docker engine, and a Debian-based spec built twice in separate empty stores
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import tempfile
 from pathlib import Path
 
 import pytest
+import yaml
+from packageurl import PackageURL
 
-from tests.conftest import DEBIAN_SPECS, repro, run, staged
+from tests.conftest import DEBIAN_SPECS, REPRO, repro, run, staged
 
 
 @pytest.fixture(scope="module")
@@ -35,8 +40,6 @@ def test_catalog_spec_passes_its_tests(built, name):
 
 @pytest.mark.parametrize("name", DEBIAN_SPECS)
 def test_catalog_image_runs_in_docker(built, dockerd, name):
-    import yaml
-
     result = built[name]
     run("docker", "load", "-i", str(result["archive"]), env=dockerd)
     spec = yaml.safe_load(result["spec"].read_text())
@@ -62,7 +65,6 @@ def test_sbom_matches_dpkg_in_the_running_image(built, dockerd, catalog_store, n
                  f"repro-catalog/{name}:1", "-W", "-f", "${Package} ${Version} ${Architecture}\\n", env=dockerd).stdout
     truth = set(listed.split("\n")) - {""}
     doc = json.loads(repro("sbom", "--format", "cyclonedx-json", f"docker-archive:{built[name]['archive']}").stdout)
-    from packageurl import PackageURL
 
     ours = set()
     for component in doc["components"]:
@@ -79,11 +81,7 @@ def test_sbom_matches_dpkg_in_the_running_image(built, dockerd, catalog_store, n
 
 def test_a_packages_step_gives_one_digest_as_root_and_as_a_plain_user(built, catalog_store):
     """runc as root and bwrap as a plain user (each the default there) install a package alike."""
-    import os
-    import subprocess
-    import tempfile
 
-    from tests.conftest import REPRO
 
     public = Path(tempfile.mkdtemp(prefix="repro-packages-", dir="/tmp"))
     try:

@@ -16,6 +16,7 @@ import pytest
 from repro.image import Platform
 from repro.run import emulation
 from tests.conftest import CATALOG, REPRO, repro, run
+from tests.test_emulation import arm64_busybox
 
 pytestmark = pytest.mark.skipif(Platform.host().architecture != "amd64", reason="the foreign platform is arm64")
 
@@ -44,7 +45,6 @@ def _index(ref: str) -> dict:
 def test_catalog_hello_for_amd64_and_arm64_as_a_plain_user(public_dir):
     """One index; its amd64 image is the one hello always was (same digest), its arm64 one runs arm64's
     busybox under QEMU; the spec's tests pass in both."""
-    from tests.test_emulation import arm64_busybox
 
     needs_namespaced_binfmt()
     target = public_dir / "hello"

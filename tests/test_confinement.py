@@ -7,6 +7,7 @@ open_by_handle_at; it is run unconfined once to show that it does detect an esca
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -17,6 +18,8 @@ from pathlib import Path
 
 import pytest
 
+from repro.image import canonical_json
+from repro.store import Layout
 from tests.conftest import REPRO, busybox_layers, repro
 from tests.imagekit import E, make_image
 
@@ -151,7 +154,6 @@ def test_a_whiteout_through_a_symlink_in_a_cached_layer_stays_in_the_tree(probe_
     # The hostile layer: a whiteout of evil/x, put where the file step's cache entry points.
     hostile = tmp_path / "hostile"
     make_image(hostile, "1", [[E("evil", kind="dir"), E("evil/.wh.x", b"")]])
-    from repro.store import Layout
 
     src = Layout.open_existing(hostile)
     manifest = json.loads((hostile / "blobs" / "sha256" / src.read_index().manifests[0].digest.split(":")[1])
@@ -208,10 +210,6 @@ def test_the_clean_up_pass_does_not_follow_an_image_s_links(tmp_path):
 
 
 def test_cache_from_refuses_keys_that_are_not_keys(tmp_path):
-    from repro.image import canonical_json
-    from repro.store import Layout
-    from repro.transfer import manifest_descriptor  # noqa: F401 - the layout API used below
-
     layout = tmp_path / "cache"
     make_image(layout, "1", [[E("a", b"a\n")]])
     store = Layout.open_existing(layout)
@@ -237,8 +235,6 @@ def test_cache_from_refuses_keys_that_are_not_keys(tmp_path):
 
 
 def _sha(data: bytes) -> str:
-    import hashlib
-
     return hashlib.sha256(data).hexdigest()
 
 

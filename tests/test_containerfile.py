@@ -15,15 +15,20 @@ import json
 import os
 import shutil
 import subprocess
+import tarfile
 import threading
 from pathlib import Path
 
 import pytest
+import yaml
 
 from builders import containerfile as cf
 from builders.containerfile import BaseInfo, Ignore, _Lexer, ignore_patterns, parse, translate
-from tests.conftest import busybox_layers, repro, run
+from repro.image import Platform
+from repro.refs import open_image
+from tests.conftest import REPRO, busybox_layers, repro, run
 from tests.imagekit import E, make_image
+from tests.test_crosscheck import tree_of
 
 CATALOG = Path(__file__).resolve().parents[1] / "catalog"
 BASE_ENV = {"PATH": "/bin", "BASE": "from-base"}
@@ -243,15 +248,11 @@ def test_proxy_args_reach_run_without_a_declaration_and_stay_out_of_history(tmp_
 
 
 def test_predefined_platform_args(tmp_path):
-    from repro.image import Platform
-
     raw = spec_of(tmp_path, "FROM scratch\nARG TARGETARCH\nENV ARCH=$TARGETARCH\n")
     assert raw["config"]["env"]["ARCH"] == Platform.host().architecture
 
 
 def test_platform_args_and_from_platform_follow_the_platform_built(tmp_path):
-    from repro.image import Platform
-
     seen = []
 
     def read(reference: str, platform: str | None = None) -> BaseInfo:
@@ -478,8 +479,6 @@ BAD = [
 
 @pytest.fixture(scope="module")
 def bad_context(tmp_path_factory) -> Path:
-    import tarfile
-
     context = tmp_path_factory.mktemp("bad")
     (context / "a.txt").write_text("a")
     (context / "b.txt").write_text("b")
@@ -657,7 +656,6 @@ DEBIAN_IMAGES = ["openmpi", "python-science", "r-stats"]
 @pytest.mark.parametrize("name", ["hello", *DEBIAN_IMAGES])
 def test_catalog_containerfiles_say_what_the_specs_say(tmp_path, name):
     """The config of each catalog Containerfile is its spec.yaml's (Env as the image gets it: PATH first)."""
-    import yaml
 
     spec = yaml.safe_load((CATALOG / name / "spec.yaml").read_text())
     path = staged(name, tmp_path)
@@ -693,7 +691,6 @@ def test_catalog_debian_images_from_their_containerfiles(catalog_images, tmp_pat
     """On the spec's own image as BASE (the session's catalog build: it has the packages), built twice in
     empty stores to one digest; python-science's RUN runs its program, openmpi's compiles with mpicc. The
     lock records the base by digest."""
-    from tests.conftest import REPRO
 
     base = catalog_images[name]["ref"]
     path = staged(name, tmp_path)
@@ -771,8 +768,6 @@ def buildah(tmp_path_factory):
 
 
 def _raw_config(ref: str) -> dict:
-    from repro.refs import open_image
-
     return json.loads(open_image(ref).raw_config)
 
 
@@ -795,8 +790,6 @@ def _run_history(ref: str) -> list[str]:
 
 @pytest.mark.parametrize("case", sorted(CROSS))
 def test_same_result_as_buildah(buildah, base_layout, tmp_path, case):
-    from tests.test_crosscheck import tree_of
-
     text, files, args = CROSS[case]
     ctx = tmp_path / "ctx"
     ctx.mkdir()
@@ -835,8 +828,6 @@ def _flatten(ref: str, where: Path) -> Path:
 
 
 def _as_nobody(public: Path, *args: str) -> dict:
-    from tests.conftest import REPRO
-
     proc = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", REPRO, *args, "--json"],
                           capture_output=True, text=True, env={**os.environ, "HOME": str(public)}, timeout=3600)
     assert proc.returncode == 0, proc.stderr

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 import os
+import subprocess
 import tarfile
 
 import pytest
 
+import repro as api
 from repro.image import Platform
-from tests.conftest import repro
+from tests.conftest import REPRO, repro
 from tests.imagekit import E, add_index, make_image
 from tests.oci_schema import validate, validate_layout
 
@@ -97,10 +101,6 @@ def test_existing_layout_gets_new_tags(busybox_layout, tmp_path):
 
 
 def test_concurrent_writers_keep_every_tag(busybox_layout, tmp_path):
-    import subprocess
-
-    from tests.conftest import REPRO
-
     dst = tmp_path / "shared"
     repro("convert", f"oci:{busybox_layout}:1", f"oci:{dst}:seed")
     procs = [subprocess.Popen([REPRO, "convert", f"oci:{busybox_layout}:1", f"oci:{dst}:t{i}"]) for i in range(6)]
@@ -137,8 +137,6 @@ def test_multi_platform_index(tmp_path):
 
 
 def test_hash_files_sees_the_flattened_tree(busybox_layout):
-    import hashlib
-
     result = json.loads(repro("hash", "--files", "--json", f"oci:{busybox_layout}:1").stdout)
     files = {f["path"]: f for f in result["files"]}
     assert "etc/gone" not in files  # whiteout in layer 2
@@ -163,8 +161,6 @@ def test_inspect_shows_config(busybox_layout):
 
 
 def test_python_api(busybox_layout, tmp_path):
-    import repro as api
-
     image = api.open(f"oci:{busybox_layout}:1")
     digest = api.write(image, f"oci-archive:{tmp_path}/x.tar")
     assert digest == image.digest
@@ -195,7 +191,6 @@ def test_reads_docker_25_mixed_oci_archive(busybox_layout, tmp_path):
         data = json.dumps(docker_manifest).encode()
         info = tarfile.TarInfo("manifest.json")
         info.size = len(data)
-        import io
 
         tar.addfile(info, io.BytesIO(data))
     ours = json.loads(repro("hash", "--json", f"oci:{busybox_layout}:1").stdout)

@@ -10,6 +10,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+import yaml
 
 from builders import deffile
 from repro.errors import ReproError
@@ -440,7 +441,6 @@ def test_hello_def_runs_like_the_hello_spec(hello):
     assert repro("run", hello["ref"]).stdout == "hello from a reproducible image\n"
     info = json.loads(repro("inspect", "--json", hello["ref"]).stdout)
     assert "GREETING=hello" in info["env"] and info["labels"]["org.opencontainers.image.title"] == "hello"
-    import yaml
 
     for test in yaml.safe_load((CATALOG / "hello" / "spec.yaml").read_text())["tests"]:
         out = repro("run", hello["ref"], "--", "/bin/sh", "-c", test["run"]).stdout

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from builders import debian
 from repro.errors import ReproError
 from repro.extract import Policy
 from repro.flatten import extract
@@ -201,7 +202,6 @@ def test_a_missing_qemu_is_one_line(layout, tmp_path):
 def test_a_foreign_debian_bootstrap_registers_qemu_for_mmdebstrap_only(monkeypatch):
     """builders/debian.py with options["arch"]: mmdebstrap --arch, qemu registered host-wide while it
     runs as root (it chroots on the host), removed after. (A real arm64 bootstrap takes minutes.)"""
-    from builders import debian
 
     seen = []
     real_run = subprocess.run
@@ -228,7 +228,6 @@ def test_a_foreign_debian_bootstrap_registers_qemu_for_mmdebstrap_only(monkeypat
 def test_a_plain_users_foreign_debian_bootstrap_runs_in_a_namespace_with_qemu(monkeypatch):
     """As a plain user on Linux 6.7+: mmdebstrap --mode=root inside `unshare --map-auto` (the user's
     subordinate ids, as mmdebstrap's unshare mode) that registered qemu in its own binfmt_misc."""
-    from builders import debian
 
     if not emulation.sandboxed():
         pytest.skip("this kernel has no binfmt_misc per user namespace")

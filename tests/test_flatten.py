@@ -7,14 +7,27 @@ import hashlib
 import io
 import os
 import shlex
+import shutil
 import stat
 import subprocess
+import tarfile
+import tempfile
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import repro, run
+from converters import sif_format
+from converters import sif_rootfs as sd
+from repro.clock import rfc3339
+from repro.extract import Extractor
+from repro.image import Platform
+from repro.layers import TarWriter
+from repro.mutate import commit, new_config, write_layer
+from repro.store import Layout
+from repro.transfer import manifest_descriptor
+from tests.conftest import REPRO, repro, run
 from tests.imagekit import E, make_image
+from tests.test_streaming import Noise, peak_rss_mb
 
 LONG = "long-" + "x" * 150
 NON_UTF8 = "caf\udce9"  # the byte 0xE9 alone: not UTF-8
@@ -213,8 +226,6 @@ def test_dotdot_names_are_clamped_inside(tmp_path):
 @pytest.fixture
 def public_tmp():
     """A directory a plain user can reach (pytest's own temporary root is private to root)."""
-    import shutil
-    import tempfile
 
     path = Path(tempfile.mkdtemp(prefix="repro-user-", dir="/tmp"))
     os.chmod(path, 0o755)
@@ -233,7 +244,6 @@ def test_unprivileged_flatten(public_tmp):
     out = tmp_path / "out"
     os.mkdir(out)
     os.chown(out, 65534, 65534)
-    from tests.conftest import REPRO
 
     proc = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", REPRO, "flatten",
                            f"oci:{tmp_path}/dev:d", f"rootfs:{out}/tree"], capture_output=True, text=True,
@@ -249,7 +259,6 @@ def test_unprivileged_flatten(public_tmp):
     proc = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", REPRO, "flatten",
                            f"oci:{tmp_path}/dev:d", f"tar:{out}/flat.tar"], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
-    import tarfile
 
     with tarfile.open(out / "flat.tar") as tar:
         members = {m.name: m for m in tar.getmembers()}
@@ -366,11 +375,9 @@ def _untar(stream_command: list[str] | None, tar_file: Path | None, into: Path) 
 
 
 def _sif_partition(sif: Path, out: Path) -> Path:
-    from converters import sif_format as fmt
-
     with open(sif, "rb") as f:
-        _, descriptors = fmt.read(f, sif.stat().st_size, str(sif))
-        part = fmt.primary_partition(descriptors, str(sif))
+        _, descriptors = sif_format.read(f, sif.stat().st_size, str(sif))
+        part = sif_format.primary_partition(descriptors, str(sif))
         f.seek(part.offset)
         out.write_bytes(f.read(part.size))
     return out
@@ -378,7 +385,6 @@ def _sif_partition(sif: Path, out: Path) -> Path:
 
 def _without_sif_files(tree: dict[str, tuple]) -> dict[str, tuple]:
     """The image's part of a SIF's tree: Apptainer's files and directories taken out."""
-    from converters import sif_rootfs as sd
 
     added = {sd.SD, *sd.SYMLINKS, *sd.DEFAULT_DIRS, *sd.EMPTY_FILES}
     return {p: v for p, v in tree.items() if not any(p == a or p.startswith(a + "/") for a in added)}
@@ -424,7 +430,6 @@ def test_every_output_gives_the_same_tree(case, tmp_path):
 def test_the_extractor_applying_layers_in_order_gives_the_same_trees(tmp_path):
     """What `repro build` does to its working tree (each layer applied on the ones below, in order) gives
     the trees the flattened outputs give."""
-    from repro.extract import Extractor
 
     sentinel = tmp_path / "sentinel"
     sentinel.mkdir()
@@ -449,13 +454,6 @@ def test_the_extractor_applying_layers_in_order_gives_the_same_trees(tmp_path):
 def test_a_layer_replacing_what_it_gave_costs_no_memory(tmp_path):
     """A big file given twice in one layer (the flattened stream starts over, that layer's headers read
     first): memory stays that of a tiny image, in the tar and squashfs outputs alike."""
-    from repro.clock import rfc3339
-    from repro.image import Platform
-    from repro.layers import TarWriter
-    from repro.mutate import commit, new_config, write_layer
-    from repro.store import Layout
-    from repro.transfer import manifest_descriptor
-    from tests.test_streaming import Noise, peak_rss_mb
 
     size = 96 << 20
     path = tmp_path / "layout"
@@ -463,8 +461,6 @@ def test_a_layer_replacing_what_it_gave_costs_no_memory(tmp_path):
     layout = Layout.initialize(path)
 
     def produce(tar: TarWriter) -> None:
-        import tarfile
-
         for seed in (b"first", b"second"):
             info = tarfile.TarInfo("data/big.bin")
             info.size = size

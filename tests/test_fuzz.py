@@ -10,6 +10,7 @@ Bounded so the whole file runs in well under two minutes.
 
 from __future__ import annotations
 
+import gzip
 import io
 import json
 import signal
@@ -26,6 +27,7 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from builders.spec import load
 from converters import sif_format
 from repro.errors import ReproError
 from repro.files import TarFiles
@@ -183,7 +185,6 @@ def test_tar_stream(data):
 @FUZZ
 def test_tar_input_copied_into_a_layer(data, compression):
     """`tar:` inputs, mmdebstrap's and sqfs2tar's output: read and written again by TarWriter."""
-    import gzip
 
     source = gzip.compress(data, mtime=0) if compression else data
     out = io.BytesIO()
@@ -394,8 +395,6 @@ def hostile_specs(draw) -> str:
 @given(hostile_specs())
 @FUZZ
 def test_spec_loader(text):
-    from builders.spec import load
-
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "spec.yaml"
         path.write_text(text, encoding="utf-8", errors="surrogateescape")
@@ -410,8 +409,6 @@ def test_spec_loader(text):
 
 @pytest.mark.parametrize("shape", ["alias bomb", "recursive alias"])
 def test_spec_aliases_end_quickly(shape, tmp_path):
-    from builders.spec import load
-
     levels = [f'a{i}: &a{i} [' + ", ".join([f"*a{i - 1}"] * 9) + "]" for i in range(1, 12)]
     text = ('a0: &a0 ["lol"]\n' + "\n".join(levels) + "\n") if shape == "alias bomb" else "spec: &s [*s]\n"
     (tmp_path / "spec.yaml").write_text(text)

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pytest
 
+from converters import sif_format as fmt
 from tests.conftest import REPRO, repro
 from tests.imagekit import E, make_image
 
@@ -285,7 +286,6 @@ def test_docker_archive_layer_may_link_to_another_member(docker_archive, tmp_pat
 def test_sif_with_a_huge_descriptor_table_is_refused(tmp_path):
     """A million descriptors (585 MB) announced by the header of a sparse file: the table is read whole,
     so it is capped like any other document."""
-    from converters import sif_format as fmt
 
     path = tmp_path / "image.sif"
     total = 1 << 20

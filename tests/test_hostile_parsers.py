@@ -4,6 +4,7 @@ pax records put `..` or absolute names back into the tarball it writes."""
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import io
 import json
@@ -15,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from builders.spec import load
 from repro.clock import rfc3339
 from repro.errors import ReproError
 from repro.image import OCI_CONFIG, OCI_LAYER, OCI_MANIFEST, Descriptor, canonical_json
@@ -167,7 +169,6 @@ def test_hostile_layer_is_refused(case, command, tmp_path):
                                   "many pax records without '='", "3000 pax headers in a row"])
 def test_hostile_tar_input_is_refused(case, tmp_path):
     """The same bytes as a `tar:` input (a foreign root file system), plain and gzip-compressed."""
-    import gzip
 
     data = HOSTILE_TARS[case]()
     (tmp_path / "in.tar").write_bytes(data)
@@ -320,8 +321,6 @@ def test_bad_spec_is_one_line_and_exit_2(case, tmp_path):
 
 @pytest.mark.parametrize("case", sorted(set(BAD_SPECS) - {"alias bomb", "recursive alias"}))
 def test_bad_spec_is_one_error(case, tmp_path):
-    from builders.spec import load
-
     spec = _write_spec(tmp_path, case)
     with pytest.raises(ReproError) as caught:
         load(spec)

@@ -13,6 +13,7 @@ import pytest
 
 from tests.conftest import repro
 from tests.imagekit import E, make_image, raw_blob_image
+from tests.test_streaming import peak_rss_mb
 
 
 class Zeros:
@@ -103,7 +104,6 @@ def test_a_million_entries_in_bounded_memory(tmp_path):
         f.write(compressor.flush())
     raw_blob_image(tmp_path / "layout", "many", layer.read_bytes(), "application/vnd.oci.image.layer.v1.tar+gzip",
                    "sha256:" + diff.hexdigest())
-    from tests.test_streaming import peak_rss_mb
 
     peak = peak_rss_mb("flatten", f"oci:{tmp_path}/layout:many", f"tar:{tmp_path}/flat.tar")
     assert peak < 100, f"peak RSS {peak:.0f} MB"

@@ -16,9 +16,11 @@ import pytest
 
 import repro as api
 from converters import registry as registry_transport
+from repro.image import Platform
 from repro.refs import Options, parse
-from tests.conftest import REPRO, repro, run
-from tests.imagekit import E, make_image
+from tests.conftest import REPRO, Registry, repro, run
+from tests.imagekit import E, add_index, make_image
+from tests.test_build import stage_hello
 
 
 def skopeo_digest(ref: str) -> str:
@@ -186,8 +188,6 @@ def test_manifest_digest_mismatch_is_refused(busybox_layout, registry, front, tm
 
 
 def test_registry_killed_mid_push_then_restarted(tmp_path, tmp_path_factory):
-    from tests.conftest import Registry
-
     reg = Registry(tmp_path_factory.mktemp("flaky-registry"))
     try:
         make_image(tmp_path / "big", "1", [[E(f"noise{i}", os.urandom(48 << 20))] for i in range(3)],
@@ -236,9 +236,6 @@ def test_podman_and_docker_share_one_client(tmp_path):
 
 
 def test_multi_platform_index_copied_whole(tmp_path, registry):
-    from repro.image import Platform
-    from tests.imagekit import add_index
-
     layout = tmp_path / "multi"
     for arch in ("amd64", "arm64"):
         make_image(layout, arch, [[E("arch", arch.encode())]], platform=Platform("linux", arch))
@@ -259,7 +256,6 @@ def test_multi_platform_index_copied_whole(tmp_path, registry):
 
 def test_build_cache_shared_through_a_registry(registry, tmp_path):
     """CI machine A publishes its build cache; machine B (an empty store) reuses every step."""
-    from tests.test_build import stage_hello
 
     spec = stage_hello(tmp_path)
     cache = f"docker://{registry.host}/cache/hello:buildcache"

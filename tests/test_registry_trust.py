@@ -20,9 +20,11 @@ from pathlib import Path
 
 import pytest
 
-from repro.image import OCI_INDEX
+from converters.registry import Client, parse_ref
+from repro.image import OCI_INDEX, Platform
+from repro.refs import Options, parse
 from tests.conftest import REPRO, repro
-from tests.imagekit import E, make_image
+from tests.imagekit import E, add_index, make_image
 
 USER, PASSWORD = "scientist", "s3cret"
 BASIC = "Basic " + base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()
@@ -387,9 +389,6 @@ def test_odd_repository_or_tag_is_refused(ref):
     ("10.0.0.1:5000", "https"), ("[::2]:5000", "https"), ("registry.example.org", "https"),
 ])
 def test_plain_http_only_for_a_loopback_host(host, scheme):
-    from converters.registry import Client, parse_ref
-    from repro.refs import Options, parse
-
     target = parse_ref(parse(f"docker://{host}/repo:1"))
     client = Client(target.host, Options())
     assert client.scheme == scheme
@@ -419,8 +418,6 @@ def test_endless_document_ends_the_run(fake, small_layout, endless, args, expect
 
 def test_manifest_by_digest_longer_than_its_descriptor_is_refused(fake, small_layout, tmp_path):
     """A manifest named in an index by digest and size is read up to that size, then checked."""
-    from repro.image import Platform
-    from tests.imagekit import add_index
 
     layout = tmp_path / "multi"
     make_image(layout, "amd64", [[E("arch", b"amd64")]], platform=Platform("linux", "amd64"))

@@ -6,10 +6,23 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import os
+import shutil
+import sqlite3
+import struct
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+from cyclonedx.schema import SchemaVersion
+from cyclonedx.validation.json import JsonStrictValidator
+from spdx_tools.spdx.parser.parse_anything import parse_file
+from spdx_tools.spdx.validation.document_validator import validate_full_spdx_document
 
+from sbom import spdx
+from sbom.catalogers.package import Package
+from sbom.licenses import copyright_licenses, expression
 from tests.conftest import repro
 from tests.imagekit import E, make_image
 from tests.oci_schema import validate
@@ -105,18 +118,12 @@ def test_packages_found(sbom_layout):
 
 
 def test_cyclonedx_validates(sbom_layout, tmp_path):
-    from cyclonedx.schema import SchemaVersion
-    from cyclonedx.validation.json import JsonStrictValidator
-
     text = repro("sbom", "--format", "cyclonedx-json", f"oci:{sbom_layout}:pkgs").stdout
     errors = JsonStrictValidator(SchemaVersion.V1_6).validate_str(text)
     assert errors is None, errors
 
 
 def test_spdx_validates(sbom_layout, tmp_path):
-    from spdx_tools.spdx.parser.parse_anything import parse_file
-    from spdx_tools.spdx.validation.document_validator import validate_full_spdx_document
-
     out = tmp_path / "image.spdx.json"
     repro("sbom", "--format", "spdx-json", f"oci:{sbom_layout}:pkgs", "-o", str(out))
     messages = validate_full_spdx_document(parse_file(str(out)))
@@ -134,8 +141,6 @@ def test_sbom_is_deterministic(sbom_layout, fmt):
 
 
 def test_attach_as_referrer(sbom_layout, tmp_path):
-    import shutil
-
     layout = tmp_path / "layout"
     shutil.copytree(sbom_layout, layout)
     image = json.loads(repro("inspect", "--json", f"oci:{layout}:pkgs").stdout)
@@ -154,7 +159,6 @@ def test_attach_as_referrer(sbom_layout, tmp_path):
 
 def rpm_header(tags: list[tuple[int, int, object]]) -> bytes:
     """An RPM header blob (as rpmdb.sqlite stores it) from (tag, type, value) triples."""
-    import struct
 
     index, data = b"", b""
     for tag, kind, value in tags:
@@ -176,8 +180,6 @@ def rpm_header(tags: list[tuple[int, int, object]]) -> bytes:
 
 
 def test_rpm_sqlite_database(tmp_path):
-    import sqlite3
-
     db = tmp_path / "rpmdb.sqlite"
     connection = sqlite3.connect(db)
     connection.execute("CREATE TABLE Packages (hnum INTEGER PRIMARY KEY AUTOINCREMENT, blob BLOB NOT NULL)")
@@ -205,8 +207,6 @@ def test_rpm_sqlite_database(tmp_path):
 def test_pip_installed_packages_are_all_found(tmp_path):
     """Ground truth from a real pip installation: this test run's own virtualenv, imported as an image,
     lists every distribution `pip list` knows, with its version."""
-    import subprocess
-    import sys
 
     site = Path(sys.prefix) / "lib" / f"python{sys.version_info.major}.{sys.version_info.minor}" / "site-packages"
     listed = json.loads(subprocess.run([sys.executable, "-m", "pip", "list", "--format", "json"],
@@ -215,7 +215,6 @@ def test_pip_installed_packages_are_all_found(tmp_path):
              if "editable_project_location" not in p}
     tree = tmp_path / "tree" / "usr" / "lib" / "python3" / "site-packages"
     tree.parent.mkdir(parents=True)
-    import shutil
 
     shutil.copytree(site, tree, symlinks=True, ignore=shutil.ignore_patterns("__pycache__", "*.so"))
     repro("convert", f"rootfs:{tmp_path}/tree", f"oci:{tmp_path}/layout:pip")
@@ -248,8 +247,6 @@ def linked_entries() -> list[E]:
 
 
 def _write_tree(root: Path, entries: list[E]) -> None:
-    import os
-
     for e in entries:
         path = root / e.path
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -304,14 +301,10 @@ def test_package_paths_resolve_through_the_image_links(tmp_path, form):
     ("public-domain", "LicenseRef-public-domain"),
 ])
 def test_debian_license_names(field, expected):
-    from sbom.licenses import expression
-
     assert expression(field, {"public-domain": "No rights reserved."})[0] == expected
 
 
 def test_licenses_of_copyright_files_that_are_not_machine_readable():
-    from sbom.licenses import copyright_licenses
-
     gnu = ("This library is free software; you can redistribute it and/or\nmodify it under the terms of the GNU "
            "Lesser General Public\n License as published by the Free Software Foundation; either\n version 2.1 of "
            "the License, or (at your option) any later version.\n\nThe utilities are under the GNU General Public "
@@ -330,12 +323,6 @@ def test_licenses_of_copyright_files_that_are_not_machine_readable():
 
 
 def test_spdx_declares_every_license_ref_once_per_text(tmp_path):
-    from spdx_tools.spdx.parser.parse_anything import parse_file
-    from spdx_tools.spdx.validation.document_validator import validate_full_spdx_document
-
-    from sbom import spdx
-    from sbom.catalogers.package import Package
-
     packages = [
         Package("deb", "a", "1", "pkg:deb/debian/a@1", licenses="LicenseRef-permissive AND MIT",
                 license_refs={"LicenseRef-permissive": "Do what you like."}),

@@ -17,7 +17,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from spdx_tools.spdx.parser.parse_anything import parse_file
+from spdx_tools.spdx.validation.document_validator import validate_full_spdx_document
 
+from repro.clock import source_date_epoch
+from repro.layers import TarWriter
+from repro.mutate import NewLayer, add_directory, commit, write_layer
+from repro.refs import open_image
+from repro.store import Layout
+from repro.transfer import manifest_descriptor
+from sbom.generate import subject_digest
 from tests.conftest import repro
 
 DELETED = {("coreutils", "bin/cat"), ("python3.11-minimal", "usr/bin/python3.11")}
@@ -50,12 +59,6 @@ def debian(catalog_images, tmp_path_factory) -> Debian:
 
 
 def _add_deleting_layer(layout_dir: Path, whiteouts: list[str]) -> None:
-    from repro.layers import TarWriter
-    from repro.mutate import NewLayer, commit, write_layer
-    from repro.refs import open_image
-    from repro.store import Layout
-    from repro.transfer import manifest_descriptor
-
     base = open_image(f"oci:{layout_dir}:base")
     layout = Layout.open_existing(layout_dir)
 
@@ -109,9 +112,6 @@ def _top_level_terms(expression: str) -> list[str]:
 
 
 def test_spdx_validates_and_licenses_are_found(debian, tmp_path):
-    from spdx_tools.spdx.parser.parse_anything import parse_file
-    from spdx_tools.spdx.validation.document_validator import validate_full_spdx_document
-
     out = tmp_path / "debian.spdx.json"
     repro("sbom", "--format", "spdx-json", debian.base, "-o", str(out))
     messages = validate_full_spdx_document(parse_file(str(out)))
@@ -139,9 +139,6 @@ def test_spdx_validates_and_licenses_are_found(debian, tmp_path):
 
 def _directory_diff_id(root: Path) -> str:
     """The diff_id `repro convert rootfs:DIR` gives, from the tar it writes (without compressing it)."""
-    from repro.clock import source_date_epoch
-    from repro.layers import TarWriter
-    from repro.mutate import add_directory
 
     class Sink:
         def __init__(self) -> None:
@@ -159,8 +156,6 @@ def _directory_diff_id(root: Path) -> str:
 
 
 def test_rootfs_is_read_in_place_and_lists_the_same_packages(debian):
-    from sbom.generate import subject_digest
-
     tree = debian.work / "rootfs"
     if not tree.exists():
         repro("convert", debian.base, f"rootfs:{tree}")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import struct
 import subprocess
 import uuid
@@ -12,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from converters import sif_format as fmt
-from tests.conftest import repro, run
+from tests.conftest import busybox_layers, repro, run
 from tests.imagekit import make_image
 from tests.test_flatten import tree_of
 
@@ -26,7 +27,6 @@ CONFIG = {"Env": TRICKY_ENV, "Entrypoint": ["/bin/sh", "-c", 'echo "entry: $0 $*
 def sif_image(tmp_path_factory, busybox_layout):
     """The busybox image with tricky Env, ENTRYPOINT and CMD, and its SIF."""
     base = tmp_path_factory.mktemp("sif")
-    from tests.conftest import busybox_layers
 
     make_image(base / "layout", "tricky", busybox_layers(), config=CONFIG)
     repro("convert", f"oci:{base}/layout:tricky", f"sif:{base}/image.sif")
@@ -154,7 +154,6 @@ def test_non_default_descriptor_count(tmp_path):
     with open(sif, "wb") as out:
         fmt.write(out, [fmt.NewObject(fmt.DATA_DEFFILE, "", lambda f: f.write(data))], uuid.UUID(int=1), 0,
                   capacity=8)
-    import re
 
     assert re.search(r"Descriptors Total:\s+8\n", run("siftool", "header", str(sif)).stdout)
     assert run("siftool", "dump", "1", str(sif)).stdout == data.decode()

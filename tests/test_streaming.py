@@ -7,6 +7,7 @@ import json
 import os
 import signal
 import subprocess
+import tarfile
 import time
 from pathlib import Path
 
@@ -17,7 +18,9 @@ from repro.image import Platform
 from repro.layers import TarWriter
 from repro.mutate import commit, new_config, write_layer
 from repro.store import Layout
+from repro.transfer import manifest_descriptor
 from tests.conftest import REPRO, repro
+from tests.imagekit import E, make_image
 
 BIG = 384 << 20  # uncompressed bytes of file content in the big image
 
@@ -49,8 +52,6 @@ def big_layout(tmp_path_factory) -> Path:
     layers = []
     for number in range(2):
         def produce(tar: TarWriter, number=number) -> None:
-            import tarfile
-
             for i in range(4):
                 info = tarfile.TarInfo(f"data/layer{number}-file{i}.bin")
                 info.size = BIG // 8
@@ -59,7 +60,6 @@ def big_layout(tmp_path_factory) -> Path:
         layers.append(write_layer(layout, produce, compression=""))
     config = new_config(Platform.host(), rfc3339(0), [x.diff_id for x in layers], [])
     image = commit(layout, config, layers)
-    from repro.transfer import manifest_descriptor
 
     layout.add_manifest(manifest_descriptor(image, {"org.opencontainers.image.ref.name": "big"}), "big")
     return path
@@ -76,7 +76,6 @@ def peak_rss_mb(*args: str) -> float:
 
 def test_memory_does_not_grow_with_image_size(big_layout, tmp_path):
     small = tmp_path / "small"
-    from tests.imagekit import E, make_image
 
     make_image(small, "s", [[E("x", b"tiny")]])
     baseline = peak_rss_mb("convert", f"oci:{small}:s", f"docker-archive:{tmp_path}/small.tar")
@@ -128,7 +127,6 @@ def test_killed_convert_into_new_layout_leaves_it_absent(big_layout, tmp_path):
 def test_killed_convert_into_existing_layout_keeps_it_valid(big_layout, tmp_path):
     repro("convert", f"oci:{big_layout}:big", f"docker-archive:{tmp_path}/big.tar")
     dst = tmp_path / "existing"
-    from tests.imagekit import E, make_image
 
     make_image(dst, "keep", [[E("hello", b"world")]])
     index_before = (dst / "index.json").read_bytes()

@@ -12,7 +12,11 @@ import subprocess
 import tarfile
 from pathlib import Path
 
+import pytest
+
+from repro.run import emulation
 from tests.conftest import REPRO
+from tests.test_emulation import arm64_busybox
 
 NOBODY = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
 CONTAINERFILE = """\
@@ -115,11 +119,8 @@ def test_a_stale_owner_behind_a_link_does_not_reach_the_host(public_dir, nobody_
 def test_a_foreign_run_step_gives_files_away_too(public_dir, nobody_subids):
     """An arm64 RUN under QEMU, qemu registered in the namespace of the user's subordinate ids (Linux 6.7
     and later): its chown works, it sees the COPY's owner, and the image is root's."""
-    from repro.run import emulation
-    from tests.test_emulation import arm64_busybox
 
     if not emulation.sandboxed():
-        import pytest
 
         pytest.skip("a plain user's arm64 steps need a user namespace with its own binfmt_misc (Linux 6.7+)")
     (public_dir / "busybox-arm64").write_bytes(arm64_busybox(public_dir))

@@ -149,7 +149,7 @@ Run a command as above with its output piped into `sha256sum` and compare with t
 def ro_crate(image: Image, name: str, runs: list[Record], renditions: tuple[str, ...], has_provenance: bool,
              created: str) -> bytes:
     """RO-Crate 1.1 metadata (with the rocrate library), its graph in a fixed order, no random ids."""
-    from rocrate.rocrate import ROCrate  # lazy: rocrate takes 0.2 s to import
+    from rocrate.rocrate import ROCrate  # noqa: PLC0415 - lazy: rocrate takes 0.2 s to import
 
     crate = ROCrate(gen_preview=False, version="1.1")
     crate.name = f"Container image {name}"
