@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 from packageurl import PackageURL
 
-from sbom.catalogers.package import Package, layer_of, spdx_expression
+from sbom.catalogers.package import Package, from_database, spdx_expression
 
 INSTALLED = "lib/apk/db/installed"
 
@@ -14,11 +16,10 @@ def wanted(path: str) -> bool:
 
 
 def catalog(scan, distro: dict[str, str]) -> list[Package]:
-    data = scan.contents.get(INSTALLED)
-    if not data:
-        return []
-    layer = layer_of(scan.by_path(), INSTALLED)
-    out = []
+    return from_database(scan, INSTALLED, lambda data: _packages(scan, data, distro))
+
+
+def _packages(scan, data: bytes, distro: dict[str, str]) -> Iterator[Package]:
     for block in data.decode(errors="replace").split("\n\n"):
         fields: dict[str, str] = {}
         files: list[str] = []
@@ -42,6 +43,4 @@ def catalog(scan, distro: dict[str, str]) -> list[Package]:
         package = Package("apk", fields["P"], fields.get("V", ""), purl, database=INSTALLED)
         package.licenses, package.license_text = spdx_expression([fields.get("L", "")])
         package.add_files(scan, files)
-        package.layer = layer
-        out.append(package)
-    return out
+        yield package

@@ -6,7 +6,7 @@ all import it, and none imports the others.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
 from sbom.licenses import from_names
@@ -49,6 +49,19 @@ def spdx_expression(names: list[str]) -> tuple[str, str]:
     is returned when a LicenseRef- was needed: it is that license's only description."""
     found = from_names(names)
     return found.expression, found.source
+
+
+def from_database(scan, path: str, read: Callable[[bytes], Iterator[Package]]) -> list[Package]:
+    """The packages `read` finds in the package database at `path`, each marked with the layer that gave
+    that database; none when the image has no such database."""
+    data = scan.contents.get(path)
+    if not data:
+        return []
+    layer = layer_of(scan.by_path(), path)
+    packages = list(read(data))
+    for package in packages:
+        package.layer = layer
+    return packages
 
 
 def layer_of(records: dict, path: str) -> int:

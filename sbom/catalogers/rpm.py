@@ -11,11 +11,12 @@ from __future__ import annotations
 import sqlite3
 import struct
 import tempfile
+from collections.abc import Iterator
 
 from packageurl import PackageURL
 
 from repro.confined import clean_path
-from sbom.catalogers.package import Package, layer_of, spdx_expression
+from sbom.catalogers.package import Package, from_database, spdx_expression
 
 SQLITE_DB = "var/lib/rpm/rpmdb.sqlite"
 BDB = ("var/lib/rpm/Packages",)
@@ -56,11 +57,10 @@ def parse_header(blob: bytes) -> dict[int, object]:
 
 
 def catalog(scan, distro: dict[str, str]) -> list[Package]:
-    data = scan.contents.get(SQLITE_DB)
-    if not data:
-        return []
-    layer = layer_of(scan.by_path(), SQLITE_DB)
-    out = []
+    return from_database(scan, SQLITE_DB, lambda data: _packages(scan, data, distro))
+
+
+def _packages(scan, data: bytes, distro: dict[str, str]) -> Iterator[Package]:
     with tempfile.NamedTemporaryFile(suffix=".sqlite") as tmp:
         tmp.write(data)
         tmp.flush()
@@ -68,7 +68,7 @@ def catalog(scan, distro: dict[str, str]) -> list[Package]:
         try:
             rows = connection.execute("SELECT blob FROM Packages").fetchall()
         except sqlite3.DatabaseError:
-            return []
+            return
         finally:
             connection.close()
     for (blob,) in rows:
@@ -92,9 +92,7 @@ def catalog(scan, distro: dict[str, str]) -> list[Package]:
         dirs = tags.get(TAG_DIRNAMES) or []
         pairs = zip(tags.get(TAG_BASENAMES) or [], tags.get(TAG_DIRINDEXES) or [], strict=False)
         package.add_files(scan, [clean_path(f"{dirs[index]}{base}") for base, index in pairs])  # type: ignore[index]
-        package.layer = layer
-        out.append(package)
-    return out
+        yield package
 
 
 def uses_berkeley_db(scan) -> bool:
