@@ -43,10 +43,6 @@ KINDS = {stat.S_IFREG: "file", stat.S_IFDIR: "dir", stat.S_IFLNK: "symlink", sta
          stat.S_IFBLK: "block", stat.S_IFIFO: "fifo"}
 
 
-def _kind(mode: int) -> str:
-    return KINDS.get(stat.S_IFMT(mode), "other")
-
-
 def _sha256(dir_fd: int, name: bytes) -> str:
     with open(os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=dir_fd), "rb") as f:
         return sha256_stream(f)[0]

@@ -31,7 +31,6 @@ DOCKER_FOREIGN_LAYER = "application/vnd.docker.image.rootfs.foreign.diff.tar.gzi
 
 MANIFEST_TYPES = {OCI_MANIFEST, DOCKER_MANIFEST}
 INDEX_TYPES = {OCI_INDEX, DOCKER_MANIFEST_LIST}
-CONFIG_TYPES = {OCI_CONFIG, DOCKER_CONFIG}
 
 # Layer media type -> compression ("", "gzip", "zstd").
 LAYER_COMPRESSION = {
