@@ -292,7 +292,7 @@ def build_operations(cache: Path, work: Path) -> list[Operation]:
             f"{bud} --layers=false -t bench/science:1 -f {ctx}/Containerfile {ctx} > /dev/null && "
             f"{' '.join(buildah)} push -q bench/science:1 oci:{peer_oci}:1 > /dev/null && "
             f"{' '.join(buildah)} rmi -f bench/science:1 > /dev/null",
-            [store, peer_oci],
+            [store, peer_oci, ctx / "spec.lock"],  # without its lock, as a new spec: today's compressor
         ),
         Operation(
             "build python-science (warm, cached)",
@@ -350,7 +350,7 @@ def small_build_operations(work: Path) -> list[Operation]:
             f"{buildah} bud -q --isolation chroot --layers=false -t bench/small:1 -f {ctx}/Containerfile {ctx} "
             f"> /dev/null && {buildah} push -q bench/small:1 oci:{peer_oci}:1 > /dev/null && "
             f"{buildah} rmi -f bench/small:1 > /dev/null",
-            [store, peer_oci],
+            [store, peer_oci, ctx / "spec.lock"],
         ),
     ]
 

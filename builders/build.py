@@ -36,7 +36,7 @@ from repro.errors import CheckFailed, ReproError
 from repro.extract import Extractor, Policy
 from repro.flatten import apply_layer, extract
 from repro.image import OCI_INDEX, REF_NAME, Descriptor, Image, Index, Platform, canonical_json, parse_json
-from repro.layers import TarWriter
+from repro.layers import GZIP_STREAM, TarWriter
 from repro.mutate import NewLayer, commit, new_config, write_layer
 from repro.refs import Options, open_image
 from repro.run import executors
@@ -120,9 +120,11 @@ class Builder:
         report: Callable[[StepReport], None] | None = None,
         log: Callable[[str], None] | None = None,
         platform: Platform | None = None,
+        compressor: str = _lock.DEFAULT_COMPRESSOR,
     ):
         self.spec = spec
         self.store = store
+        self.compressor = compressor  # the gzip compressor of every layer this build writes (the lock's)
         self.executor_name = executor
         self.cache = _cache.Cache(store, use_cache)
         self.report = report or (lambda r: None)
@@ -202,7 +204,7 @@ class Builder:
         if self.foreign:
             options["arch"] = debian_architecture(self.platform)
         definition = {"debian": options, "epoch": self.epoch}
-        cache_key = _cache.key([], definition, {})
+        cache_key = self._cache_key([], definition, {})
         self.used_keys.append(cache_key)
         entry = self.cache.get(cache_key)
         cached = entry is not None
@@ -212,7 +214,7 @@ class Builder:
             def produce(tar: TarWriter) -> None:
                 packages.extend(bootstrap(options, self.epoch, tar, f"{self.spec.path}: base.debian"))
 
-            layer = write_layer(self.store, produce, "gzip")
+            layer = self._write_layer(produce)
             history = {
                 "created": self.created,
                 "created_by": f"repro base: mmdebstrap {options.get('variant', 'minbase')}"
@@ -485,19 +487,28 @@ class Builder:
             after = {p: dataclasses.replace(n, uid=0, gid=0) if p in replaced else n for p, n in after.items()}
         changed, deleted = _tree.changes(before, after)
         shaped = self.left_out.shape(before, after, changed, deleted)
-        layer = write_layer(
-            self.store,
-            lambda tar: _tree.write_changes(tar, tree, after, shaped.changed, shaped.whiteouts, self.epoch),
-            "gzip",
-        )
+        layer = self._write_layer(
+            lambda tar: _tree.write_changes(tar, tree, after, shaped.changed, shaped.whiteouts, self.epoch))
         self.left_record = {**self.left_out.record(), "removed": shaped.removed} if (
             self.left_out.paths or shaped.removed) else None
         if shaped.left and self.left_record is not None:
-            kept = write_layer(self.store,
-                               lambda tar: _tree.write_changes(tar, tree, after, shaped.left, [], self.epoch), "gzip")
+            # never part of an image, only of the cache: zstd, several times faster than deflate on what a
+            # step leaves out (apt's lists and .debs, hundreds of MB after a packages step)
+            kept = write_layer(self.store, lambda tar: _tree.write_changes(tar, tree, after, shaped.left, [],
+                                                                           self.epoch), "zstd")
             self.left_record.update(descriptor=kept.descriptor.to_json(), diff_id=kept.diff_id)
         self.snapshot = after
         return layer, normalized + shaped.left
+
+    def _write_layer(self, produce: Callable[[TarWriter], None]) -> NewLayer:
+        return write_layer(self.store, produce, "gzip", self.compressor)
+
+    def _cache_key(self, parent: list[str], definition: dict, inputs: dict[str, str]) -> str:
+        """A step's cache key; it names the compressor (other layer bytes) unless that is the single
+        stream, so that the entries made before there was a choice keep their keys."""
+        if self.compressor != GZIP_STREAM:
+            definition = {**definition, "compressor": self.compressor}
+        return _cache.key(parent, definition, inputs)
 
     # --- the whole build -----------------------------------------------------------------
     def _commit(self, tag: str) -> BlobImage:
@@ -529,7 +540,7 @@ class Builder:
             raise ReproError(f"{self.spec.path}: stage {name!r} depends on itself "
                              f"({' -> '.join([*self.building, name])})", "break the cycle of stages")
         stage = Builder(self.stages[name], self.store, self.executor_name, self.cache.enabled, self.report, self.log,
-                        self.target)
+                        self.target, self.compressor)
         stage.cache, stage.used_keys, stage.stages = self.cache, self.used_keys, self.stages
         stage.stage_images, stage.building = self.stage_images, (*self.building, name)
         stage.sources = self.sources
@@ -590,7 +601,7 @@ class Builder:
                     definition["env"] = _container_config(self.base_config, self.spec).get("Env")
                 if self.left_out.state:  # the same layers, other left-out files: another starting point
                     definition["left_out"] = self.left_out.state
-                cache_key = _cache.key(parent, definition, inputs)
+                cache_key = self._cache_key(parent, definition, inputs)
                 self.used_keys.append(cache_key)
                 entry = self.cache.get(cache_key)
                 cached = entry is not None
@@ -614,7 +625,7 @@ class Builder:
                     else:
                         produce = steps.file_layer(self.spec, step, self.epoch, self._destinations(),
                                                    self._directories())
-                    layer = write_layer(self.store, produce, "gzip")
+                    layer = self._write_layer(produce)
                     history = {"created": self.created, "created_by": created_by}
                     self._apply_to_tree(layer)
                     self.cache.put(cache_key, CacheEntry(layer.descriptor, layer.diff_id, history, None,
@@ -674,12 +685,14 @@ def build(
         raise ReproError(f"--platform names a platform twice: {', '.join(map(str, wanted))}", "name each once")
     builders: list[Builder] = []
     results: list[BuildResult] = []
+    existing = _lock.read(spec.path)
+    compressor = _lock.layer_compressor(spec.path, existing)
     for platform in wanted:
         target = spec.for_platform(platform)  # a Containerfile's TARGETARCH, a def file's labels follow it
         if platform is not None and target.platform and not Platform.parse(target.platform).matches(platform):
             raise target.error("platform", f"the image is for {target.platform} (its own platform), not {platform}",
                                f"build it for {target.platform} only, or leave its platform out")
-        builder = Builder(target, store, executor, use_cache, report, log, platform)
+        builder = Builder(target, store, executor, use_cache, report, log, platform, compressor)
         builder.tag = "" if several else spec.tag
         if not builders:
             for ref in cache_from or []:
@@ -692,10 +705,9 @@ def build(
     for ref in cache_to or []:
         _cache.export_to(builders[0].cache, [r.image for r in results], [k for b in builders for k in b.used_keys],
                          ref)
-    locks = {str(b.platform): _lock.new_lock(b.resolved["base"], b.resolved["packages"], b.resolved.get("stages"),
-                                             b.resolved.get("sources")) for b in builders}
+    locks = {str(b.platform): _lock.new_lock(b.resolved["base"], b.resolved["packages"], compressor,
+                                             b.resolved.get("stages"), b.resolved.get("sources")) for b in builders}
     resolved = _lock.for_platforms(locks) if several else next(iter(locks.values()))
-    existing = _lock.read(spec.path)
     if locked:
         if existing is None:
             raise ReproError(f"{_lock.lock_path(spec.path)}: no lock file", "build once without --locked to create it")

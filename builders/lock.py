@@ -1,7 +1,11 @@
 """SPEC.lock: what a build resolved, so that `--locked` can refuse a build that resolves differently.
 
 It records the base image's digest, every Debian package (name, version, architecture, sha256 of the
-.deb) and the compressor with its version. Canonical JSON, so a lock file is itself reproducible.
+.deb) and the layers' compressor with its version. Canonical JSON, so a lock file is itself reproducible.
+
+The compressor is part of the reproducibility promise: the same tar under another compressor is another
+blob, so a build keeps the compressor its lock names (a lock from before the parallel gzip keeps the
+single stream), and only a build without a lock takes the newest (DEFAULT_COMPRESSOR).
 """
 
 from __future__ import annotations
@@ -9,11 +13,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from repro import parallel_gzip
 from repro.atomic import atomic_file
 from repro.errors import ReproError
-from repro.layers import compressed_writer_id, compressor_versions
+from repro.layers import GZIP_COMPRESSORS, compressor_versions
 
 LOCK_VERSION = 1
+DEFAULT_COMPRESSOR = parallel_gzip.ID
 
 
 def lock_path(spec_path: Path) -> Path:
@@ -25,14 +31,15 @@ def lock_path(spec_path: Path) -> Path:
     return spec_path.with_name(spec_path.name + ".lock")
 
 
-def new_lock(base: dict, packages: list[dict], stages: dict | None = None, sources: dict | None = None) -> dict:
+def new_lock(base: dict, packages: list[dict], compressor: str, stages: dict | None = None,
+             sources: dict | None = None) -> dict:
     """The lock; `stages` (each earlier stage's base) and `sources` (images copied from, by digest) only
     when the spec has them, so that single-stage locks stay as they were."""
     lock = {
         "lock": LOCK_VERSION,
         "base": base,
         "packages": packages,
-        "compressor": {"layers": compressed_writer_id("gzip"), "versions": compressor_versions()},
+        "compressor": {"layers": compressor, "versions": compressor_versions()},
     }
     if stages:
         lock["stages"] = stages
@@ -61,9 +68,25 @@ def read(spec_path: Path) -> dict | None:
     if not path.exists():
         return None
     try:
-        return json.loads(path.read_text())
+        lock = json.loads(path.read_text())
     except ValueError:
         raise ReproError(f"{path}: not valid JSON", "delete it and build without --locked to recreate it") from None
+    if not isinstance(lock, dict):
+        raise ReproError(f"{path}: not a lock file (no JSON object)", "delete it and build to recreate it")
+    return lock
+
+
+def layer_compressor(spec_path: Path, lock: dict | None) -> str:
+    """The gzip compressor for a build's layers: the one its lock names, else DEFAULT_COMPRESSOR."""
+    if lock is None:
+        return DEFAULT_COMPRESSOR
+    named = lock.get("compressor")
+    named = named.get("layers") if isinstance(named, dict) else None
+    if named in GZIP_COMPRESSORS:
+        return named
+    raise ReproError(f"{lock_path(spec_path)}: the layers' compressor {named!r} is not one this repro has, so it "
+                     "cannot give the locked bytes", "build with the repro that wrote the lock, or delete the "
+                     "lock file to build with this repro's compressor")
 
 
 def compare(spec_path: Path, locked: dict, resolved: dict) -> None:

@@ -20,6 +20,7 @@ from typing import BinaryIO
 import zstandard
 from isal import isal_zlib
 
+from repro import parallel_gzip
 from repro.digest import CHUNK, RawReader, WrappingReader
 from repro.errors import DigestMismatch, ReproError
 
@@ -40,11 +41,16 @@ def sniff_compression(head: bytes) -> str:
     return ""
 
 
-def compressed_writer_id(compression: str) -> str:
+GZIP_STREAM = f"zlib gzip level={GZIP_LEVEL} mtime=0 os=255"  # one zlib stream, one core
+GZIP_COMPRESSORS = (GZIP_STREAM, parallel_gzip.ID)
+
+
+def compressed_writer_id(compression: str, compressor: str = "") -> str:
     """Which compressor and settings made a layer; recorded in the layer's annotations because
-    another implementation (zlib-ng, pigz) can give other bytes. No versions: they go in the lock."""
+    another implementation (zlib-ng, pigz) can give other bytes. No versions: they go in the lock.
+    `compressor` picks one of GZIP_COMPRESSORS; empty is the single stream."""
     if compression == "gzip":
-        return f"zlib gzip level={GZIP_LEVEL} mtime=0 os=255"
+        return compressor or GZIP_STREAM
     if compression == "zstd":
         return f"zstd level={ZSTD_LEVEL} checksum"
     return "none"
@@ -289,9 +295,14 @@ class _NoClose(io.RawIOBase):
         return self._inner.write(data)
 
 
-def compressing_writer(out: BinaryIO, compression: str) -> BinaryIO:
-    """A writer that compresses deterministically into `out`; closing it does not close `out`."""
+def compressing_writer(out: BinaryIO, compression: str, compressor: str = "") -> BinaryIO:
+    """A writer that compresses deterministically into `out`; closing it does not close `out`.
+    `compressor` is one of GZIP_COMPRESSORS for gzip (empty: the single stream)."""
+    if compression == "gzip" and compressor == parallel_gzip.ID:
+        return parallel_gzip.ParallelGzipWriter(out, usable_cores())  # type: ignore[return-value]
     if compression == "gzip":
+        if compressor not in ("", GZIP_STREAM):
+            raise ReproError(f"unknown gzip compressor {compressor!r}", f"use one of: {'; '.join(GZIP_COMPRESSORS)}")
         return gzip.GzipFile(fileobj=_NoClose(out), mode="wb", compresslevel=GZIP_LEVEL, mtime=0, filename="")
     if compression == "zstd":
         params = zstandard.ZstdCompressionParameters.from_level(ZSTD_LEVEL, threads=0, write_checksum=True)
@@ -369,12 +380,17 @@ class BackgroundCompressor:
             self._thread.join()
 
 
-def second_core() -> bool:
-    """Whether this process may run on more than one core (a batch job is often pinned to one)."""
+def usable_cores() -> int:
+    """How many cores this process may run on (a batch job is often pinned to fewer than the host has)."""
     try:
-        return len(os.sched_getaffinity(0)) > 1
+        return len(os.sched_getaffinity(0)) or 1
     except (AttributeError, OSError):
-        return (os.cpu_count() or 1) > 1
+        return os.cpu_count() or 1
+
+
+def second_core() -> bool:
+    """Whether this process may run on more than one core."""
+    return usable_cores() > 1
 
 
 def _octal_or_base256(value: int, width: int) -> bytes:

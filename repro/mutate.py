@@ -34,7 +34,15 @@ from repro.image import (
     Platform,
     canonical_json,
 )
-from repro.layers import BackgroundCompressor, TarWriter, compressed_writer_id, compressing_writer, second_core
+from repro.layers import (
+    GZIP_STREAM,
+    BackgroundCompressor,
+    TarWriter,
+    compressed_writer_id,
+    compressing_writer,
+    second_core,
+)
+from repro.parallel_gzip import ParallelGzipWriter
 from repro.store import Layout, LayoutBlobs
 
 LAYER_MEDIA_TYPES = {"": OCI_LAYER, "gzip": OCI_LAYER_GZIP, "zstd": OCI_LAYER_ZSTD}
@@ -47,13 +55,16 @@ class NewLayer:
     diff_id: str
 
 
-def write_layer(layout: Layout, produce: Callable[[TarWriter], None], compression: str = "gzip") -> NewLayer:
-    """Store the layer that `produce` writes (entries, then the trailer is added here)."""
+def write_layer(layout: Layout, produce: Callable[[TarWriter], None], compression: str = "gzip",
+                compressor: str = "") -> NewLayer:
+    """Store the layer that `produce` writes (entries, then the trailer is added here); `compressor`
+    is one of layers.GZIP_COMPRESSORS for gzip (empty: the single stream)."""
     diff_hash: list[str] = []
+    writer_id = compressed_writer_id(compression, compressor)
 
     def write(out: BinaryIO) -> None:
-        sink = compressing_writer(out, compression) if compression else out
-        if compression == "gzip" and second_core():  # the same bytes, compressed on a second core
+        sink = compressing_writer(out, compression, compressor) if compression else out
+        if writer_id == GZIP_STREAM and second_core():  # the same bytes, compressed on a second core
             sink = BackgroundCompressor(sink)
         tee = HashingWriter(sink)  # the uncompressed tar's digest (the diff_id) on its way into the compressor
         tar = TarWriter(tee)  # type: ignore[arg-type]
@@ -61,7 +72,7 @@ def write_layer(layout: Layout, produce: Callable[[TarWriter], None], compressio
             produce(tar)
             tar.close()
         except BaseException:
-            if isinstance(sink, BackgroundCompressor):
+            if isinstance(sink, (BackgroundCompressor, ParallelGzipWriter)):
                 sink.abort()
             raise
         if compression:
@@ -69,7 +80,7 @@ def write_layer(layout: Layout, produce: Callable[[TarWriter], None], compressio
         diff_hash.append(tee.digest)
 
     digest, size = layout.put_stream(write)
-    annotations = {COMPRESSOR_ANNOTATION: compressed_writer_id(compression)} if compression else {}
+    annotations = {COMPRESSOR_ANNOTATION: writer_id} if compression else {}
     return NewLayer(Descriptor(LAYER_MEDIA_TYPES[compression], digest, size, annotations), diff_hash[0])
 
 

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import json
 
-from repro.image import Image
+from repro.image import Descriptor, Image
+from repro.mutate import COMPRESSOR_ANNOTATION
 from sbom.files import inventory
 
 FIELDS = ("type", "mode", "uid", "gid", "size", "sha256", "target", "mtime", "xattrs")
@@ -31,6 +32,9 @@ def diff_images(a: Image, b: Image, semantic: bool = False) -> list[dict]:
             db = lb[i].diff_id if i < len(lb) else None
             if da != db:
                 out.append({"what": f"layer {i} diff_id", "a": da, "b": db})
+            elif la[i].descriptor.digest != lb[i].descriptor.digest:  # the same tar, compressed otherwise
+                out.append({"what": f"layer {i} compression (same content)", "a": _compression(la[i].descriptor),
+                            "b": _compression(lb[i].descriptor)})
     keys = SEMANTIC_CONFIG if semantic else sorted((set(ca) | set(cb)) - {"rootfs"})
     for key in keys:
         if ca.get(key) != cb.get(key):
@@ -50,6 +54,12 @@ def diff_images(a: Image, b: Image, semantic: bool = False) -> list[dict]:
             if va != vb:
                 out.append({"what": "changed", "path": path, "field": field_name, "a": va, "b": vb})
     return out
+
+
+def _compression(descriptor: Descriptor) -> str:
+    """The blob and what compressed it: the compressor repro recorded, else the media type."""
+    made_by = descriptor.annotations.get(COMPRESSOR_ANNOTATION) or f"{descriptor.media_type}, compressor not recorded"
+    return f"{descriptor.digest} ({made_by})"
 
 
 def describe(record: dict) -> str:

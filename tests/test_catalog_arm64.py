@@ -49,7 +49,7 @@ def test_catalog_hello_for_amd64_and_arm64_as_a_plain_user(public_dir):
     needs_namespaced_binfmt()
     target = public_dir / "hello"
     target.mkdir()
-    for name in ("spec.yaml", "Containerfile", "app.def"):
+    for name in ("spec.yaml", "spec.lock", "Containerfile", "app.def"):  # the lock: its compressor, its digest
         (target / name).write_bytes((CATALOG / "hello" / name).read_bytes())
     (target / "busybox-amd64").write_bytes(Path("/bin/busybox").read_bytes())
     (target / "busybox-arm64").write_bytes(arm64_busybox(public_dir))
