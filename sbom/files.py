@@ -79,6 +79,12 @@ class Scan:
     def by_path(self) -> dict[str, FileRecord]:
         return self._by_path
 
+    @cached_property
+    def _directories(self) -> dict[str, str | None]:
+        """A directory's path -> that path with its links resolved (None: a loop): a Debian image's
+        package lists name ~70,000 files in a few thousand directories."""
+        return {}
+
     def resolve(self, path: str) -> str:
         """`path` with every symlinked directory on the way resolved inside the image; the last name
         is not followed (a package's own symlink is a file of the package).
@@ -88,10 +94,21 @@ class Scan:
         repro.confined.Tree does on disk: an absolute target is relative to the image root, `..`
         stops at the root, and a loop ends the resolution (the path is then returned as it stands)."""
         path = clean_path(path)
-        records = self._by_path
-        if "/" not in path:
+        parent, _, name = path.rpartition("/")
+        if not parent:
             return path
-        todo = path.split("/")
+        directories = self._directories
+        if parent not in directories:
+            directories[parent] = self._follow(parent)
+        resolved = directories[parent]
+        if resolved is None:
+            return path
+        return f"{resolved}/{name}" if resolved else name
+
+    def _follow(self, directory: str) -> str | None:
+        """`directory` with every link on the way followed, itself included; None after too many links."""
+        records = self._by_path
+        todo = [*directory.split("/"), ""]  # "": the name below it, never followed
         done: list[str] = []
         followed = 0
         while len(todo) > 1:
@@ -103,11 +120,11 @@ class Scan:
                 continue
             followed += 1
             if followed > MAX_SYMLINKS:
-                return path
+                return None
             base = "" if record.target.startswith("/") else "/".join(done)
             todo = [p for p in clean_path(f"{base}/{record.target}").split("/") if p] + todo
             done = []
-        return "/".join(done + todo)
+        return "/".join(done)
 
     def find(self, path: str) -> tuple[str, FileRecord | None]:
         """(resolved path, its record or None when the image has nothing there)."""

@@ -194,10 +194,12 @@ def expression(field_value: str, texts: dict[str, str] | None = None) -> tuple[s
     return normalize(result), refs
 
 
+@functools.lru_cache(maxsize=4096)
 def normalize(text: str) -> str:
     """An expression in one spelling: SPDX identifiers as SPDX writes them, nested ANDs and ORs
     flattened, their terms sorted and duplicates dropped; "" if it does not parse or names a license
-    that is neither on the SPDX list nor a LicenseRef-."""
+    that is neither on the SPDX list nor a LicenseRef-. Remembered: a Debian image's copyright files
+    name a few dozen licenses thousands of times, and parsing one costs about 0.1 ms."""
     if not text:
         return ""
     try:
