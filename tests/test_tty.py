@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from repro.run.executors import runc
+from repro.run.executors.command import Command
 from tests.conftest import REPRO, busybox_layers, public_directory
 from tests.imagekit import E, make_image
 
@@ -211,3 +213,18 @@ def test_the_command_cannot_type_into_the_user_s_terminal(typist, public, execut
             "/typist"]
     pending, output = typed_into_terminal(argv, environment(public, executor))
     assert pending == 0 and "tiocsti: " in output, output
+
+
+def test_runc_gets_the_terminal_size_before_the_command_starts(tmp_path):
+    """runc sizes its pty from its standard input only once the command runs, so a first `stty size`
+    could read 0 0 (it did, under load): the size goes into the spec, which runc sets before exec."""
+    master, slave = os.openpty()
+    try:
+        command = Command(["/bin/sh"], {}, tty=os.ttyname(slave))
+        assert "consoleSize" not in runc.config(tmp_path, command)["process"]  # no size yet: none given
+        fcntl.ioctl(master, termios.TIOCSWINSZ, struct.pack("HHHH", 33, 101, 0, 0))
+        assert runc.config(tmp_path, command)["process"]["consoleSize"] == {"height": 33, "width": 101}
+        assert "consoleSize" not in runc.config(tmp_path, Command(["/bin/sh"], {}))["process"]
+    finally:
+        os.close(master)
+        os.close(slave)

@@ -23,6 +23,7 @@ from pathlib import Path
 
 from repro.errors import ReproError
 from repro.run import emulation
+from repro.run.executors import terminal
 from repro.run.executors.command import Command
 from repro.run.reaper import reaper, remove_command
 
@@ -83,10 +84,15 @@ def config(root: Path | str, command: Command, user: tuple[int, int] = (0, 0)) -
     hooks = {}
     if command.emulator is not None and emulation.namespaced():  # qemu in the container's own binfmt_misc
         hooks = {"hooks": {"createRuntime": [emulation.runc_hook(command.emulator, root)]}}
+    # runc sizes the container's pty from its own standard input only after the command has started,
+    # so a first `stty size` could see 0 0; the size in the spec is set before the command runs
+    size = terminal.size_of(command.tty) if command.tty else None
+    console = {"consoleSize": {"height": size[0], "width": size[1]}} if size else {}
     return {
         "ociVersion": "1.0.2",
         "process": {
             "terminal": bool(command.tty),  # runc makes the container's own pty and relays it to its stdio
+            **console,
             "user": {"uid": user[0], "gid": user[1]},
             "args": list(command.argv),
             "env": [f"{k}={v}" for k, v in sorted(command.env.items())],

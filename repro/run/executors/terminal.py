@@ -20,6 +20,7 @@ import fcntl
 import os
 import select
 import signal
+import struct
 import subprocess
 import termios
 import tty
@@ -44,6 +45,21 @@ def _write_all(fd: int, data: bytes) -> None:
     view = memoryview(data)
     while view:
         view = view[os.write(fd, view):]
+
+
+def size_of(path: str) -> tuple[int, int] | None:
+    """(rows, columns) of the terminal at `path`, None when it has no size yet (or is not a terminal)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOCTTY | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        rows, columns = struct.unpack("HHHH", fcntl.ioctl(fd, termios.TIOCGWINSZ, b"\0" * 8))[:2]
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    return (rows, columns) if rows and columns else None
 
 
 class Terminal:
