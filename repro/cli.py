@@ -11,11 +11,14 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import json
 import logging
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -799,6 +802,46 @@ def _terminate(signum: int, _frame) -> None:
     raise Terminated(signum)
 
 
+def _os_error_line(exc: OSError, args: argparse.Namespace) -> str:
+    """The error line of a failed system call; a full disk names where the space ran out and what to do."""
+    if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+        where = f" {exc.filename}" if exc.filename else ""
+        return f"{exc.strerror or exc}:{where}"
+    store = (args.store or default_store()) if hasattr(args, "store") else None
+    places = [exc.filename, *_output_paths(args), store, tempfile.gettempdir()]
+    return (f"{(exc.strerror or 'no space left').lower()} ({_free_space(places)}): free some space, or give "
+            "--store (or REPRO_STORE) and TMPDIR on a larger disk, and run again")
+
+
+def _output_paths(args: argparse.Namespace) -> list[str]:
+    """The local paths a command writes to (its `dst` and `--output`), for a full disk's message."""
+    outputs = getattr(args, "output", None)
+    named = [getattr(args, "dst", None), *(outputs if isinstance(outputs, list) else [outputs])]
+    paths = []
+    for text in filter(None, named):
+        if not is_reference(text):
+            paths.append(text)
+        elif not parse(text).body.startswith("//"):
+            paths.append(parse(text).body.partition(":")[0])
+    return paths
+
+
+def _free_space(places: Sequence[str | Path | None]) -> str:
+    """`free: 0 B at /x, 3.1 GiB at /tmp`, one entry per file system among `places`."""
+    seen: dict[int, str] = {}
+    for place in places:
+        if not place:
+            continue
+        existing = Path(place).absolute()
+        while not existing.exists() and existing != existing.parent:
+            existing = existing.parent
+        with contextlib.suppress(OSError):
+            device = existing.stat().st_dev
+            if device not in seen:
+                seen[device] = f"{_human(shutil.disk_usage(existing).free)} at {place}"
+    return "free: " + ", ".join(seen.values()) if seen else "free space unknown"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
@@ -826,8 +869,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as exc:
         if args.debug:
             raise
-        where = f" {exc.filename}" if exc.filename else ""
-        err.print(f"repro: {exc.strerror or exc}:{where}", markup=False)
+        err.print(f"repro: {_os_error_line(exc, args)}", markup=False)
         return EXIT_BAD_INPUT
     except Exception as exc:  # a bug of ours: still one line, the traceback with --debug
         if args.debug:

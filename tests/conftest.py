@@ -422,9 +422,22 @@ def _arm64_early(request):
 SLOW_FIXTURES = {"catalog_images", "debian", "debian_base", "debian_defs"}
 
 
+# repro's default store is under $HOME, and `repro run` unpacks each image there once (a gigabyte for each
+# Debian image). The session gets a HOME of its own, removed at its end: the tests leave nothing in the
+# store of whoever runs them (they once filled this machine's disk, run after run).
+_SESSION_HOME = Path(tempfile.gettempdir()) / f"repro-test-home-{os.getpid()}"
+
+
 def pytest_configure(config) -> None:
     config.addinivalue_line("markers", "slow: builds or reads real Debian images (make test-slow)")
     config.addinivalue_line("markers", "arm64: a Debian image built for arm64 under QEMU (make test-arm64)")
+    _SESSION_HOME.mkdir(mode=0o755)
+    os.environ["HOME"] = str(_SESSION_HOME)
+    os.environ.pop("REPRO_STORE", None)
+
+
+def pytest_unconfigure(config) -> None:
+    shutil.rmtree(_SESSION_HOME, ignore_errors=True)
 
 
 def pytest_collection_modifyitems(config, items) -> None:

@@ -6,12 +6,14 @@ import gzip
 import hashlib
 import io
 import json
+import random
+import subprocess
 import tarfile
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import repro
+from tests.conftest import REPRO, repro
 from tests.imagekit import E, make_image, raw_blob_image
 
 
@@ -169,3 +171,21 @@ def test_damaged_layer_contents_are_refused_where_they_are_read(case, layout_cop
         assert proc.returncode == 2 and message in proc.stderr, proc.stderr
         assert len(proc.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "tree").exists()
+
+
+@pytest.mark.parametrize("output", ["oci:{full}/layout:1", "docker-archive:{full}/image.tar", "rootfs:{full}/tree",
+                                    "tar:{full}/rootfs.tar"])
+def test_a_full_disk_says_where_and_leaves_nothing(output, tmp_path):
+    """The output's file system (a 1 MiB tmpfs, in a mount namespace of its own) fills up half-way."""
+    make_image(tmp_path / "src", "1", [[E("noise", random.Random(7).randbytes(3 << 20))]])
+    full = tmp_path / "full"
+    full.mkdir()
+    command = ["convert" if output.startswith(("oci:", "docker")) else "flatten", f"oci:{tmp_path}/src:1",
+               output.format(full=full)]
+    script = f'mount -t tmpfs -o size=1m tmpfs "$1" && shift && "$@"; echo "exit $?" >&2; find "{full}" -mindepth 1'
+    proc = subprocess.run(["unshare", "-m", "sh", "-c", script, "sh", str(full), REPRO, *command],
+                          capture_output=True, text=True, timeout=120)
+    line, status = proc.stderr.strip().splitlines()
+    assert status == "exit 2" and proc.stdout == ""  # nothing left in the full file system
+    assert line.startswith("repro: no space left on device (free: ") and f"at {full}/" in line, line
+    assert line.endswith("or give --store (or REPRO_STORE) and TMPDIR on a larger disk, and run again"), line
