@@ -19,11 +19,13 @@ the same tree, and tar2sqfs, which refuses a name twice, can read it.
 Knowing at an entry whether a later entry of its layer replaces it needs that layer's later headers.
 Inside `flattening()` each layer is read once, keeping only a compact table of its names (a few
 dozen bytes a name), on the assumption, true of nearly every image, that a layer never replaces what
-it already gave; the first layer that does (or whose hardlink needs a file it did not give) makes the
-consumer start over, with that layer and the ones below it read twice: their headers first, into an
-exact model of the names they leave, then their entries. A consumer that cannot start over (outside
-`flattening()`) gets every layer read that way. Memory grows with the number of names, never with
-file contents.
+it already gave; the first layer that does (or whose hardlink needs a file it did not give, other than
+one a higher layer replaced) makes the consumer start over, with that layer and the ones below it read
+twice: their headers first, into an exact model of the names they leave, then their entries. A consumer
+that cannot start over (outside `flattening()`) gets every layer read that way. A hardlink to a file of
+its own layer that a higher layer replaced is common (a package upgraded in a later layer): that file is
+read again from its layer after the layer's pass, under the link's name. Memory grows with the number
+of names (at a few dozen bytes each), never with file contents.
 """
 
 from __future__ import annotations
@@ -65,7 +67,7 @@ def ancestors(path: str) -> Iterator[str]:
         end = path.find("/", end + 1)
 
 
-DIR, IMPLICIT_DIR, OTHER = "dir", "implicit", "other"
+DIR, IMPLICIT_DIR, OTHER = 1, 2, 3  # what a layer put at a path (0: nothing); IMPLICIT_DIR: made as a parent
 Name = tuple[str, "tarfile.TarInfo | None"]  # a name a file gets, with the hardlink entry that gave it
 
 
@@ -73,7 +75,7 @@ Name = tuple[str, "tarfile.TarInfo | None"]  # a name a file gets, with the hard
 class _Upper:
     """What the layers above the current one have said about paths."""
 
-    claimed: dict[str, str] = field(default_factory=dict)  # path -> DIR, IMPLICIT_DIR (a parent) or OTHER
+    claimed: _Claims = field(default_factory=lambda: _Claims())  # path -> DIR, IMPLICIT_DIR or OTHER
     deleted: set[str] = field(default_factory=set)
     opaque: set[str] = field(default_factory=set)
     sealed: set[str] = field(default_factory=set)  # nothing from further down survives at or under these
@@ -89,7 +91,7 @@ class _Upper:
         claim = self.claimed.get(path)
         if claim in (DIR, IMPLICIT_DIR) and not is_dir:
             return True
-        if path in self.sealed or path in self.deleted or (claim is not None and claim != IMPLICIT_DIR):
+        if path in self.sealed or path in self.deleted or claim in (DIR, OTHER):
             return True
         for parent in ancestors(path):
             if (parent in self.deleted or parent in self.opaque or parent in self.sealed
@@ -134,7 +136,7 @@ class _Node:
 
     __slots__ = ("children", "index", "info", "inode", "kind")
 
-    def __init__(self, kind: str, index: int) -> None:
+    def __init__(self, kind: int, index: int) -> None:
         self.kind = kind  # DIR, IMPLICIT_DIR (made as the parent of an entry) or OTHER
         self.index = index  # the entry that made it, -1 for an implied directory
         # For OTHER: the file it is: the index of the entry that made the file, a path in the layers
@@ -241,20 +243,25 @@ ENTRY, NONDIR, IMPLIED, LINK = 1, 2, 4, 8  # flags of a name in _Seen (LINK: a h
 _MASK64 = (1 << 64) - 1
 
 
-class _Seen:
-    """The names a layer has given so far, with ENTRY/NONDIR/IMPLIED flags, in 13 to 26 bytes a name
-    (a layer may hold a million): open addressing over two independent hashes of each name (96 bits),
-    so that two names are taken for one with a chance of 2**-96 per pair."""
+def _name_key(name: str) -> tuple[int, int]:
+    """Two independent hashes of a name: 64 bits (never 0, which marks a free slot) and 32 bits."""
+    return hash(name) & _MASK64 or 1, hash(name[::-1]) & 0xFFFFFFFF
 
-    __slots__ = ("_checks", "_count", "_flags", "_keys", "_mask")
+
+class _NameTable:
+    """A small number per name, in 13 to 26 bytes a name, the names themselves not kept (a layer, or the
+    layers above one, may hold a million): open addressing over two independent hashes of each name
+    (96 bits), so that two names are taken for one with a chance of 2**-96 per pair."""
+
+    __slots__ = ("_checks", "_count", "_keys", "_mask", "_values")
 
     def __init__(self) -> None:
         self._allocate(1 << 10)
 
     def _allocate(self, size: int) -> None:
-        self._keys = array("Q", bytes(8 * size))  # 64 bits of hash(name), never 0; 0: a free slot
+        self._keys = array("Q", bytes(8 * size))  # 64 bits of hash(name); 0: a free slot
         self._checks = array("I", bytes(4 * size))  # 32 bits of hash(reversed name)
-        self._flags = bytearray(size)
+        self._values = bytearray(size)
         self._mask = size - 1
         self._count = 0
 
@@ -268,14 +275,15 @@ class _Seen:
             i = (i + 1) & mask
 
     def get(self, name: str) -> int:
-        return self._flags[self._slot(hash(name) & _MASK64 or 1, hash(name[::-1]) & 0xFFFFFFFF)]
+        """The name's value, 0 if it has none."""
+        return self._values[self._slot(*_name_key(name))]
 
-    def mark(self, name: str, flags: int) -> int:
-        """Add `flags` to `name`; returns the flags it had (0: not seen)."""
-        key, check = hash(name) & _MASK64 or 1, hash(name[::-1]) & 0xFFFFFFFF
+    def _set(self, key: int, check: int, value: int, combine: bool) -> int:
+        """Set (or, with `combine`, add the bits of) the value of the name hashed to key and check;
+        returns the value it had."""
         i = self._slot(key, check)
-        before = self._flags[i]
-        self._flags[i] = before | flags
+        before = self._values[i]
+        self._values[i] = before | value if combine else value
         if not self._keys[i]:
             self._keys[i], self._checks[i] = key, check
             self._count += 1
@@ -284,17 +292,47 @@ class _Seen:
         return before
 
     def _grow(self) -> None:
-        keys, checks, flags = self._keys, self._checks, self._flags
-        self._allocate(2 * len(flags))
+        keys, checks, values = self._keys, self._checks, self._values
+        self._allocate(2 * len(values))
         for j, key in enumerate(keys):
             if key:
                 i = self._slot(key, checks[j])
-                self._keys[i], self._checks[i], self._flags[i] = key, checks[j], flags[j]
+                self._keys[i], self._checks[i], self._values[i] = key, checks[j], values[j]
                 self._count += 1
+
+    def items(self) -> Iterator[tuple[int, int, int]]:
+        """(key, check, value) of each name."""
+        keys, checks, values = self._keys, self._checks, self._values
+        return ((key, checks[j], values[j]) for j, key in enumerate(keys) if key)
+
+
+class _Seen(_NameTable):
+    """The names a layer has given so far, with ENTRY/NONDIR/IMPLIED/LINK flags."""
+
+    __slots__ = ()
+
+    def mark(self, name: str, flags: int) -> int:
+        """Add `flags` to `name`; returns the flags it had (0: not seen)."""
+        return self._set(*_name_key(name), flags, combine=True)
 
     def gone(self, name: str) -> bool:
         """Whether a parent of `name` is a non-directory of the layer."""
         return any(self.get(parent) & NONDIR for parent in ancestors(name))
+
+
+class _Claims(_NameTable):
+    """What a layer (or the layers above one) put at each path: DIR, IMPLICIT_DIR or OTHER."""
+
+    __slots__ = ()
+
+    def put(self, name: str, claim: int) -> None:
+        self._set(*_name_key(name), claim, combine=False)
+
+    def merge_below(self, layer: _Claims) -> None:
+        """Add a lower layer's claims: a directory an upper layer gave stays what it said."""
+        for key, check, claim in layer.items():
+            if self._values[self._slot(key, check)] != DIR:
+                self._set(key, check, claim, combine=False)
 
 
 @dataclass
@@ -363,6 +401,7 @@ class _Merge:
         self.links: dict[str, tuple[int, tarfile.TarInfo, str]] = {}  # hardlink path -> (layer, header, target)
         self.awaited: set[str] = set()  # targets of those links
         self.found: set[str] = set()  # ... among the non-directories handed out
+        self._last_parent: str | None = None  # the directory of the last path whose parents were claimed
 
     def entries(self) -> Iterator[MergedEntry]:
         layers = self.image.layers
@@ -389,10 +428,12 @@ class _Merge:
         upper, image = self.upper, self.image
         seen = _Seen()
         whiteouts = _Whiteouts()
-        claims: dict[str, str] | None = {} if index else None  # the bottom layer has nothing below to hide
+        claims: _Claims | None = _Claims() if index else None  # the bottom layer has nothing below to hide
+        self._last_parent = None
         sealed: set[str] = set()
         consumed: set[str] = set()  # wanted paths the layer has a file at
         below: list[tuple[list[Name], str]] = []  # hardlinks to a file of the layers below
+        relinked: dict[str, list[Name]] = {}  # hardlinks to a file of the layer that a higher layer hides
         parents: dict[str, None] = {}  # directories the layer's entries were last placed in
         what = self._what(index)
         with image.layers[index].open_uncompressed(read_ahead=True) as stream:
@@ -423,7 +464,7 @@ class _Merge:
                 if is_dir:
                     if not upper.hides(path, True):
                         if claims is not None:
-                            claims[path] = DIR
+                            claims.put(path, DIR)
                             self._claim_parents(claims, path)
                         yield MergedEntry(index, path, info, None)
                     continue
@@ -432,7 +473,7 @@ class _Merge:
                     if upper.claimed.get(path) in (DIR, IMPLICIT_DIR):
                         sealed.add(path)  # it replaced what is below, before a higher layer made a directory
                 elif claims is not None:
-                    claims[path] = OTHER
+                    claims.put(path, OTHER)
                     self._claim_parents(claims, path)
                 names: list[Name] = [] if hidden else [(path, info if info.islnk() else None)]
                 if path in upper.wants:
@@ -443,7 +484,7 @@ class _Merge:
                 if info.islnk():
                     target = clean_path(info.linkname)  # what it names before this entry took `path`:
                     flags = before if target == path else seen.get(target)
-                    self._link_once(index, seen, names, target, flags, below)
+                    self._link_once(index, seen, names, target, flags, below, relinked)
                     continue
                 first = names[0][0]
                 if first in self.awaited or len(names) > 1:
@@ -453,6 +494,8 @@ class _Merge:
                 yield MergedEntry(index, first, info, tar.content() if info.isreg() else None)
             # Drain what the tar reader left unread so the digest check at the end of the stream runs.
             stream.finish()
+        if relinked:
+            yield from self._relinked_files(index, relinked)
         for path in consumed:
             del upper.wants[path]
         for path in [p for p in upper.wants if seen.get(p) or seen.gone(p) or whiteouts.cover(p)]:
@@ -464,7 +507,7 @@ class _Merge:
             self._merge_claims(claims, whiteouts, sealed)
 
     def _link_once(self, index: int, seen: _Seen, names: list[Name], target: str, flags: int,
-                   below: list[tuple[list[Name], str]]) -> None:
+                   below: list[tuple[list[Name], str]], relinked: dict[str, list[Name]]) -> None:
         if not flags and not seen.gone(target):
             below.append((names, target))  # a file of the layers below (unless the layer replaces it later)
             return
@@ -476,23 +519,46 @@ class _Merge:
         first = target if not self.upper.hides(target, False) else None
         if first is None and target in self.upper.wants:
             first = self.upper.wants[target][0][0]
-        if first is None:
-            raise _Replan(self.image, index)  # handed out under no name, yet needed under the link's
+        if first is None:  # handed out under no name, yet needed under the link's: read again after the layer
+            relinked.setdefault(target, []).extend(names)
+            return
         self.found.add(first)
         for name, header in names:
             if name != first:
                 self._add_link(index, name, header, first)
 
-    def _claim_parents(self, claims: dict[str, str], path: str) -> None:
-        for parent in ancestors(path):
-            if parent not in claims and self.upper.claimed.get(parent) is None:
-                claims[parent] = IMPLICIT_DIR
+    def _relinked_files(self, index: int, relinked: dict[str, list[Name]]) -> Iterator[MergedEntry]:
+        """The files of layer `index` that a higher layer hides but a hardlink of the layer names, read
+        again from the layer (that one only, memory bounded by the number of such links) and handed out
+        under the links' names. Each is the layer's only entry at its path: a second is a _Replan."""
+        with self.image.layers[index].open_uncompressed(read_ahead=True) as stream:
+            tar = TarStream(stream, self._what(index))
+            for info in tar:
+                names = relinked.pop(clean_path(info.name), None) if relinked else None
+                if names is None:
+                    continue
+                first = names[0][0]
+                self.found.add(first)
+                for name, header in names[1:]:
+                    self._add_link(index, name, header, first)
+                yield MergedEntry(index, first, info, tar.content() if info.isreg() else None)
+            stream.finish()
+        if relinked:
+            raise ReproError(f"{self._what(index)}: changed while it was read",
+                             "read the image when nothing is changing it")
 
-    def _merge_claims(self, claims: dict[str, str], whiteouts: _Whiteouts, sealed: set[str]) -> None:
+    def _claim_parents(self, claims: _Claims, path: str) -> None:
+        parent = path.rpartition("/")[0]
+        if not parent or parent == self._last_parent:  # its parents are claimed already
+            return
+        self._last_parent = parent
+        for above in ancestors(path):
+            if not claims.get(above) and not self.upper.claimed.get(above):
+                claims.put(above, IMPLICIT_DIR)
+
+    def _merge_claims(self, claims: _Claims, whiteouts: _Whiteouts, sealed: set[str]) -> None:
         upper = self.upper
-        for path, claim in claims.items():
-            if upper.claimed.get(path) != DIR:
-                upper.claimed[path] = claim
+        upper.claimed.merge_below(claims)
         upper.deleted |= whiteouts.deleted
         upper.opaque |= whiteouts.opaque
         upper.sealed |= sealed
@@ -555,13 +621,13 @@ class _Merge:
             for name, header in names[1:]:
                 self._add_link(index, name, header, first)
         if index:
-            claims: dict[str, str] = {}
+            claims = _Claims()
             for path, node in model.nodes.items():
                 if node.kind == IMPLICIT_DIR:
-                    if upper.claimed.get(path) is None:
-                        claims[path] = IMPLICIT_DIR
+                    if not upper.claimed.get(path):
+                        claims.put(path, IMPLICIT_DIR)
                 elif not upper.hides(path, node.kind == DIR):
-                    claims[path] = node.kind
+                    claims.put(path, node.kind)
             self._merge_claims(claims, model.whiteouts, model.sealed)
 
     def _files(self, model: _LayerModel) -> dict:

@@ -16,8 +16,10 @@ from pathlib import Path
 
 import pytest
 
+import repro as repro_api
 from converters import sif_format
 from converters import sif_rootfs as sd
+from repro import flatten
 from repro.clock import rfc3339
 from repro.extract import Extractor
 from repro.image import Platform
@@ -489,3 +491,26 @@ def test_a_layer_replacing_what_it_gave_costs_no_memory(tmp_path):
             assert f.read(1 << 16) == Noise(size, seed).read(1 << 16)
     listing = run("sh", "-c", f"sqfs2tar {shlex.quote(str(tmp_path / 'big.squashfs'))} | tar -tvf -").stdout
     assert listing.count("data/big.bin") == 1 and listing.count("data/old.bin") == 1 and " link to " not in listing
+
+
+def test_a_link_to_a_file_a_higher_layer_replaced_rereads_only_its_layer(tmp_path, monkeypatch):
+    """Layer 0 has a file and a hardlink to it, layer 1 replaces the file: the link keeps layer 0's
+    content, got by reading layer 0 once more, never by reading the layers headers first (that keeps a
+    model of every name of each layer below, in memory that grows with the image's file count)."""
+    make_image(tmp_path / "layout", "l", [
+        [E("d", kind="dir"), E("d/data", b"old content"), E("d/link", kind="hardlink", target="d/data"),
+         E("d/other", b"stays")],
+        [E("d/data", b"new content")],
+    ])
+
+    def no_plan(self, index):
+        raise AssertionError(f"layer {index} was read headers first")
+
+    monkeypatch.setattr(flatten._Merge, "_plan", no_plan)
+    image = repro_api.open(f"oci:{tmp_path}/layout:l")
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    flatten.extract(image, tree)
+    assert (tree / "d" / "data").read_bytes() == b"new content"
+    assert (tree / "d" / "link").read_bytes() == b"old content"
+    assert (tree / "d" / "other").read_bytes() == b"stays"
