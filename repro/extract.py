@@ -50,13 +50,17 @@ class Extractor:
     """Writes tar entries under `root`, which must be an existing directory."""
 
     def __init__(self, root: Path, what: str, policy: Policy = Policy(), fresh: bool = False,
-                 owners: dict[str, tuple[int, int]] | None = None) -> None:
+                 owners: dict[str, tuple[int, int]] | None = None, whiteouts: bool = True) -> None:
         """`fresh`: `root` starts empty and only this extractor writes in it. Then, unless the root's
         own mode or ACL would pass anything on (setgid, a default ACL), a file is created with its
         final owner and mode where it can be, saving a chown and a chmod per file.
 
         `owners`: the table of a plain user's tree, which cannot take other owners than the user:
-        each entry's ids are kept there instead (path -> uid, gid; root's are not listed)."""
+        each entry's ids are kept there instead (path -> uid, gid; root's are not listed).
+
+        `whiteouts`: whether the entries are a layer applied over the ones below, whose opaque whiteouts
+        keep what the layer wrote (so every path written is remembered); not for the merged view, which
+        has none, and whose paths would take memory that grows with the image's file count."""
         self.owners = owners
         self.root = Path(root)
         self.what = what
@@ -70,7 +74,7 @@ class Extractor:
         self._dir_meta: dict[str, tarfile.TarInfo] = {}
         self._dirs: dict[str, int] = {}
         self._pending_links: list[tuple[str, str]] = []
-        self.added: set[str] = set()  # paths this layer wrote (an opaque whiteout keeps them)
+        self.added: set[str] | None = set() if whiteouts else None  # paths this layer wrote (see opaque)
 
     def close(self) -> None:
         for fd in self._dirs.values():
@@ -135,9 +139,12 @@ class Extractor:
 
     def opaque(self, directory: str) -> None:
         """Hide every lower child of `directory`: what this layer already wrote there stays."""
+        added = self.added
+        if added is None:
+            raise ReproError(f"{self.what}: an opaque whiteout where none was expected", "report this fault in repro")
         self._dirs.clear()
-        self.tree.empty_dir(directory, keep=self.added)
-        self._disown(directory, lambda p: p != directory and p not in self.added)
+        self.tree.empty_dir(directory, keep=added)
+        self._disown(directory, lambda p: p != directory and p not in added)
 
     # --- writing entries ------------------------------------------------------------------
     def _clear(self, dir_fd: int, name: str, keep_dir: bool, path: str = "") -> None:
@@ -161,7 +168,8 @@ class Extractor:
         if not path:
             return
         dir_fd, name = self._borrowed_parent(path)
-        self.added.add(path)
+        if self.added is not None:
+            self.added.add(path)
         if self.owners is not None:
             if info.uid or info.gid:
                 self.owners[path] = (info.uid, info.gid)

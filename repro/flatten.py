@@ -734,7 +734,7 @@ def extract(image: Image, root: Path, policy=None, owners: dict[str, tuple[int, 
 
     def once():
         report = MergeReport()
-        extractor = Extractor(root, image.name, policy or Policy(), fresh=fresh, owners=owners)
+        extractor = Extractor(root, image.name, policy or Policy(), fresh=fresh, owners=owners, whiteouts=False)
         try:
             with _Writer(extractor) as writer:
                 for entry in merged(image, report):
