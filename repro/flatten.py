@@ -486,12 +486,9 @@ class _Merge:
                     flags = before if target == path else seen.get(target)
                     self._link_once(index, seen, names, target, flags, below, relinked)
                     continue
-                first = names[0][0]
-                if first in self.awaited or len(names) > 1:
-                    self.found.add(first)
-                for name, header in names[1:]:
-                    self._add_link(index, name, header, first)
-                yield MergedEntry(index, first, info, tar.content() if info.isreg() else None)
+                if names[0][0] in self.awaited or len(names) > 1:
+                    self.found.add(names[0][0])
+                yield self._hand_out(index, names, info, tar.content() if info.isreg() else None)
             # Drain what the tar reader left unread so the digest check at the end of the stream runs.
             stream.finish()
         if relinked:
@@ -527,6 +524,13 @@ class _Merge:
             if name != first:
                 self._add_link(index, name, header, first)
 
+    def _hand_out(self, index: int, names: list[Name], info: tarfile.TarInfo, content: Content | None) -> MergedEntry:
+        """The file of entry `info` under the first of `names`; the others become hardlinks to it."""
+        first = names[0][0]
+        for name, header in names[1:]:
+            self._add_link(index, name, header, first)
+        return MergedEntry(index, first, info, content)
+
     def _relinked_files(self, index: int, relinked: dict[str, list[Name]]) -> Iterator[MergedEntry]:
         """The files of layer `index` that a higher layer hides but a hardlink of the layer names, read
         again from the layer (that one only, memory bounded by the number of such links) and handed out
@@ -535,13 +539,9 @@ class _Merge:
             tar = TarStream(stream, self._what(index))
             for info in tar:
                 names = relinked.pop(clean_path(info.name), None) if relinked else None
-                if names is None:
-                    continue
-                first = names[0][0]
-                self.found.add(first)
-                for name, header in names[1:]:
-                    self._add_link(index, name, header, first)
-                yield MergedEntry(index, first, info, tar.content() if info.isreg() else None)
+                if names is not None:
+                    self.found.add(names[0][0])
+                    yield self._hand_out(index, names, info, tar.content() if info.isreg() else None)
             stream.finish()
         if relinked:
             raise ReproError(f"{self._what(index)}: changed while it was read",
