@@ -16,6 +16,7 @@ import shutil
 import statistics
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,14 +45,25 @@ class Operation:
     warm_up: bool = True  # a first, unmeasured run of each side
     skipped: str = ""  # why the peer cannot run here (printed in the row; repro is measured alone)
 
-    def clean(self) -> None:
+    def clean(self, trash: Path) -> bool:
+        """Make way for the next run: outputs are moved into `trash` (deleted after the row, see
+        measure), since deleting a tree here would slow the run after it. Returns whether any moved."""
         if self.prepare is not None:
             self.prepare()
+        moved = False
         for path in self.outputs:
-            if path.is_dir() and not path.is_symlink():
-                shutil.rmtree(path)
-            elif path.exists():
-                path.unlink()
+            if path.exists() or path.is_symlink():
+                trash.mkdir(parents=True, exist_ok=True)
+                path.rename(trash / f"{len(list(trash.iterdir()))}-{path.name}")
+                moved = True
+        return moved
+
+
+# ext4 without a journal (this machine's root) skips, for each new inode, every inode freed in the
+# last 60 s (360 s while its inode table block is unwritten): creating 50,000 files right after
+# deleting 50,000 costs several times the system time. A row's outputs are deleted after it, synced,
+# and the next row waits this long, so no run pays for what an earlier one left behind.
+SETTLE_AFTER_DELETION_S = 65
 
 
 def registry_operations(image: Path, work: Path, push: LocalRegistry, pull: LocalRegistry) -> list[Operation]:
@@ -360,16 +372,22 @@ def emulated_build_operations(cache: Path, work: Path) -> list[Operation]:
     return [emulated_build(cache, work, BUILD_SPEC, CONTAINERFILE, REPRO, Operation)]
 
 
-def measure(op: Operation, pairs: int) -> dict:
+def measure(op: Operation, pairs: int, trash: Path, settle: bool) -> dict:
     samples: dict[str, list[Sample]] = {"repro": [], "peer": []}
     pairs = min(pairs, op.pairs or pairs)
+    moved = False
     for round_number in range(0 if op.warm_up else 1, pairs + 1):  # round 0 is the warm-up of both
         for who, command in (("repro", op.ours), ("peer", op.theirs))[:1 if op.skipped else 2]:
-            op.clean()
+            moved |= op.clean(trash)
             sample = run(command)
             if round_number:
                 samples[who].append(sample)
-    op.clean()
+    moved |= op.clean(trash)
+    if trash.exists():
+        shutil.rmtree(trash)
+    if moved and settle:
+        os.sync()
+        time.sleep(SETTLE_AFTER_DELETION_S)
 
     def summary(items: list[Sample]) -> dict:
         walls = [s.wall for s in items]
@@ -474,7 +492,7 @@ def main() -> int:
         print(f"  {op.name} vs {op.peer} ...", file=sys.stderr)
         if op.skipped:
             print(f"    {op.peer} not measured: {op.skipped}", file=sys.stderr)
-        results.append(measure(op, pairs))
+        results.append(measure(op, pairs, work / "trash", settle=not args.quick))
         r = results[-1]
         if op.skipped:
             print(f"    repro alone: {r['repro']['median_s']:.2f} s", file=sys.stderr)
