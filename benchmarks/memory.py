@@ -1,4 +1,4 @@
-"""Memory stays flat: the peak RSS of flatten, per-file hashes, convert and push on the synthetic image
+"""Memory stays flat: the peak RSS of flatten, per-file hashes, an SBOM, convert and push on the synthetic image
 at about 1 GiB and at about 4 GiB (scale 4: four times the content and the files). Each command runs
 once per size (peak RSS does not need pairs); never in --quick mode, since the 4 GiB input takes minutes
 to generate and about 4 GiB of disk in the cache, plus as much again for an output while it runs."""
@@ -40,6 +40,7 @@ def memory_rows(cache: Path, repro: str) -> list[dict]:
             commands = [
                 ("flatten to a directory", [repro, "flatten", src, f"rootfs:{out}/rootfs"], [out / "rootfs"]),
                 ("per-file hashes", f"{repro} hash --files --json {src} > /dev/null", []),
+                ("SBOM (every file hashed)", f"{repro} sbom --format spdx-json {src} > /dev/null", []),
                 ("oci -> docker-archive", [repro, "convert", src, f"docker-archive:{out}/image.tar:bench:1"],
                  [out / "image.tar"]),
                 ("push to a local registry", [repro, "convert", src, f"docker://{registry.host}/bench/mem:1"], []),

@@ -821,8 +821,11 @@ def _output_paths(args: argparse.Namespace) -> list[str]:
     for text in filter(None, named):
         if not is_reference(text):
             paths.append(text)
-        elif not parse(text).body.startswith("//"):
-            paths.append(parse(text).body.partition(":")[0])
+            continue
+        reference = parse(text)
+        if not reference.body.startswith("//"):  # a registry or a daemon is not a local path
+            with contextlib.suppress(ReproError):
+                paths.append(reference.split_path()[0])
     return paths
 
 

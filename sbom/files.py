@@ -15,6 +15,7 @@ from repro.confined import MAX_SYMLINKS, clean_path
 from repro.digest import CHUNK
 from repro.flatten import MergedEntry, flattening, merged
 from repro.image import Image
+from sbom.record_store import FileRecord, RecordStore
 
 _TYPES = {
     tarfile.REGTYPE: "file",
@@ -40,44 +41,25 @@ _MODES = [f"{mode:04o}" for mode in range(0o10000)]  # one string per mode, shar
 XATTR = "SCHILY.xattr."
 
 
-@dataclass(slots=True)
-class FileRecord:
-    path: str
-    type: str
-    mode: str
-    uid: int
-    gid: int
-    size: int
-    sha256: str
-    target: str
-    layer: int
-    mtime: int = 0
-    xattrs: dict[str, str] | None = None
-
-    def to_json(self) -> dict:
-        out = {"path": self.path, "type": self.type, "mode": self.mode, "uid": self.uid, "gid": self.gid,
-               "size": self.size, "sha256": self.sha256, "target": self.target, "layer": self.layer,
-               "mtime": self.mtime}
-        if self.xattrs is not None:
-            out["xattrs"] = dict(self.xattrs)
-        return out
-
-
 @dataclass
 class Scan:
-    """One pass over the flattened image: every file's record, the md5 of regular files (for dpkg's
-    md5sums), and the content of the small files a cataloger asked for (package databases)."""
+    """One pass over the flattened image: every file's record (sbom.record_store: in memory, or on
+    disk for a large image), the md5 of regular files (for dpkg's md5sums), and the content of the
+    small files a cataloger asked for (package databases)."""
 
-    records: list[FileRecord]
-    md5: dict[str, str]
+    files: RecordStore
     contents: dict[str, bytes]
 
-    @cached_property
-    def _by_path(self) -> dict[str, FileRecord]:
-        return {r.path: r for r in self.records}
+    @property
+    def records(self) -> Iterator[FileRecord]:
+        """Every record, sorted by path (byte order)."""
+        return self.files.sorted()
 
-    def by_path(self) -> dict[str, FileRecord]:
-        return self._by_path
+    def by_path(self) -> RecordStore:
+        return self.files
+
+    def md5(self, path: str) -> str | None:
+        return self.files.md5(path)
 
     @cached_property
     def _directories(self) -> dict[str, str | None]:
@@ -107,7 +89,7 @@ class Scan:
 
     def _follow(self, directory: str) -> str | None:
         """`directory` with every link on the way followed, itself included; None after too many links."""
-        records = self._by_path
+        records = self.files
         todo = [*directory.split("/"), ""]  # "": the name below it, never followed
         done: list[str] = []
         followed = 0
@@ -129,7 +111,7 @@ class Scan:
     def find(self, path: str) -> tuple[str, FileRecord | None]:
         """(resolved path, its record or None when the image has nothing there)."""
         resolved = self.resolve(path)
-        return resolved, self._by_path.get(resolved)
+        return resolved, self.files.get(resolved)
 
 
 MAX_CAPTURE = 16 << 20
@@ -137,7 +119,11 @@ MAX_CAPTURE = 16 << 20
 
 def inventory(image: Image) -> list[FileRecord]:
     """The flattened image's files, sorted by path (byte order)."""
-    return scan(image).records
+    found = scan(image)
+    try:
+        return list(found.records)
+    finally:
+        found.files.close()
 
 
 def entries(image: Image) -> Iterator[MergedEntry]:
@@ -153,48 +139,46 @@ def scan(image: Image, capture=None, with_md5: bool = False) -> Scan:
 
 
 def _scan(image: Image, capture, with_md5: bool) -> Scan:
-    md5: dict[str, str] = {}
     contents: dict[str, bytes] = {}
-    records: dict[str, FileRecord] = {}
-    pending: list[tuple[FileRecord, str]] = []  # hardlinks whose target was not seen yet
-    for entry in entries(image):
-        info = entry.info
-        record = FileRecord(
-            path=printable(entry.path),
-            type=_TYPES.get(info.type, "other"),
-            mode=_MODES[info.mode & 0o7777],
-            uid=info.uid,
-            gid=info.gid,
-            size=info.size if info.isreg() else 0,
-            sha256="",
-            target=printable(info.linkname) if (info.issym() or info.islnk()) else "",
-            layer=entry.layer,
-            mtime=int(info.mtime),
-            xattrs=({k[len(XATTR):]: v for k, v in sorted(info.pax_headers.items()) if k.startswith(XATTR)} or None)
-            if info.pax_headers else None,
-        )
-        if entry.content is not None:
-            h = hashlib.sha256()
-            m = hashlib.md5(usedforsecurity=False) if with_md5 else None
-            keep = capture is not None and info.size <= MAX_CAPTURE and capture(entry.path)
-            kept = bytearray() if keep else None
-            while chunk := entry.content.readview(CHUNK):
-                h.update(chunk)
+    files = RecordStore()
+    try:
+        for entry in entries(image):
+            info = entry.info
+            record = FileRecord(
+                path=printable(entry.path),
+                type=_TYPES.get(info.type, "other"),
+                mode=_MODES[info.mode & 0o7777],
+                uid=info.uid,
+                gid=info.gid,
+                size=info.size if info.isreg() else 0,
+                sha256="",
+                target=printable(info.linkname) if (info.issym() or info.islnk()) else "",
+                layer=entry.layer,
+                mtime=int(info.mtime),
+                xattrs=({k[len(XATTR):]: v for k, v in sorted(info.pax_headers.items()) if k.startswith(XATTR)}
+                        or None) if info.pax_headers else None,
+            )
+            md5 = None
+            if entry.content is not None:
+                h = hashlib.sha256()
+                m = hashlib.md5(usedforsecurity=False) if with_md5 else None
+                keep = capture is not None and info.size <= MAX_CAPTURE and capture(entry.path)
+                kept = bytearray() if keep else None
+                while chunk := entry.content.readview(CHUNK):
+                    h.update(chunk)
+                    if m is not None:
+                        m.update(chunk)
+                    if kept is not None:
+                        kept += chunk
+                record.sha256 = h.hexdigest()
                 if m is not None:
-                    m.update(chunk)
+                    md5 = m.hexdigest()
                 if kept is not None:
-                    kept += chunk
-            record.sha256 = h.hexdigest()
-            if m is not None:
-                md5[entry.path] = m.hexdigest()
-            if kept is not None:
-                contents[entry.path] = bytes(kept)
-        elif info.islnk():
-            pending.append((record, clean_path(info.linkname)))
-        records[entry.path] = record
-    for record, target in pending:  # a hardlink is the file it names: the merged view names one it gave
-        found = records.get(target)
-        if found is not None:
-            record.sha256, record.size = found.sha256, found.size
-    ordered = [records[p] for p in sorted(records, key=lambda p: p.encode("utf-8", "surrogateescape"))]
-    return Scan(ordered, md5, contents)
+                    contents[entry.path] = bytes(kept)
+            # a hardlink is the file it names (see RecordStore.finish): the merged view names one it gave
+            files.add(entry.path, record, md5, clean_path(info.linkname) if info.islnk() else None)
+        files.finish()
+    except BaseException:
+        files.close()
+        raise
+    return Scan(files, contents)

@@ -19,10 +19,13 @@ MEDIA_TYPES = {"spdx-json": "application/spdx+json", "cyclonedx-json": "applicat
 
 def packages_of(image: Image):
     result = scan(image, capture=wanted, with_md5=True)
-    if rpm.uses_berkeley_db(result):
-        log.warning("%s: its RPM database is in the old Berkeley DB format, which repro does not read: "
-                    "RPM packages are not listed", image.name)
-    return catalog(result, os_release(result))
+    try:
+        if rpm.uses_berkeley_db(result):
+            log.warning("%s: its RPM database is in the old Berkeley DB format, which repro does not read: "
+                        "RPM packages are not listed", image.name)
+        return catalog(result, os_release(result))
+    finally:
+        result.files.close()
 
 
 def generate(image: Image, fmt: str, name: str) -> bytes:

@@ -16,5 +16,9 @@ from sbom.files import scan
 def files_with_packages(image: Image) -> Iterator[dict]:
     """Each file's record (sbom.files.FileRecord.to_json) with "package": the owner's purl, or ""."""
     found = scan(image, capture=wanted)
-    owner = {path: package.purl for package in catalog(found, os_release(found)) for path in package.files}
-    return ({**record.to_json(), "package": owner.get(record.path, "")} for record in found.records)
+    try:
+        owner = {path: package.purl for package in catalog(found, os_release(found)) for path in package.files}
+        for record in found.records:
+            yield {**record.to_json(), "package": owner.get(record.path, "")}
+    finally:
+        found.files.close()

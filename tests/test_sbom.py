@@ -4,6 +4,7 @@ against what the databases recorded, deterministic bytes, and attachment as an O
 from __future__ import annotations
 
 import base64
+import dataclasses
 import hashlib
 import json
 import os
@@ -340,3 +341,44 @@ def test_spdx_declares_every_license_ref_once_per_text(tmp_path):
     declared = {p["name"]: p.get("licenseDeclared") for p in doc["packages"]}
     assert declared["a"] != "LicenseRef-permissive AND MIT" and declared["a"].endswith(" AND MIT")
     assert declared["c"] == "LicenseRef-Foo"
+
+
+def test_a_scan_past_its_memory_budget_gives_the_same_listing_and_sbom(tmp_path, monkeypatch):
+    """Past MEMORY_RECORDS the records go to a temporary database (memory stays bounded for images of
+    millions of files): the listing, its order, the hardlinks' hashes, the catalogers' lookups through
+    linked directories and the md5 checks come out the same as from memory."""
+    import repro
+    from sbom import record_store
+    from sbom.generate import generate
+    from sbom.owners import files_with_packages
+
+    odd = "srv/caf\udce9"  # a name that is not UTF-8: sorted by its bytes, shown escaped
+    linked = [dataclasses.replace(e, path="var/lib/dpkg/status.d/foo") if e.path == "var/lib/dpkg/status" else e
+              for e in linked_entries()]
+    entries = [*layers()[0], *linked, E(odd, b"latin-1 name"),
+               E("srv/a-link", kind="hardlink", target="usr/bin/hello-tool"),
+               E("srv/with-xattr", b"x", pax={"SCHILY.xattr.user.note": "kept"}),
+               *[E(f"srv/many/{n:03}", str(n).encode()) for n in range(40)]]
+    make_image(tmp_path / "layout", "big", [entries, layers()[1]])
+    image = repro.open(f"oci:{tmp_path}/layout:big")
+
+    def outputs() -> tuple[list[dict], bytes, bytes]:
+        listing = list(files_with_packages(image))
+        return (listing, generate(image, "spdx-json", "big"), generate(image, "cyclonedx-json", "big"))
+
+    in_memory = outputs()
+    spills = []
+    original = record_store.RecordStore._spill
+    monkeypatch.setattr(record_store, "MEMORY_RECORDS", 5)
+    monkeypatch.setattr(record_store.RecordStore, "_spill", lambda self: spills.append(1) or original(self))
+    on_disk = outputs()
+    assert len(spills) >= 3  # the listing and both documents each went past the budget (a replan scans again)
+    assert on_disk == in_memory
+    listing = {r["path"]: r for r in in_memory[0]}
+    assert listing["srv/a-link"]["sha256"] == hashlib.sha256(b"changed after install").hexdigest()
+    assert listing["srv/with-xattr"]["xattrs"] == {"user.note": "kept"}
+    assert "srv/caf\\xe9" in listing
+    paths = [r["path"].encode("utf-8", "surrogateescape") for r in in_memory[0]]
+    assert paths == sorted(paths)
+    assert listing["usr/bin/hello-tool"]["package"].startswith("pkg:deb/debian/hello-tool@")
+    assert listing["usr/bin/tool"]["package"].startswith("pkg:deb/debian/foo@")

@@ -74,7 +74,7 @@ def catalog(scan, distro: dict[str, str]) -> list[Package]:
                     resolved, record = scan.find(path)
                     if record is None:
                         package.missing.append(path)
-                    elif record.type == "file" and scan.md5.get(resolved) not in (None, digest):
+                    elif record.type == "file" and scan.md5(resolved) not in (None, digest):
                         package.modified.append(path)
             copyright_text = scan.contents.get(scan.resolve(f"usr/share/doc/{name}/copyright"))
             if copyright_text:
