@@ -21,9 +21,12 @@ from cyclonedx.validation.json import JsonStrictValidator
 from spdx_tools.spdx.parser.parse_anything import parse_file
 from spdx_tools.spdx.validation.document_validator import validate_full_spdx_document
 
-from sbom import spdx
+from repro import open as open_reference
+from sbom import record_store, spdx
 from sbom.catalogers.package import Package
+from sbom.generate import generate
 from sbom.licenses import copyright_licenses, expression
+from sbom.owners import files_with_packages
 from tests.conftest import repro
 from tests.imagekit import E, make_image
 from tests.oci_schema import validate
@@ -347,11 +350,6 @@ def test_a_scan_past_its_memory_budget_gives_the_same_listing_and_sbom(tmp_path,
     """Past MEMORY_RECORDS the records go to a temporary database (memory stays bounded for images of
     millions of files): the listing, its order, the hardlinks' hashes, the catalogers' lookups through
     linked directories and the md5 checks come out the same as from memory."""
-    import repro
-    from sbom import record_store
-    from sbom.generate import generate
-    from sbom.owners import files_with_packages
-
     odd = "srv/caf\udce9"  # a name that is not UTF-8: sorted by its bytes, shown escaped
     linked = [dataclasses.replace(e, path="var/lib/dpkg/status.d/foo") if e.path == "var/lib/dpkg/status" else e
               for e in linked_entries()]
@@ -360,7 +358,7 @@ def test_a_scan_past_its_memory_budget_gives_the_same_listing_and_sbom(tmp_path,
                E("srv/with-xattr", b"x", pax={"SCHILY.xattr.user.note": "kept"}),
                *[E(f"srv/many/{n:03}", str(n).encode()) for n in range(40)]]
     make_image(tmp_path / "layout", "big", [entries, layers()[1]])
-    image = repro.open(f"oci:{tmp_path}/layout:big")
+    image = open_reference(f"oci:{tmp_path}/layout:big")
 
     def outputs() -> tuple[list[dict], bytes, bytes]:
         listing = list(files_with_packages(image))
