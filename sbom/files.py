@@ -5,8 +5,6 @@ Every byte of every regular file is hashed once while the layers stream past; no
 
 from __future__ import annotations
 
-import collections
-import concurrent.futures
 import hashlib
 import tarfile
 from collections.abc import Iterator
@@ -143,7 +141,6 @@ def scan(image: Image, capture=None, with_md5: bool = False) -> Scan:
 def _scan(image: Image, capture, with_md5: bool) -> Scan:
     contents: dict[str, bytes] = {}
     files = RecordStore()
-    lane = _Md5Lane(files) if with_md5 else None
     try:
         for entry in entries(image):
             info = entry.info
@@ -161,100 +158,27 @@ def _scan(image: Image, capture, with_md5: bool) -> Scan:
                 xattrs=({k[len(XATTR):]: v for k, v in sorted(info.pax_headers.items()) if k.startswith(XATTR)}
                         or None) if info.pax_headers else None,
             )
-            if entry.content is None:
-                # a hardlink is the file it names (RecordStore.finish): the merged view names one it gave
-                files.add(entry.path, record, None, clean_path(info.linkname) if info.islnk() else None)
-                continue
-            h = hashlib.sha256()
-            m = _Md5(lane, info.size) if lane is not None else None
-            keep = capture is not None and info.size <= MAX_CAPTURE and capture(entry.path)
-            kept = bytearray() if keep else None
-            while chunk := entry.content.readview(CHUNK):
-                h.update(chunk)
+            md5 = None
+            if entry.content is not None:
+                h = hashlib.sha256()
+                m = hashlib.md5(usedforsecurity=False) if with_md5 else None
+                keep = capture is not None and info.size <= MAX_CAPTURE and capture(entry.path)
+                kept = bytearray() if keep else None
+                while chunk := entry.content.readview(CHUNK):
+                    h.update(chunk)
+                    if m is not None:
+                        m.update(chunk)
+                    if kept is not None:
+                        kept += chunk
+                record.sha256 = h.hexdigest()
                 if m is not None:
-                    m.update(chunk)
+                    md5 = m.hexdigest()
                 if kept is not None:
-                    kept += chunk
-            record.sha256 = h.hexdigest()
-            if kept is not None:
-                contents[entry.path] = bytes(kept)
-            if m is not None:
-                m.done(entry.path, record)
-            else:
-                files.add(entry.path, record)
-        if lane is not None:
-            lane.close()
+                    contents[entry.path] = bytes(kept)
+            # a hardlink is the file it names (see RecordStore.finish): the merged view names one it gave
+            files.add(entry.path, record, md5, clean_path(info.linkname) if info.islnk() else None)
         files.finish()
     except BaseException:
-        if lane is not None:
-            lane.stop()
         files.close()
         raise
     return Scan(files, contents)
-
-
-class _Md5Lane:
-    """md5 (for dpkg's md5sums) of the larger files on a second thread. md5 runs at less than half
-    the speed of sha256 with SHA extensions and would be a third of an SBOM's time on the reading
-    thread; hashlib releases the GIL, so it goes on beside the decompression and the sha256. A file's
-    record is added once its md5 is known, in order; at most BUDGET bytes wait to be hashed."""
-
-    OFFLOAD = 64 << 10  # smaller files are hashed at once: a hand-over would cost more
-    BUDGET = 16 << 20
-
-    def __init__(self, files: RecordStore) -> None:
-        self.files = files
-        self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="repro-md5")
-        self._waiting: collections.deque = collections.deque()  # (future, size) of each update handed over
-        self._bytes = 0
-        self._records: collections.deque = collections.deque()  # (future of the md5, path, record)
-
-    def update(self, md5, chunk) -> None:
-        if not isinstance(chunk.obj if isinstance(chunk, memoryview) else chunk, bytes):
-            chunk = bytes(chunk)  # a reusable buffer: a copy of what it holds now
-        self._waiting.append((self._pool.submit(md5.update, chunk), len(chunk)))
-        self._bytes += len(chunk)
-        while self._bytes > self.BUDGET:
-            future, size = self._waiting.popleft()
-            future.result()
-            self._bytes -= size
-
-    def done(self, md5, path: str, record: FileRecord) -> None:
-        self._records.append((self._pool.submit(md5.hexdigest), path, record))
-        while self._waiting and self._waiting[0][0].done():
-            self._bytes -= self._waiting.popleft()[1]
-        while self._records and (self._records[0][0].done() or len(self._records) > 1024):
-            future, path, record = self._records.popleft()
-            self.files.add(path, record, future.result())
-
-    def close(self) -> None:
-        """Add the records still waiting for their md5."""
-        while self._records:
-            future, path, record = self._records.popleft()
-            self.files.add(path, record, future.result())
-        self._waiting.clear()
-        self._pool.shutdown()
-
-    def stop(self) -> None:
-        self._pool.shutdown(cancel_futures=True)
-
-
-class _Md5:
-    """One file's md5: at once for a small file, on the lane for a larger one."""
-
-    def __init__(self, lane: _Md5Lane, size: int) -> None:
-        self._lane = lane
-        self._offload = size >= _Md5Lane.OFFLOAD
-        self._hash = hashlib.md5(usedforsecurity=False)
-
-    def update(self, chunk) -> None:
-        if self._offload:
-            self._lane.update(self._hash, chunk)
-        else:
-            self._hash.update(chunk)
-
-    def done(self, path: str, record: FileRecord) -> None:
-        if self._offload:
-            self._lane.done(self._hash, path, record)
-        else:
-            self._lane.files.add(path, record, self._hash.hexdigest())
