@@ -380,3 +380,32 @@ def test_a_scan_past_its_memory_budget_gives_the_same_listing_and_sbom(tmp_path,
     assert paths == sorted(paths)
     assert listing["usr/bin/hello-tool"]["package"].startswith("pkg:deb/debian/hello-tool@")
     assert listing["usr/bin/tool"]["package"].startswith("pkg:deb/debian/foo@")
+
+
+@pytest.mark.parametrize("form", ["oci", "rootfs"])
+def test_large_files_are_checked_against_md5sums(tmp_path, form):
+    """Files of several chunks are checked against dpkg's md5sums: a changed one is reported, an intact
+    one is not, whether read from layers or from a directory in place."""
+    big = bytes(range(256)) * 4096  # 1 MiB
+    entries = [
+        E("var/lib/dpkg/status", b"Package: big\nStatus: install ok installed\nArchitecture: all\nVersion: 1\n"),
+        E("var/lib/dpkg/info/big.list", b"/opt/intact\n/opt/changed\n/opt/small\n/opt/huge\n"),
+        E("var/lib/dpkg/info/big.md5sums", (f"{hashlib.md5(big).hexdigest()}  opt/intact\n"
+                                            f"{hashlib.md5(big).hexdigest()}  opt/changed\n"
+                                            f"{hashlib.md5(b'small').hexdigest()}  opt/small\n"
+                                            f"{hashlib.md5(big * 20).hexdigest()}  opt/huge\n").encode()),
+        E("opt/intact", big),
+        E("opt/changed", big[:-1] + b"!"),
+        E("opt/small", b"small"),
+        E("opt/huge", big * 20),
+    ]
+    if form == "oci":
+        make_image(tmp_path / "layout", "big", [entries])
+        ref = f"oci:{tmp_path}/layout:big"
+    else:
+        _write_tree(tmp_path / "tree", entries)
+        ref = f"rootfs:{tmp_path}/tree"
+    (component,) = sbom(ref, "cyclonedx-json")["components"]
+    properties = {(p["name"], p["value"]) for p in component["properties"]}
+    assert {v for k, v in properties if k == "repro:modified-file"} == {"opt/changed"}
+    assert not {v for k, v in properties if k == "repro:missing-file"}
