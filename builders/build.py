@@ -145,6 +145,9 @@ class Builder:
         self.snapshot: dict[str, _tree.Node] | None = None
         self.left_out = _hygiene.LeftOut()  # what the tree holds and the image does not (apt lists, /tmp)
         self.left_record: dict | None = None  # the last step's account of it, for the cache
+        # cached steps' left-out files while there is no tree: (the layers under them, the cache's record);
+        # put back when a step needs the tree, so that a build of cache hits never makes one
+        self.pending_left: list[tuple[int, dict]] = []
         self._tmp = Path()  # the working directory, made when the build starts (see build)
         self.executor = ""
         self.policy = Policy()
@@ -254,12 +257,20 @@ class Builder:
         self.policy = Policy(id_offset=executors.id_offset(self.executor))
         self.subids = self.executor == "bwrap" and subids.available()
         tree = executors.new_root(self._tmp, self.executor)
-        if self.layers:
-            image = self._commit(tag="")
+        pending = dict(self.pending_left)
+        self.pending_left = []
+        under = min(pending, default=len(self.layers))  # the layers flattened at once, below any left-out files
+        if under:
+            image = self._commit(tag="", count=under)
             stats = extract(image, tree, self.policy, self._owners())
             if stats.skipped_devices and self.log:
                 self.log(f"left {stats.skipped_devices} device nodes out of the working tree (runs get a minimal /dev)")
         self.tree = tree
+        for index in range(under, len(self.layers) + 1):
+            if index in pending:
+                self._put_back_left_out(pending[index])
+            if index < len(self.layers):
+                self._extract_layer(self.layers[index])
         self.snapshot = self._snapshot(None)
         return tree
 
@@ -274,17 +285,24 @@ class Builder:
         self.left_out.follow(before, self.snapshot)
 
     def _restore_left_out(self, record: dict | None) -> None:
-        """A cached step: put back into the tree what its run left out of its layer (apt's lists for
-        the next RUN, /tmp), and the account of it."""
+        """A cached step: the account of what its run left out of its layer (apt's lists for the next
+        RUN, /tmp), and those files in the tree; without a tree, they wait for one (see _materialize)."""
         record = record or {}
-        if self.tree is not None and (record.get("descriptor") or record.get("removed")):
-            if record.get("descriptor"):
-                self._extract_layer(NewLayer(Descriptor.from_json(record["descriptor"], "cache"), record["diff_id"]))
-            with Tree(self.tree, f"{self.store.name}: cache", self.policy.id_offset or None) as tree:
-                for path in record.get("removed") or []:
-                    tree.remove(path, follow=False)
-            self.snapshot = self._snapshot(self.snapshot)
+        if record.get("descriptor") or record.get("removed"):
+            if self.tree is None:
+                self.pending_left.append((len(self.layers) + 1, record))  # above this step's layer
+            else:
+                self._put_back_left_out(record)
+                self.snapshot = self._snapshot(self.snapshot)
         self.left_out.restore(record)
+
+    def _put_back_left_out(self, record: dict) -> None:
+        assert self.tree is not None
+        if record.get("descriptor"):
+            self._extract_layer(NewLayer(Descriptor.from_json(record["descriptor"], "cache"), record["diff_id"]))
+        with Tree(self.tree, f"{self.store.name}: cache", self.policy.id_offset or None) as tree:
+            for path in record.get("removed") or []:
+                tree.remove(path, follow=False)
 
     def _extract_layer(self, layer: NewLayer) -> None:
         assert self.tree is not None
@@ -511,15 +529,17 @@ class Builder:
         return _cache.key(parent, definition, inputs)
 
     # --- the whole build -----------------------------------------------------------------
-    def _commit(self, tag: str) -> BlobImage:
+    def _commit(self, tag: str, count: int | None = None) -> BlobImage:
+        """The image of the layers so far; `count`: of the first ones only, an untagged image to extract."""
+        layers = self.layers if count is None else self.layers[:count]
         config = new_config(
             self.platform,
             self.created,
-            [x.diff_id for x in self.layers],
-            self.history,
+            [x.diff_id for x in layers],
+            self.history if count is None else [],
             _container_config(self.base_config, self.spec),
         )
-        image = commit(self.store, config, self.layers, self.spec.annotations, name=f"oci:{self.store.path}:{tag}")
+        image = commit(self.store, config, layers, self.spec.annotations, name=f"oci:{self.store.path}:{tag}")
         if tag:
             self.store.add_manifest(manifest_descriptor(image, {"org.opencontainers.image.ref.name": tag}), tag)
         return image
@@ -612,8 +632,6 @@ class Builder:
                     # spec's run step may share a layer, never a history)
                     history = {**entry.history, "created_by": created_by}
                     self._add_packages(entry.packages or [])
-                    if (entry.left_out or {}).get("descriptor") or (entry.left_out or {}).get("removed"):
-                        self._materialize()  # what the step left out must be in the tree before the next
                     self._apply_to_tree(layer)
                     self._restore_left_out(entry.left_out)
                 elif step.kind in ("copy", "file"):
