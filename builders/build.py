@@ -16,9 +16,10 @@ import os
 import stat
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 from builders import apt_sandbox, steps
 from builders import cache as _cache
@@ -28,10 +29,11 @@ from builders import sources as _sources
 from builders import tree as _tree
 from builders.cache import CacheEntry
 from builders.debian import bootstrap, debian_architecture
+from builders.listing import Listing
 from builders.spec import Spec, Step
 from repro.blobs import BlobImage, BlobLayer, IndexImage
 from repro.clock import rfc3339
-from repro.confined import Tree, clean_path, remove_tree
+from repro.confined import Tree, clean_path, remove_tree, resolve_listed
 from repro.errors import CheckFailed, ReproError
 from repro.extract import Extractor, Policy
 from repro.flatten import apply_layer, extract
@@ -148,6 +150,7 @@ class Builder:
         # cached steps' left-out files while there is no tree: (the layers under them, the cache's record);
         # put back when a step needs the tree, so that a build of cache hits never makes one
         self.pending_left: list[tuple[int, dict]] = []
+        self.listing: Listing | None = None  # the names of the layers so far, while there is no tree
         self._tmp = Path()  # the working directory, made when the build starts (see build)
         self.executor = ""
         self.policy = Policy()
@@ -266,18 +269,57 @@ class Builder:
             if stats.skipped_devices and self.log:
                 self.log(f"left {stats.skipped_devices} device nodes out of the working tree (runs get a minimal /dev)")
         self.tree = tree
-        for index in range(under, len(self.layers) + 1):
-            if index in pending:
-                self._put_back_left_out(pending[index])
-            if index < len(self.layers):
-                self._extract_layer(self.layers[index])
+        for change in self._stack(pending, under):
+            if isinstance(change, NewLayer):
+                self._extract_layer(change)
+            else:
+                self._put_back_left_out(change)
+        self.listing = None  # the snapshot names the tree from now on
         self.snapshot = self._snapshot(None)
         return tree
 
+    def _stack(self, pending: dict[int, dict], start: int) -> Iterator[NewLayer | dict]:
+        """The layers from `start` up, and the left-out records of cached steps (keyed by the number of
+        layers under them) in their places between them: the order in which the tree takes them."""
+        for index in range(start, len(self.layers) + 1):
+            if index in pending:
+                yield pending[index]
+            if index < len(self.layers):
+                yield self.layers[index]
+
+    def _names(self) -> Callable[[str], tuple[str, str] | None]:
+        """(kind, link target) of a path of the image being built: from the tree's snapshot, or, while
+        no step has needed the tree, from the layers' headers (builders/listing.py), never extracted."""
+        if self.tree is not None:
+            snapshot = self.snapshot or {}
+            return lambda path: (node.kind, node.link) if (node := snapshot.get(path)) is not None else None
+        if self.listing is None:
+            listing = Listing()
+            for change in self._stack(dict(self.pending_left), 0):
+                self._list(listing, change)
+            self.listing = listing
+        return self.listing.get
+
+    def _list(self, listing: Listing, change: NewLayer | dict) -> None:
+        """Apply a layer, or a cached step's left-out record, to the listing."""
+        if isinstance(change, dict):
+            if change.get("descriptor"):
+                self._list(listing, NewLayer(Descriptor.from_json(change["descriptor"], "cache"), change["diff_id"]))
+            for path in change.get("removed") or []:
+                listing.remove(path)
+            return
+        what, opened = self._open_layer(change)
+        with opened as stream:
+            listing.apply(stream, what)
+            stream.finish()
+
     def _apply_to_tree(self, layer: NewLayer) -> None:
         """Keep the working tree current after a copy/file step (or a cached step): the layer's
-        entries and whiteouts go through the one extractor, confined to the tree."""
+        entries and whiteouts go through the one extractor, confined to the tree. Without a tree, the
+        listing of its names takes the layer, if there is one."""
         if self.tree is None:
+            if self.listing is not None:
+                self._list(self.listing, layer)
             return
         before = self.snapshot or {}
         self._extract_layer(layer)
@@ -291,6 +333,8 @@ class Builder:
         if record.get("descriptor") or record.get("removed"):
             if self.tree is None:
                 self.pending_left.append((len(self.layers) + 1, record))  # above this step's layer
+                if self.listing is not None:
+                    self._list(self.listing, record)
             else:
                 self._put_back_left_out(record)
                 self.snapshot = self._snapshot(self.snapshot)
@@ -306,16 +350,20 @@ class Builder:
 
     def _extract_layer(self, layer: NewLayer) -> None:
         assert self.tree is not None
-        blob_layer = BlobLayer(LayoutBlobs(self.store, self.store.name), layer.descriptor, layer.diff_id)
-        what = f"{self.store.name}: layer {layer.descriptor.digest}"
+        what, opened = self._open_layer(layer)
         extractor = Extractor(self.tree, what, self.policy, owners=self._owners())
         try:
-            with blob_layer.open_uncompressed(read_ahead=True) as stream:
+            with opened as stream:
                 apply_layer(extractor, stream, what)
                 stream.finish()
             extractor.finish()
         finally:
             extractor.close()
+
+    def _open_layer(self, layer: NewLayer) -> tuple[str, BinaryIO]:
+        """(its name in errors, the uncompressed stream, checked) of a layer of the store."""
+        blob_layer = BlobLayer(LayoutBlobs(self.store, self.store.name), layer.descriptor, layer.diff_id)
+        return f"{self.store.name}: layer {layer.descriptor.digest}", blob_layer.open_uncompressed(read_ahead=True)
 
     def _owners(self) -> dict[str, tuple[int, int]] | None:
         """The table in which a plain user's extractions keep the owners the tree cannot take."""
@@ -351,16 +399,13 @@ class Builder:
         directory entry is looked up whole (a copied bin/ merges into usr/bin)."""
         if not self.layers:
             return lambda name, whole=False: name
-        tree = self._materialize()
+        names = self._names()
         found: dict[str, str] = {}
 
         def directory(path: str) -> str:
             if path not in found:
-                try:
-                    with Tree(tree, f"{self.spec.path}: the image being built") as confined:
-                        found[path] = confined.resolve_existing(path)
-                except (NotADirectoryError, ReproError):  # a file on the way: the entry replaces it
-                    found[path] = path
+                resolved = resolve_listed(path, names)
+                found[path] = path if resolved is None else resolved  # a loop, a file on the way: as given
             return found[path]
 
         def resolve(name: str, whole: bool = False) -> str:
@@ -377,9 +422,8 @@ class Builder:
         """Whether a path (resolved, as _destinations gives it) is a directory of the image being built."""
         if not self.layers:
             return lambda path: False
-        self._materialize()
-        snapshot = self.snapshot or {}
-        return lambda path: path in snapshot and snapshot[path].kind == "dir"
+        names = self._names()
+        return lambda path: (names(path) or ("", ""))[0] == "dir"
 
     def _cache_mount(self, path: str) -> str:
         """The store's directory kept for a step-local cache at `path` (docker's default id: the path),

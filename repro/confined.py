@@ -14,6 +14,7 @@ import errno
 import fnmatch
 import os
 import stat
+from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
 
@@ -36,6 +37,34 @@ def clean_path(name: str) -> str:
             continue
         parts.append(part)
     return "/".join(parts)
+
+
+def resolve_listed(path: str, lookup: Callable[[str], tuple[str, str] | None]) -> str | None:
+    """`path` with every symlink on the way resolved, itself included, by Tree.walk_dir's rules but in
+    a listing of a tree instead of on disk (an image's records, a snapshot): an absolute target is
+    relative to the root, `..` stops there, and a name the listing lacks is kept as it is.
+
+    lookup(path) gives (kind, link target) or None; None comes back after MAX_SYMLINKS links (a
+    loop) or where a name on the way is neither a directory nor a link (Tree: NotADirectoryError)."""
+    todo = [p for p in clean_path(path).split("/") if p]
+    done: list[str] = []
+    followed = 0
+    while todo:
+        name = todo.pop(0)
+        here = f"{'/'.join(done)}/{name}" if done else name
+        found = lookup(here)
+        if found is not None and found[0] == "symlink":
+            followed += 1
+            if followed > MAX_SYMLINKS:
+                return None
+            base = "" if found[1].startswith("/") else "/".join(done)
+            todo = [p for p in clean_path(f"{base}/{found[1]}").split("/") if p] + todo
+            done = []
+            continue
+        if found is not None and found[0] != "dir":
+            return None
+        done.append(name)
+    return "/".join(done)
 
 
 class SymlinkInPath(ReproError):

@@ -305,9 +305,15 @@ class Extractor:
                 self.stats.unresolved_links.append(path)
         for path in sorted(self._dir_meta, key=lambda p: p.count("/"), reverse=True):
             info = self._dir_meta[path]
-            dir_fd, name = self._parent(path)
             try:
-                fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=dir_fd)
+                dir_fd, name = self._parent(path, create=False)
+            except (FileNotFoundError, ReproError):  # removed later in its layer (a whiteout after it, as
+                continue                             # docker applies one: in the tar's order)
+            try:
+                try:
+                    fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=dir_fd)
+                except FileNotFoundError:
+                    continue
                 try:
                     self._set_meta(fd, info)
                 finally:

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import cached_property
 
-from repro.confined import MAX_SYMLINKS, clean_path
+from repro.confined import clean_path, resolve_listed
 from repro.digest import CHUNK
 from repro.flatten import MergedEntry, flattening, merged
 from repro.image import Image
@@ -63,7 +63,7 @@ class Scan:
 
     @cached_property
     def _directories(self) -> dict[str, str | None]:
-        """A directory's path -> that path with its links resolved (None: a loop): a Debian image's
+        """A directory's path -> that path with its links resolved (None: a loop, a file on the way): a Debian image's
         package lists name ~70,000 files in a few thousand directories."""
         return {}
 
@@ -72,9 +72,9 @@ class Scan:
         is not followed (a package's own symlink is a file of the package).
 
         Package databases record the paths their packages shipped (/bin/sh), which a merged-/usr image
-        holds under a linked directory (bin -> usr/bin). Links are resolved lexically, as
-        repro.confined.Tree does on disk: an absolute target is relative to the image root, `..`
-        stops at the root, and a loop ends the resolution (the path is then returned as it stands)."""
+        holds under a linked directory (bin -> usr/bin). Links are resolved in the records by
+        repro.confined.resolve_listed, as Tree does on disk; after a loop or through a file, the path
+        is returned as it stands."""
         path = clean_path(path)
         parent, _, name = path.rpartition("/")
         if not parent:
@@ -88,25 +88,14 @@ class Scan:
         return f"{resolved}/{name}" if resolved else name
 
     def _follow(self, directory: str) -> str | None:
-        """`directory` with every link on the way followed, itself included; None after too many links."""
+        """`directory` with every link on the way followed, itself included (see resolve)."""
         records = self.files
-        todo = [*directory.split("/"), ""]  # "": the name below it, never followed
-        done: list[str] = []
-        followed = 0
-        while len(todo) > 1:
-            name = todo.pop(0)
-            here = f"{'/'.join(done)}/{name}" if done else name
-            record = records.get(here)
-            if record is None or record.type != "symlink":
-                done.append(name)
-                continue
-            followed += 1
-            if followed > MAX_SYMLINKS:
-                return None
-            base = "" if record.target.startswith("/") else "/".join(done)
-            todo = [p for p in clean_path(f"{base}/{record.target}").split("/") if p] + todo
-            done = []
-        return "/".join(done)
+
+        def lookup(path: str) -> tuple[str, str] | None:
+            record = records.get(path)
+            return None if record is None else (record.type, record.target)
+
+        return resolve_listed(directory, lookup)
 
     def find(self, path: str) -> tuple[str, FileRecord | None]:
         """(resolved path, its record or None when the image has nothing there)."""
