@@ -46,7 +46,9 @@ class Listing:
             return
         self._make_dirs(path.rpartition("/")[0])
         self._added.add(path)
-        kind = _KINDS.get(info.type, "file")  # hardlinks, devices, FIFOs: no directory, no link
+        if info.ischr() or info.isblk():  # a working tree takes no device node (Policy.devices)
+            return
+        kind = _KINDS.get(info.type, "file")  # hardlinks, FIFOs: no directory, no link
         if not (kind == "dir" and self.is_dir(path)):
             self._remove(path)
         self._set(path, kind, info.linkname if kind == "symlink" else "")

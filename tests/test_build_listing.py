@@ -34,7 +34,8 @@ def layer_bytes(entries: list[tarfile.TarInfo]) -> bytes:
 
 def entry(path: str, kind: str, target: str = "") -> tarfile.TarInfo:
     info = tarfile.TarInfo(path)
-    info.type = {"file": tarfile.REGTYPE, "dir": tarfile.DIRTYPE, "symlink": tarfile.SYMTYPE}[kind]
+    info.type = {"file": tarfile.REGTYPE, "dir": tarfile.DIRTYPE, "symlink": tarfile.SYMTYPE,
+                 "char": tarfile.CHRTYPE}[kind]
     info.mode = 0o755 if kind == "dir" else 0o644
     info.mtime = 1700000000
     info.linkname = target
@@ -50,8 +51,10 @@ def random_layer(rng: random.Random) -> list[tarfile.TarInfo]:
         roll = rng.random()
         if roll < 0.3:
             entries.append(entry(path, "dir"))
-        elif roll < 0.55:
+        elif roll < 0.5:
             entries.append(entry(path, "file"))
+        elif roll < 0.55:
+            entries.append(entry(path, "char"))  # a working tree takes none: what was there stays
         elif roll < 0.8:
             target = "/".join(rng.choice([*NAMES, "..", ""]) for _ in range(rng.randrange(1, 3))) or "."
             entries.append(entry(path, "symlink", ("/" if rng.random() < 0.4 else "") + target))
