@@ -55,6 +55,10 @@ class NewLayer:
     diff_id: str
 
 
+# one-core compressors, whose bytes depend on the input alone: a second thread may compress for them
+SINGLE_STREAMS = (GZIP_STREAM, compressed_writer_id("zstd"))
+
+
 def write_layer(layout: Layout, produce: Callable[[TarWriter], None], compression: str = "gzip",
                 compressor: str = "") -> NewLayer:
     """Store the layer that `produce` writes (entries, then the trailer is added here); `compressor`
@@ -64,7 +68,7 @@ def write_layer(layout: Layout, produce: Callable[[TarWriter], None], compressio
 
     def write(out: BinaryIO) -> None:
         sink = compressing_writer(out, compression, compressor) if compression else out
-        if writer_id == GZIP_STREAM and second_core():  # the same bytes, compressed on a second core
+        if writer_id in SINGLE_STREAMS and second_core():  # the same bytes, compressed on a second core
             sink = BackgroundCompressor(sink)
         tee = HashingWriter(sink)  # the uncompressed tar's digest (the diff_id) on its way into the compressor
         tar = TarWriter(tee)  # type: ignore[arg-type]

@@ -24,16 +24,17 @@ def _input() -> bytes:
     return b"".join(parts)
 
 
-def test_background_gzip_gives_the_same_bytes_for_any_pieces():
+@pytest.mark.parametrize("compression", ["gzip", "zstd"])
+def test_background_compression_gives_the_same_bytes_for_any_pieces(compression):
     data = _input()
     direct = io.BytesIO()
-    writer = compressing_writer(direct, "gzip")
+    writer = compressing_writer(direct, compression)
     writer.write(data)
     writer.close()
     rng = random.Random(1)
     for _ in range(3):
         out = io.BytesIO()
-        background = BackgroundCompressor(compressing_writer(out, "gzip"))
+        background = BackgroundCompressor(compressing_writer(out, compression))
         offset = 0
         while offset < len(data):
             size = rng.choice([1, 511, 512, 4096, 70_000, 1 << 20, 3 << 20])
