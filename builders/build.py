@@ -263,9 +263,10 @@ class Builder:
         pending = dict(self.pending_left)
         self.pending_left = []
         under = min(pending, default=len(self.layers))  # the layers flattened at once, below any left-out files
+        hashes: dict[str, str] = {}
         if under:
             image = self._commit(tag="", count=under)
-            stats = extract(image, tree, self.policy, self._owners())
+            stats = extract(image, tree, self.policy, self._owners(), hashes)
             if stats.skipped_devices and self.log:
                 self.log(f"left {stats.skipped_devices} device nodes out of the working tree (runs get a minimal /dev)")
         self.tree = tree
@@ -275,7 +276,8 @@ class Builder:
             else:
                 self._put_back_left_out(change)
         self.listing = None  # the snapshot names the tree from now on
-        self.snapshot = self._snapshot(None)
+        # the files' hashes as extracted, unless a layer or left-out files went on top since
+        self.snapshot = self._snapshot(None, hashes if under == len(self.layers) and not pending else None)
         return tree
 
     def _stack(self, pending: dict[int, dict], start: int) -> Iterator[NewLayer | dict]:
@@ -516,9 +518,10 @@ class Builder:
                 self.claimed[directory] = owner  # a plain user cannot chown: the layer says who owns it
         return self._tree_layer(before, (0, 0))
 
-    def _snapshot(self, previous: dict[str, _tree.Node] | None) -> dict[str, _tree.Node]:
+    def _snapshot(self, previous: dict[str, _tree.Node] | None,
+                  known: dict[str, str] | None = None) -> dict[str, _tree.Node]:
         own = (os.getuid(), os.getgid()) if os.geteuid() != 0 else None
-        return self._claim(_tree.snapshot(self._materialize(), previous, self.policy.id_offset, own))
+        return self._claim(_tree.snapshot(self._materialize(), previous, self.policy.id_offset, own, known))
 
     def _claim(self, nodes: dict[str, _tree.Node]) -> dict[str, _tree.Node]:
         """A plain user's snapshot (all root's) with the image's other owners, from the table that

@@ -49,13 +49,15 @@ def _sha256(dir_fd: int, name: bytes) -> str:
 
 
 def snapshot(root: Path, previous: dict[str, Node] | None = None, id_offset: int = 0,
-             own: tuple[int, int] | None = None) -> dict[str, Node]:
+             own: tuple[int, int] | None = None, known: dict[str, str] | None = None) -> dict[str, Node]:
     """Every path under root (relative, '/'-separated) with its metadata and content hash.
 
     Ids are the image's: a tree run in a user namespace is stored shifted by `id_offset` on the host;
     a plain user's tree is the user's (`own`: uid, gid), which reads as root's (the caller knows
     the other owners). The walk never follows a symlink (os.fwalk), and files are opened relative
-    to their directory."""
+    to their directory. `known`: sha256 by path of files nothing changed since they were written (an
+    extraction's, see repro.extract.Extractor), taken instead of reading them."""
+    known = known or {}
     previous = previous or {}
     out: dict[str, Node] = {}
     base = os.fsencode(root)
@@ -77,7 +79,8 @@ def snapshot(root: Path, previous: dict[str, Node] | None = None, id_offset: int
             sha = link = ""
             if kind == "file":
                 old = previous.get(rel)
-                sha = old.sha256 if old is not None and old.stat_key == key else _sha256(dir_fd, name)
+                sha = (old.sha256 if old is not None and old.stat_key == key
+                       else known.get(rel) or _sha256(dir_fd, name))
             elif kind == "symlink":
                 link = os.fsdecode(os.readlink(name, dir_fd=dir_fd))
             out[rel] = Node(kind, stat.S_IMODE(st.st_mode), 0 if st.st_uid == own_uid else image_id(st.st_uid),

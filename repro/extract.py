@@ -10,6 +10,7 @@ and what a host directory may receive (device nodes, setuid bits) are decided he
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import stat
 import tarfile
@@ -50,7 +51,8 @@ class Extractor:
     """Writes tar entries under `root`, which must be an existing directory."""
 
     def __init__(self, root: Path, what: str, policy: Policy = Policy(), fresh: bool = False,
-                 owners: dict[str, tuple[int, int]] | None = None, whiteouts: bool = True) -> None:
+                 owners: dict[str, tuple[int, int]] | None = None, whiteouts: bool = True,
+                 hashes: dict[str, str] | None = None) -> None:
         """`fresh`: `root` starts empty and only this extractor writes in it. Then, unless the root's
         own mode or ACL would pass anything on (setgid, a default ACL), a file is created with its
         final owner and mode where it can be, saving a chown and a chmod per file.
@@ -60,8 +62,12 @@ class Extractor:
 
         `whiteouts`: whether the entries are a layer applied over the ones below, whose opaque whiteouts
         keep what the layer wrote (so every path written is remembered); not for the merged view, which
-        has none, and whose paths would take memory that grows with the image's file count."""
+        has none, and whose paths would take memory that grows with the image's file count.
+
+        `hashes`: filled with the sha256 of each regular file written, by path, for a build's first
+        snapshot of the tree (builders/tree.py), which then need not read every file again."""
         self.owners = owners
+        self.hashes = hashes
         self.root = Path(root)
         self.what = what
         self.policy = policy
@@ -236,13 +242,18 @@ class Extractor:
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
         self._create(dir_fd, name, path, lambda: holder.append(os.open(name, flags, created, dir_fd=dir_fd)))
         fd = holder[-1]
+        hashed = hashlib.sha256() if self.hashes is not None else None
         try:
             if content is not None:
                 readview = getattr(content, "readview", None)
                 while chunk := (readview(CHUNK) if readview is not None else content.read(CHUNK)):
+                    if hashed is not None:
+                        hashed.update(chunk)
                     view = memoryview(chunk)
                     while view:
                         view = view[os.write(fd, view):]
+            if hashed is not None:
+                self.hashes[path] = hashed.hexdigest()  # type: ignore[index]
             if ids is not None and not (plain and ids == self._creator):
                 os.fchown(fd, *ids)
             if not plain:

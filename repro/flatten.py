@@ -724,17 +724,20 @@ def flat_entries(image: Image, report: MergeReport | None = None) -> Iterator[tu
         yield info, entry.content
 
 
-def extract(image: Image, root: Path, policy=None, owners: dict[str, tuple[int, int]] | None = None):
+def extract(image: Image, root: Path, policy=None, owners: dict[str, tuple[int, int]] | None = None,
+            hashes: dict[str, str] | None = None):
     """Flatten `image` into the existing, empty directory `root`; returns the extraction statistics.
 
     The files are written by a second thread (see _Writer): creating a file is a system call of tens
     to hundreds of microseconds on ext4 that runs without the GIL, beside the reading thread that
-    parses the layers and checks their digests. `owners`: a plain user's table of owners (see Extractor)."""
+    parses the layers and checks their digests. `owners`: a plain user's table of owners, `hashes`:
+    each file's sha256 (see Extractor)."""
     fresh = next(os.scandir(root), None) is None
 
     def once():
         report = MergeReport()
-        extractor = Extractor(root, image.name, policy or Policy(), fresh=fresh, owners=owners, whiteouts=False)
+        extractor = Extractor(root, image.name, policy or Policy(), fresh=fresh, owners=owners, whiteouts=False,
+                              hashes=hashes)
         try:
             with _Writer(extractor) as writer:
                 for entry in merged(image, report):
@@ -746,8 +749,9 @@ def extract(image: Image, root: Path, policy=None, owners: dict[str, tuple[int, 
         return stats
 
     def reset() -> None:
-        if owners is not None:
-            owners.clear()
+        for table in (owners, hashes):
+            if table is not None:
+                table.clear()
         with Tree(root, image.name) as tree:
             tree.empty_dir("")
 

@@ -514,3 +514,24 @@ def test_a_link_to_a_file_a_higher_layer_replaced_rereads_only_its_layer(tmp_pat
     assert (tree / "d" / "data").read_bytes() == b"new content"
     assert (tree / "d" / "link").read_bytes() == b"old content"
     assert (tree / "d" / "other").read_bytes() == b"stays"
+
+
+def test_the_hashes_an_extraction_records_are_those_of_the_files_it_left(rules_layout, tmp_path):
+    """A build's first snapshot takes each file's sha256 from its extraction instead of reading the
+    tree again: every recorded hash is the file's on disk, and the snapshot is the one made by reading."""
+    from builders import tree as build_tree  # noqa: PLC0415 - the build's snapshot, beside the extractor it trusts
+    from repro.refs import open_image  # noqa: PLC0415
+
+    root, hashes = tmp_path / "root", {}
+    root.mkdir()
+    flatten.extract(open_image(f"oci:{rules_layout}:rules"), root, hashes=hashes)
+    on_disk = {}
+    for dirpath, _, filenames in os.walk(os.fsencode(root)):
+        for name in filenames:
+            full = os.path.join(dirpath, name)
+            if stat.S_ISREG(os.lstat(full).st_mode):
+                on_disk[os.fsdecode(os.path.relpath(full, os.fsencode(root)))] = hashlib.sha256(
+                    Path(os.fsdecode(full)).read_bytes()).hexdigest()
+    assert hashes and all(on_disk[path] == digest for path, digest in hashes.items())
+    assert set(on_disk) - set(hashes) == {"shared/link"}  # a hardlink is made at the end, not written
+    assert build_tree.snapshot(root, known=hashes) == build_tree.snapshot(root)
