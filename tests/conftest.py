@@ -112,26 +112,45 @@ def _rewrite(path: Path, text: str | None) -> None:
     os.replace(tmp, path)
 
 
+SUBORDINATE_ID_FILES = (Path("/etc/subuid"), Path("/etc/subgid"))
+
+
+def _saved_copy(path: Path) -> Path:
+    """Where the fixture keeps `path` as it was, until it has put it back: a run killed in between
+    leaves this copy, and the next session restores from it when it starts."""
+    return path.with_name(f".{path.name}.repro-tests-before")
+
+
+def put_back_subordinate_ids(files=SUBORDINATE_ID_FILES) -> None:
+    """Put `files` back as subordinate_ids_for_nobody found them (at a session's start: what a killed
+    run left)."""
+    for f in files:
+        saved = _saved_copy(f)
+        if saved.exists():
+            _rewrite(f, json.loads(saved.read_text())["text"])
+            saved.unlink()
+
+
 @contextlib.contextmanager
 def subordinate_ids_for_nobody():
     """uid 65534 gets a range of subordinate ids in /etc/subuid and /etc/subgid, after every range already
     there, as `adduser` gives a new user on Debian (mmdebstrap's unshare mode, repro's plain-user bootstrap
     and a plain user's root build steps map them); the files are put back as they were afterwards
-    (removed if there were none)."""
-    files = [Path("/etc/subuid"), Path("/etc/subgid")]
-    before = {f: f.read_text() if f.exists() else None for f in files}
-    for f in files:
-        lines = [line.split(":") for line in (before[f] or "").splitlines() if line.count(":") == 2]
+    (removed if there were none), and at the next session's start if this one was killed first."""
+    changed = []
+    for f in SUBORDINATE_ID_FILES:
+        text = f.read_text() if f.exists() else None
+        lines = [line.split(":") for line in (text or "").splitlines() if line.count(":") == 2]
         if any(owner in ("nobody", "65534") for owner, _, _ in lines):
-            continue
+            continue  # already there (an enclosing use of this fixture): that one puts the file back
         start = max([1_000_000, *(int(first) + int(count) for _, first, count in lines)])
-        text = before[f] or ""
-        _rewrite(f, text + ("" if not text or text.endswith("\n") else "\n") + f"nobody:{start}:65536\n")
+        _rewrite(_saved_copy(f), json.dumps({"text": text}))
+        changed.append(f)
+        _rewrite(f, (text or "") + ("" if not text or text.endswith("\n") else "\n") + f"nobody:{start}:65536\n")
     try:
         yield
     finally:
-        for f in files:
-            _rewrite(f, before[f])
+        put_back_subordinate_ids(changed)
 
 
 @pytest.fixture
@@ -432,6 +451,8 @@ def pytest_configure(config) -> None:
     config.addinivalue_line("markers", "slow: builds or reads real Debian images (make test-slow)")
     config.addinivalue_line("markers", "arm64: a Debian image built for arm64 under QEMU (make test-arm64)")
     _SESSION_HOME.mkdir(mode=0o755)
+    if os.geteuid() == 0:
+        put_back_subordinate_ids()
     os.environ["HOME"] = str(_SESSION_HOME)
     os.environ.pop("REPRO_STORE", None)
 
