@@ -88,6 +88,8 @@ class _Upper:
 
         A directory that an upper layer only implies (as the parent of its entries) still takes its
         metadata from the lower layer that has its entry, unless a non-directory came in between."""
+        if not (self.claimed.count or self.deleted or self.opaque or self.sealed):
+            return False  # the top layer (or one under layers that said nothing): the common case
         claim = self.claimed.get(path)
         if claim in (DIR, IMPLICIT_DIR) and not is_dir:
             return True
@@ -273,6 +275,11 @@ class _NameTable:
             if found == 0 or (found == key and self._checks[i] == check):
                 return i
             i = (i + 1) & mask
+
+    @property
+    def count(self) -> int:
+        """How many names have a value."""
+        return self._count
 
     def get(self, name: str) -> int:
         """The name's value, 0 if it has none."""
