@@ -2,7 +2,8 @@
 
 The synthetic image has five gzip layers with regular files (half compressible text, half random
 bytes), directories, symlinks, hardlinks, files overwritten by upper layers, explicit whiteouts and
-opaque directories. Its size and file count scale with `scale` (1.0 = about 1 GiB and 50,000 files).
+opaque directories. Its size and file count scale with `scale` (1.0 = about 1 GiB and 50,000 files);
+`files`, when given, scales the file count apart from the size (4 GiB of 50,000 larger files).
 """
 
 from __future__ import annotations
@@ -35,9 +36,9 @@ def _file(rng: random.Random, size: int) -> bytes:
     return bytes(out[:size])
 
 
-def _layer_entries(number: int, scale: float) -> list[tuple[tarfile.TarInfo, bytes]]:
+def _layer_entries(number: int, scale: float, files_scale: float) -> list[tuple[tarfile.TarInfo, bytes]]:
     rng = random.Random(f"repro-bench-{number}")
-    files = int(10_000 * scale)
+    files = int(10_000 * files_scale)
     total = int((1 << 30) * scale / LAYERS)
     mean = max(total // max(files, 1), 1)
     entries: list[tuple[tarfile.TarInfo, bytes]] = []
@@ -72,9 +73,10 @@ def _layer_entries(number: int, scale: float) -> list[tuple[tarfile.TarInfo, byt
     return sorted(unique.values(), key=lambda e: (".wh." not in e[0].name, e[0].name))
 
 
-def synthetic_image(cache: Path, scale: float) -> Path:
+def synthetic_image(cache: Path, scale: float, files: float | None = None) -> Path:
     """An OCI layout holding the synthetic image as :synthetic (generated once per scale)."""
-    path = cache / f"synthetic-{scale:g}"
+    files = scale if files is None else files
+    path = cache / (f"synthetic-{scale:g}" if files == scale else f"synthetic-{scale:g}-files-{files:g}")
     if (path / "index.json").exists() and (path / ".complete").exists():
         return path
 
@@ -83,7 +85,7 @@ def synthetic_image(cache: Path, scale: float) -> Path:
     layout = Layout.initialize(path)
     layers = []
     for number in range(LAYERS):
-        entries = _layer_entries(number, scale)
+        entries = _layer_entries(number, scale, files)
 
         def produce(tar: TarWriter, entries=entries) -> None:
             for info, data in entries:
