@@ -112,6 +112,14 @@ def _container_config(base: dict, spec: Spec) -> dict:
     return {k: v for k, v in out.items() if v not in (None, [], {})}
 
 
+def _left_out_parts(record: dict) -> tuple[NewLayer | None, list[str]]:
+    """A cached step's left-out record: the layer of the files its run left out, if any, and the
+    paths its run removed."""
+    descriptor = record.get("descriptor")
+    layer = NewLayer(Descriptor.from_json(descriptor, "cache"), record["diff_id"]) if descriptor else None
+    return layer, list(record.get("removed") or [])
+
+
 class Builder:
     def __init__(
         self,
@@ -305,9 +313,10 @@ class Builder:
     def _list(self, listing: Listing, change: NewLayer | dict) -> None:
         """Apply a layer, or a cached step's left-out record, to the listing."""
         if isinstance(change, dict):
-            if change.get("descriptor"):
-                self._list(listing, NewLayer(Descriptor.from_json(change["descriptor"], "cache"), change["diff_id"]))
-            for path in change.get("removed") or []:
+            layer, removed = _left_out_parts(change)
+            if layer is not None:
+                self._list(listing, layer)
+            for path in removed:
                 listing.remove(path)
             return
         what, opened = self._open_layer(change)
@@ -344,10 +353,11 @@ class Builder:
 
     def _put_back_left_out(self, record: dict) -> None:
         assert self.tree is not None
-        if record.get("descriptor"):
-            self._extract_layer(NewLayer(Descriptor.from_json(record["descriptor"], "cache"), record["diff_id"]))
+        layer, removed = _left_out_parts(record)
+        if layer is not None:
+            self._extract_layer(layer)
         with Tree(self.tree, f"{self.store.name}: cache", self.policy.id_offset or None) as tree:
-            for path in record.get("removed") or []:
+            for path in removed:
                 tree.remove(path, follow=False)
 
     def _extract_layer(self, layer: NewLayer) -> None:
