@@ -1,9 +1,15 @@
-"""Running a command and measuring it: wall time, CPU time and peak RSS of its whole process tree."""
+"""Running a command and measuring it: wall time, CPU time and peak RSS of its whole process tree.
+
+The peak is each process's own high-water mark (VmHWM), summed over the processes of the tree alive at
+a sample, and at least the largest one the kernel reports when the command is reaped (wait4's
+ru_maxrss, which covers the descendants it waited for): a sample of the current RSS every 50 ms
+missed short peaks, and the longer a run, the more of them it caught."""
 
 from __future__ import annotations
 
 import os
 import subprocess
+import tempfile
 import threading
 import time
 from dataclasses import dataclass
@@ -31,7 +37,7 @@ def _children_of() -> dict[int, list[int]]:
     return tree
 
 
-def _tree_rss_kb(root: int) -> int:
+def _tree_peak_kb(root: int) -> int:
     tree = _children_of()
     total, todo = 0, [root]
     while todo:
@@ -39,7 +45,7 @@ def _tree_rss_kb(root: int) -> int:
         todo.extend(tree.get(pid, ()))
         try:
             for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
+                if line.startswith("VmHWM:"):
                     total += int(line.split()[1])
         except OSError:
             pass
@@ -51,25 +57,28 @@ def run(command: list[str] | str, env: dict | None = None) -> Sample:
     shell = isinstance(command, str)
     start = time.perf_counter()
     before = os.times()
-    proc = subprocess.Popen(command, shell=shell, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            executable="/bin/bash" if shell else None)
-    peak = 0
-    stop = threading.Event()
+    with tempfile.TemporaryFile() as errors:
+        proc = subprocess.Popen(command, shell=shell, env=env, stdout=subprocess.DEVNULL, stderr=errors,
+                                executable="/bin/bash" if shell else None)
+        peak = 0
+        stop = threading.Event()
 
-    def sample() -> None:
-        nonlocal peak
-        while not stop.is_set():
-            peak = max(peak, _tree_rss_kb(proc.pid))
-            stop.wait(0.05)
+        def sample() -> None:
+            nonlocal peak
+            while not stop.is_set():
+                peak = max(peak, _tree_peak_kb(proc.pid))
+                stop.wait(0.05)
 
-    sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
-    _, stderr = proc.communicate()
-    stop.set()
-    sampler.join()
-    wall = time.perf_counter() - start
-    after = os.times()
-    if proc.returncode != 0:
-        raise RuntimeError(f"{command} failed ({proc.returncode}): {stderr.decode(errors='replace')[-500:]}")
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
+        _, status, usage = os.wait4(proc.pid, 0)
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        stop.set()
+        sampler.join()
+        wall = time.perf_counter() - start
+        after = os.times()
+        if proc.returncode != 0:
+            errors.seek(0)
+            raise RuntimeError(f"{command} failed ({proc.returncode}): {errors.read().decode(errors='replace')[-500:]}")
     cpu = (after.children_user - before.children_user) + (after.children_system - before.children_system)
-    return Sample(wall, cpu, peak / 1024)
+    return Sample(wall, cpu, max(peak, usage.ru_maxrss) / 1024)
