@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import tempfile
 import threading
 import time
 from dataclasses import dataclass
@@ -57,27 +56,25 @@ def run(command: list[str] | str, env: dict | None = None) -> Sample:
     shell = isinstance(command, str)
     start = time.perf_counter()
     before = os.times()
-    with tempfile.TemporaryFile() as errors:
-        proc = subprocess.Popen(command, shell=shell, env=env, stdout=subprocess.DEVNULL, stderr=errors,
-                                executable="/bin/bash" if shell else None)
-        peak = 0
-        stop = threading.Event()
+    proc = subprocess.Popen(command, shell=shell, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            executable="/bin/bash" if shell else None)
+    peak = 0
+    stop = threading.Event()
 
-        def sample() -> None:
-            nonlocal peak
-            while not stop.is_set():
-                peak = max(peak, _tree_peak_kb(proc.pid))
-                stop.wait(0.05)
+    def sample() -> None:
+        nonlocal peak
+        while not stop.is_set():
+            peak = max(peak, _tree_peak_kb(proc.pid))
+            stop.wait(0.05)
 
-        sampler = threading.Thread(target=sample, daemon=True)
-        sampler.start()
-        proc.wait()
-        stop.set()
-        sampler.join()
-        wall = time.perf_counter() - start
-        after = os.times()
-        if proc.returncode != 0:
-            errors.seek(0)
-            raise RuntimeError(f"{command} failed ({proc.returncode}): {errors.read().decode(errors='replace')[-500:]}")
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    _, stderr = proc.communicate()
+    stop.set()
+    sampler.join()
+    wall = time.perf_counter() - start
+    after = os.times()
+    if proc.returncode != 0:
+        raise RuntimeError(f"{command} failed ({proc.returncode}): {stderr.decode(errors='replace')[-500:]}")
     cpu = (after.children_user - before.children_user) + (after.children_system - before.children_system)
     return Sample(wall, cpu, peak / 1024)
